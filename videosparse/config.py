@@ -1,0 +1,379 @@
+"""SparseConfig: the one frozen, validated configuration of a sparsification run.
+
+Presets are data (``PRESETS``); ``SparseConfig.preset(name, budget=...)`` builds a config from them.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Budget = Union[int, float, str, tuple]
+
+METHODS = ("sparsevlm", "fastv", "random", "uniform")
+RATERS = ("sparsevlm", "last", "all")
+HEAD_AGG = ("mean", "priority")
+POSITIONS = ("original", "renumber")
+TEMPORAL_MODES = ("discount", "merge")
+
+# Depth the published layer schedules were written for (Video-LLaVA-7B / LLaVA-1.5-7B).
+REFERENCE_LAYERS = 32
+# Visual-token count the published per-stage counts were written for (LLaVA-1.5 image: 24 x 24).
+REFERENCE_VISUAL_TOKENS = 576
+
+# Seed per-stage counts (before recycling), keyed by the nominal token budget.
+V15_SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
+V2_SCHEDULES = {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)}
+
+
+def _f(help_text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    meta = {"help": help_text}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """How visual tokens are pruned inside the decoder.
+
+    Every field carries its help text in ``dataclasses.fields(SparseConfig)[i].metadata["help"]``.
+    Validation happens in ``__post_init__``; model-dependent checks (stage layer inside the decoder,
+    budget not above the visual tokens) happen when the config meets a model/input and also raise
+    ``ValueError`` naming the field.
+    """
+
+    budget: Any = _f(
+        "Visual tokens kept per sample. int: exact count; float in (0, 1]: fraction of the visual "
+        "tokens; 'rank': SparseVLM-v1 rank-adaptive count; list of (layer, count): per-stage schedule "
+        "(overrides `layers`).",
+        0.1,
+    )
+    layers: tuple = _f(
+        "Decoder layers at which a stage scores and prunes. A stage at layer L uses layer L's attention "
+        "and shrinks the sequence after layer L. Strictly increasing, >= 0. With several stages and an "
+        "int/float budget the count decreases geometrically to the budget at the last stage.",
+        (1,),
+    )
+    method: str = _f(
+        "Scorer: 'sparsevlm' (question-guided rater attention), 'fastv' (last-token attention), "
+        "'random' (seeded), 'uniform' (evenly spread over space and time).",
+        "sparsevlm",
+    )
+    raters: str = _f(
+        "Which text tokens guide selection: 'sparsevlm' (text after the video whose relevance to the "
+        "visual tokens is above the mean), 'last' (last prompt token), 'all' (all text after the video).",
+        "sparsevlm",
+    )
+    head_agg: str = _f("Aggregate attention heads by 'mean' or over the top-h 'priority' heads.", "mean")
+    priority_heads: int = _f("Number of heads kept by head_agg='priority' (v2).", 8)
+    gravity: bool = _f("v2 gravity correction: divide scores by the RoPE distance weight.", False)
+    temporal_tau: float | None = _f(
+        "Cosine similarity above which a token equals the same spatial token of the previous frame "
+        "(temporal redundancy). None disables.",
+        None,
+    )
+    temporal_mode: str = _f("'discount' redundant tokens' scores or 'merge' them into their predecessor.", "discount")
+    temporal_discount: float = _f("Score multiplier for temporally redundant tokens (discount mode).", 0.5)
+    frame_floor: int = _f("Minimum kept tokens per frame (0 = frames may vanish).", 0)
+    keep_cls: bool = _f("Always keep each frame's CLS token (token 0) when the budget allows.", False)
+    recycle: bool = _f("Recycle pruned tokens: cluster the best pruned ones (DPC-KNN) and merge them.", False)
+    recycle_ratio: float = _f("Share of pruned tokens (top by score) considered for recycling.", 0.3)
+    recycle_cluster_ratio: float = _f("Clusters per recycled token (about one tenth).", 0.1)
+    recycle_knn: int = _f("k of the k-nearest-neighbour density in DPC-KNN.", 5)
+    rank_lambda: float = _f("v1 rank-adaptive count: prune round(lambda * (N - rank)) tokens per stage.", 1.0)
+    positions: str = _f("'original' RoPE positions for kept tokens, or 'renumber' them 0..k-1 (v1).", "original")
+    seed: int = _f("Seed of the 'random' method.", 0)
+    trace: bool = _f("Record a RetentionTrace (kept tokens, scores, raters, clusters) on every prefill.", True)
+    name: str = _f("Preset name this config came from (informational).", "custom")
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        b = self.budget
+        if isinstance(b, list):
+            b = tuple(tuple(x) for x in b)
+            object.__setattr__(self, "budget", b)
+        self._validate_budget(self.budget)
+        if not self.layers:
+            raise ValueError("SparseConfig.layers: at least one stage layer is required")
+        if any(x < 0 for x in self.layers):
+            raise ValueError(f"SparseConfig.layers: stage layers must be >= 0, got {list(self.layers)}")
+        if any(b2 <= a for a, b2 in zip(self.layers, self.layers[1:])):
+            raise ValueError(f"SparseConfig.layers: stage layers must be strictly increasing, got {list(self.layers)}")
+        for name, allowed in (
+            ("method", METHODS),
+            ("raters", RATERS),
+            ("head_agg", HEAD_AGG),
+            ("positions", POSITIONS),
+            ("temporal_mode", TEMPORAL_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SparseConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.priority_heads < 1:
+            raise ValueError(f"SparseConfig.priority_heads: must be >= 1, got {self.priority_heads}")
+        if self.temporal_tau is not None and not (-1.0 <= self.temporal_tau <= 1.0):
+            raise ValueError(f"SparseConfig.temporal_tau: must be a cosine in [-1, 1] or None, got {self.temporal_tau}")
+        if not (0.0 <= self.temporal_discount <= 1.0):
+            raise ValueError(f"SparseConfig.temporal_discount: must be in [0, 1], got {self.temporal_discount}")
+        if self.frame_floor < 0:
+            raise ValueError(f"SparseConfig.frame_floor: must be >= 0, got {self.frame_floor}")
+        if not (0.0 < self.recycle_ratio <= 1.0):
+            raise ValueError(f"SparseConfig.recycle_ratio: must be in (0, 1], got {self.recycle_ratio}")
+        if not (0.0 < self.recycle_cluster_ratio <= 1.0):
+            raise ValueError(
+                f"SparseConfig.recycle_cluster_ratio: must be in (0, 1], got {self.recycle_cluster_ratio}"
+            )
+        if self.recycle_knn < 1:
+            raise ValueError(f"SparseConfig.recycle_knn: must be >= 1, got {self.recycle_knn}")
+        if not (self.rank_lambda > 0):
+            raise ValueError(f"SparseConfig.rank_lambda: must be > 0, got {self.rank_lambda}")
+
+    @staticmethod
+    def _validate_budget(b: Any) -> None:
+        if isinstance(b, bool):
+            raise ValueError(f"SparseConfig.budget: a bool is not a budget, got {b!r}")
+        if isinstance(b, int):
+            if b <= 0:
+                raise ValueError(f"SparseConfig.budget: must be > 0 tokens, got {b}")
+        elif isinstance(b, float):
+            if not (0.0 < b <= 1.0) or math.isnan(b):
+                raise ValueError(f"SparseConfig.budget: a fraction must be in (0, 1], got {b}")
+        elif isinstance(b, str):
+            if b != "rank":
+                raise ValueError(f"SparseConfig.budget: the only string budget is 'rank', got {b!r}")
+        elif isinstance(b, tuple):
+            if not b:
+                raise ValueError("SparseConfig.budget: a per-stage schedule needs at least one (layer, count)")
+            prev_layer, prev_count = -1, None
+            for item in b:
+                if len(item) != 2:
+                    raise ValueError(f"SparseConfig.budget: schedule items are (layer, count), got {item!r}")
+                layer, count = item
+                if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+                    raise ValueError(f"SparseConfig.budget: schedule layer must be an int >= 0, got {layer!r}")
+                if layer <= prev_layer:
+                    raise ValueError(f"SparseConfig.budget: schedule layers must be strictly increasing, got {b}")
+                if isinstance(count, bool) or not isinstance(count, (int, float)) or count <= 0:
+                    raise ValueError(f"SparseConfig.budget: schedule count must be > 0, got {count!r}")
+                if isinstance(count, float) and count > 1.0:
+                    raise ValueError(f"SparseConfig.budget: a schedule fraction must be in (0, 1], got {count}")
+                if prev_count is not None and type(count) is type(prev_count) and count > prev_count:
+                    raise ValueError(f"SparseConfig.budget: schedule counts must not increase, got {b}")
+                prev_layer, prev_count = layer, count
+        else:
+            raise ValueError(
+                f"SparseConfig.budget: expected int, float fraction, 'rank' or [(layer, count), ...], got {b!r}"
+            )
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def stage_layers(self) -> tuple:
+        """Layers of the stages (from the schedule when the budget is one)."""
+        if isinstance(self.budget, tuple):
+            return tuple(layer for layer, _ in self.budget)
+        return self.layers
+
+    def stage_counts(self, num_visual: int) -> list:
+        """Visual tokens kept after each stage for ``num_visual`` visual tokens per sample.
+
+        Returns a list of ints, or ``None`` entries for rank-adaptive stages (decided from the data).
+        Raises ValueError (naming ``budget``) when a count is impossible for ``num_visual``.
+        """
+        if num_visual <= 0:
+            raise ValueError("SparseConfig.budget: the input has no visual tokens to prune")
+        b = self.budget
+        if b == "rank":
+            return [None] * len(self.layers)
+        if isinstance(b, tuple):
+            counts = [_resolve_count(c, num_visual) for _, c in b]
+        else:
+            final = _resolve_count(b, num_visual)
+            n = len(self.layers)
+            # geometric interpolation from num_visual down to the final count over the stages
+            counts = [max(final, int(round(num_visual * (final / num_visual) ** ((i + 1) / n)))) for i in range(n)]
+            counts[-1] = final
+        for c in counts:
+            if c > num_visual:
+                raise ValueError(
+                    f"SparseConfig.budget: {c} tokens requested but the input has only {num_visual} visual tokens"
+                )
+        for a, c in zip(counts, counts[1:]):
+            if c > a:
+                raise ValueError(f"SparseConfig.budget: per-stage counts must not increase, got {counts}")
+        return counts
+
+    def equivalent_tokens(self, num_visual: int, num_layers: int, counts: list | None = None) -> float:
+        """SparseVLM's equivalent tokens: mean over decoder layers of the visual tokens each layer sees."""
+        counts = counts if counts is not None else self.stage_counts(num_visual)
+        return equivalent_tokens(num_visual, num_layers, self.stage_layers, counts)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        if isinstance(self.budget, tuple):
+            d["budget"] = [list(x) for x in self.budget]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SparseConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"SparseConfig.from_dict: unknown field(s) {sorted(unknown)}")
+        d = dict(d)
+        if isinstance(d.get("budget"), list):
+            d["budget"] = tuple(tuple(x) for x in d["budget"])
+        if "layers" in d:
+            d["layers"] = tuple(d["layers"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "SparseConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str, budget: Any = None, num_layers: int = REFERENCE_LAYERS, **overrides: Any) -> "SparseConfig":
+        """Build a named preset.
+
+        ``budget``: the preset's budget form (see ``PRESETS``); ``None`` uses the preset default.
+        ``num_layers``: depth of the target decoder; the preset's stage layers (written for 32 layers)
+        are rescaled to it, keeping them strictly increasing and < num_layers - 1.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"SparseConfig.preset: unknown preset {name!r}; known: {sorted(PRESETS)}")
+        if num_layers < 2:
+            raise ValueError(f"SparseConfig.preset: num_layers must be >= 2, got {num_layers}")
+        spec = dict(PRESETS[name])
+        builder = spec.pop("_schedule", None)
+        if budget is None:
+            budget = spec.pop("budget")
+        else:
+            spec.pop("budget")
+        layers = tuple(spec.pop("layers"))
+        if builder is not None:
+            budget = builder(budget, layers, num_layers)
+        else:
+            layers = rescale_layers(layers, num_layers)
+        spec.update(overrides)
+        return cls(budget=budget, layers=layers, name=name, **spec)
+
+
+def _resolve_count(c: Any, num_visual: int) -> int:
+    if isinstance(c, float):
+        return max(1, int(round(c * num_visual)))
+    return int(c)
+
+
+def equivalent_tokens(num_visual: int, num_layers: int, stage_layers: tuple, counts: list) -> float:
+    """Mean over ``num_layers`` decoder layers of visual tokens seen; stage at L shrinks after L."""
+    total = 0.0
+    current = num_visual
+    stages = dict(zip(stage_layers, counts))
+    for layer in range(num_layers):
+        total += current
+        if layer in stages and stages[layer] is not None:
+            current = stages[layer]
+    return total / num_layers
+
+
+def rescale_layers(layers: tuple, num_layers: int) -> tuple:
+    """Map stage layers written for a 32-layer decoder onto ``num_layers`` layers.
+
+    Keeps them strictly increasing and inside [0, num_layers - 2]; drops stages that do not fit.
+    """
+    if num_layers == REFERENCE_LAYERS:
+        return tuple(layers)
+    out: list = []
+    for layer in layers:
+        mapped = int(round(layer * (num_layers - 1) / (REFERENCE_LAYERS - 1)))
+        mapped = min(max(mapped, 0), num_layers - 2)
+        if out and mapped <= out[-1]:
+            mapped = out[-1] + 1
+        if mapped > num_layers - 2:
+            break
+        out.append(mapped)
+    return tuple(out)
+
+
+def _table_schedule(table: dict) -> Any:
+    """Builder for seed-style per-stage schedules.
+
+    budget int in the table -> the seed's counts verbatim (for 576 visual tokens).
+    Other int or a float fraction -> the nearest table entry's counts scaled to the same fractions of
+    the visual tokens (float fractions per stage, resolved against the input's visual tokens).
+    """
+
+    def build(budget: Any, layers: tuple, num_layers: int) -> tuple:
+        layers = rescale_layers(layers, num_layers)
+        if isinstance(budget, tuple):
+            return budget
+        if isinstance(budget, int) and not isinstance(budget, bool) and budget in table:
+            counts = table[budget][: len(layers)]
+            return tuple(zip(layers, counts))
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            frac = budget / REFERENCE_VISUAL_TOKENS
+        elif isinstance(budget, float):
+            frac = budget
+        else:
+            raise ValueError(f"SparseConfig.budget: this preset needs an int or float budget, got {budget!r}")
+        if not (0.0 < frac <= 1.0):
+            raise ValueError(f"SparseConfig.budget: fraction must be in (0, 1], got {frac}")
+        key = min(table, key=lambda k: abs(k / REFERENCE_VISUAL_TOKENS - frac))
+        scale = frac / (key / REFERENCE_VISUAL_TOKENS)
+        fracs = [min(1.0, c / REFERENCE_VISUAL_TOKENS * scale) for c in table[key][: len(layers)]]
+        return tuple((layer, float(f)) for layer, f in zip(layers, fracs))
+
+    return build
+
+
+# Presets are data. Layers are for a 32-layer decoder and rescaled by SparseConfig.preset.
+PRESETS: dict = {
+    "video": dict(
+        budget=0.1,
+        layers=(1,),
+        method="sparsevlm",
+        raters="sparsevlm",
+        temporal_tau=0.9,
+        temporal_mode="discount",
+        temporal_discount=0.5,
+        frame_floor=1,
+        recycle=True,
+        positions="original",
+    ),
+    "sparsevlm-v1": dict(
+        budget="rank",
+        layers=(2, 6, 15, 19),
+        method="sparsevlm",
+        raters="sparsevlm",
+        recycle=True,
+        positions="renumber",
+    ),
+    "sparsevlm-v1.5": dict(
+        budget=192,
+        layers=(2, 6, 15),
+        _schedule=_table_schedule(V15_SCHEDULES),
+        method="sparsevlm",
+        raters="sparsevlm",
+        recycle=True,
+        positions="original",
+    ),
+    "sparsevlm-v2": dict(
+        budget=192,
+        layers=(2, 6, 15),
+        _schedule=_table_schedule(V2_SCHEDULES),
+        method="sparsevlm",
+        raters="sparsevlm",
+        head_agg="priority",
+        gravity=True,
+        recycle=False,
+        positions="original",
+    ),
+    "fastv": dict(budget=0.1, layers=(2,), method="fastv", raters="last", positions="original"),
+    "random": dict(budget=0.1, layers=(1,), method="random", positions="original"),
+    "uniform": dict(budget=0.1, layers=(1,), method="uniform", positions="original"),
+}
