@@ -284,13 +284,15 @@ def equivalent_tokens(num_visual: int, num_layers: int, stage_layers: tuple, cou
 def rescale_layers(layers: tuple, num_layers: int) -> tuple:
     """Map stage layers written for a 32-layer decoder onto ``num_layers`` layers.
 
-    Keeps them strictly increasing and inside [0, num_layers - 2]; drops stages that do not fit.
+    Proportional mapping, but a reference layer >= 1 maps to >= 1 (layer-0 attention is a weak
+    guide); kept strictly increasing and inside [0, num_layers - 2]; stages that do not fit are dropped.
     """
     if num_layers == REFERENCE_LAYERS:
         return tuple(layers)
     out: list = []
     for layer in layers:
         mapped = int(round(layer * (num_layers - 1) / (REFERENCE_LAYERS - 1)))
+        mapped = max(mapped, min(layer, 1))  # a stage after layer >= 1 never collapses onto layer 0
         mapped = min(max(mapped, 0), num_layers - 2)
         if out and mapped <= out[-1]:
             mapped = out[-1] + 1
@@ -313,7 +315,7 @@ def _table_schedule(table: dict) -> Any:
         if isinstance(budget, tuple):
             return budget
         if isinstance(budget, int) and not isinstance(budget, bool) and budget in table:
-            counts = table[budget][: len(layers)]
+            counts = _fit(table[budget], len(layers))
             return tuple(zip(layers, counts))
         if isinstance(budget, int) and not isinstance(budget, bool):
             frac = budget / REFERENCE_VISUAL_TOKENS
@@ -325,10 +327,17 @@ def _table_schedule(table: dict) -> Any:
             raise ValueError(f"SparseConfig.budget: fraction must be in (0, 1], got {frac}")
         key = min(table, key=lambda k: abs(k / REFERENCE_VISUAL_TOKENS - frac))
         scale = frac / (key / REFERENCE_VISUAL_TOKENS)
-        fracs = [min(1.0, c / REFERENCE_VISUAL_TOKENS * scale) for c in table[key][: len(layers)]]
+        fracs = [min(1.0, c / REFERENCE_VISUAL_TOKENS * scale) for c in _fit(table[key], len(layers))]
         return tuple((layer, float(f)) for layer, f in zip(layers, fracs))
 
     return build
+
+
+def _fit(counts: tuple, n: int) -> tuple:
+    """Counts for n stages: when a shallow decoder drops stages, the final count is kept."""
+    if n >= len(counts):
+        return tuple(counts)
+    return tuple(counts[: n - 1]) + (counts[-1],)
 
 
 # Presets are data. Layers are for a 32-layer decoder and rescaled by SparseConfig.preset.

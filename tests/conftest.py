@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random Video-LLaVA models built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+VIDEO_TOKEN = 5
+IMAGE_TOKEN = 6
+PAD = 0
+
+
+def make_model(attn="sdpa", layers=4, image_size=16, patch=4, hidden=64, heads=4, kv_heads=2, vocab=64, seed=0):
+    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vcfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            image_size=image_size, patch_size=patch, projection_dim=32)
+    tcfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
+                       pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    cfg = VideoLlavaConfig(vision_config=vcfg, text_config=tcfg, video_token_id=VIDEO_TOKEN,
+                           image_token_id=IMAGE_TOKEN, vision_feature_layer=-1,
+                           vision_feature_select_strategy="full")
+    cfg._attn_implementation = attn
+    model = VideoLlavaForConditionalGeneration(cfg).eval()
+    model.set_attn_implementation(attn) if hasattr(model, "set_attn_implementation") else None
+    # larger init so attention is not uniform (random models otherwise score near-ties)
+    with torch.no_grad():
+        for p in model.model.language_model.parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
+    return model
+
+
+def make_inputs(model, frames=4, prefix=(1, 7, 8), questions=((9, 10, 11, 12),), pad_left=True, seed=1):
+    """Batch of prompts: prefix + video tokens + question; left-padded to a common length."""
+    g = torch.Generator().manual_seed(seed)
+    vcfg = model.config.vision_config
+    P = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
+    seqs = [list(prefix) + [VIDEO_TOKEN] * (frames * P) + list(q) for q in questions]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if pad_left:
+            ids[i, L - len(s):] = torch.tensor(s)
+            mask[i, L - len(s):] = 1
+        else:
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+    pix = torch.randn(len(seqs), frames, 3, vcfg.image_size, vcfg.image_size, generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pix}
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    return {attn: make_model(attn) for attn in ("eager", "sdpa")}

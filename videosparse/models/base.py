@@ -1,0 +1,146 @@
+"""Adapter protocol, registry and the handle returned by `videosparse.sparsify`."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+SUPPORTED_TRANSFORMERS = (">=5.0", "<6")
+
+
+def check_transformers_version() -> None:
+    """Fail with a clear message outside the supported transformers range (>=5.0,<6)."""
+    import transformers
+
+    version = transformers.__version__
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:  # pragma: no cover - exotic version strings
+        major = -1
+    if major != 5:
+        raise RuntimeError(
+            f"videosparse supports transformers >=5.0,<6 (its decoder hooks depend on the 5.x cache and "
+            f"masking API); found transformers {version}. Install a supported version: "
+            f"pip install 'transformers>=5.0,<6'"
+        )
+
+
+class ModelAdapter:
+    """Protocol of a model-family adapter: the only code that knows transformers internals.
+
+    Subclasses set `name` and `model_types`, implement `matches`, `install` and `uninstall`.
+    """
+
+    name: str = ""
+    description: str = ""
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def __init__(self, model: Any, config: Any) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def install(self, handle: "SparseHandle") -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def uninstall(self) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+_REGISTRY: dict = {}
+
+
+def register_adapter(cls: type) -> type:
+    """Register an adapter class; a second adapter with the same name is an error."""
+    if not getattr(cls, "name", ""):
+        raise ValueError(f"adapter {cls!r} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"an adapter named {cls.name!r} is already registered ({_REGISTRY[cls.name]!r})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered_adapters() -> dict:
+    return dict(_REGISTRY)
+
+
+def find_adapter(model: Any) -> type:
+    """The adapter class for `model`; a clear ValueError naming the supported models otherwise."""
+    found = [cls for cls in _REGISTRY.values() if cls.matches(model)]
+    if not found:
+        supported = "; ".join(f"{c.name}: {c.description}" for c in _REGISTRY.values())
+        raise ValueError(
+            f"videosparse does not support model class {type(model).__name__!r}. Supported: {supported}"
+        )
+    if len(found) > 1:
+        raise ValueError(f"several adapters match {type(model).__name__!r}: {[c.name for c in found]}")
+    return found[0]
+
+
+class SparseHandle:
+    """What `sparsify` returns: controls and observes the patch on one model.
+
+    * `remove()` restores the model exactly (idempotent); also on `with` exit.
+    * `trace`: the RetentionTrace of the last pruned prefill (None before the first one).
+    * `disabled()`: a context in which the model runs unpruned (e.g. text-only prompts).
+    * `override_selection(stages)`: a context in which the kept visual tokens are given
+      (list of (B, k) original visual indices, one per stage) instead of selected.
+    """
+
+    def __init__(self, model: Any, config: Any, adapter: Any) -> None:
+        self.model = model
+        self.config = config
+        self._adapter = adapter
+        self.trace = None
+        self.last_counts: list | None = None
+        self._disabled = 0
+        self._override: list | None = None
+        self._active = True
+        self._callbacks: list = []
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def remove(self) -> None:
+        if self._active:
+            self._adapter.uninstall()
+            self._active = False
+
+    def __enter__(self) -> "SparseHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator["SparseHandle"]:
+        self._disabled += 1
+        try:
+            yield self
+        finally:
+            self._disabled -= 1
+
+    @contextlib.contextmanager
+    def override_selection(self, stages: list) -> Iterator["SparseHandle"]:
+        previous = self._override
+        self._override = list(stages)
+        try:
+            yield self
+        finally:
+            self._override = previous
+
+    def on_prefill(self, fn: Callable) -> None:
+        """Register `fn(trace)` to be called after every pruned prefill."""
+        self._callbacks.append(fn)
+
+    def _record(self, trace: Any) -> None:
+        self.trace = trace
+        self.last_counts = trace.counts if trace is not None else None
+        for fn in self._callbacks:
+            fn(trace)
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "removed"
+        return f"SparseHandle({self._adapter.name}, {self.config.name}, {state})"

@@ -1,0 +1,516 @@
+"""Video-LLaVA (Llama decoder) adapter: the only module that knows transformers internals.
+
+How it hooks in (no forked modeling file):
+* a forward pre-hook on the inner `VideoLlavaModel` finds the video tokens
+  (`input_ids == config.video_token_id`) of a prefill and the number of frames;
+* the decoder's `forward` is replaced *on the instance* by a dispatcher. Calls that are not a pruned
+  prefill or a decode step on a pruned cache go to the original bound method unchanged.
+  A pruned prefill runs the decoder layers in a loop: layers 0..L see every token; at a stage layer L
+  the rater rows of layer L's attention are computed from q/k (never `output_attentions`), the
+  selection is made, and before layer L+1 the kept rows of the hidden states and of the rotary
+  cos/sin are gathered and the causal mask is rebuilt for the shorter sequence;
+* the kept indices are stored on the cache object so decode steps rebuild each segment's mask from
+  the pruned 2-D attention mask. Layer 0 always holds the full-length cache (it drives `generate`'s
+  default positions).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from videosparse.config import SparseConfig
+from videosparse.core.raters import select_raters
+from videosparse.core.scores import (
+    rater_attention,
+    received_attention,
+    relevance_rank,
+    rope_gravity,
+    visual_scores,
+)
+from videosparse.core.select import run_stage
+from videosparse.core.budget import rank_adaptive_count
+from videosparse.core.trace import RetentionTrace, StageRecord
+from videosparse.models.base import ModelAdapter, SparseHandle, check_transformers_version, register_adapter
+from videosparse.baselines import random_scores, uniform_scores
+
+logger = logging.getLogger(__name__)
+
+_STATE_ATTR = "_videosparse_state"
+
+
+@dataclass
+class _Pending:
+    visual_mask: torch.Tensor  # (B, N) bool
+    num_frames: int
+    tokens_per_frame: int
+
+
+@dataclass
+class _CacheState:
+    """Stored on the cache after a pruned prefill; read by decode steps."""
+
+    prefill_len: int
+    segments: list  # [(first_layer, last_layer, keep_idx (B, N_s) or None, shift)]
+    owner: int  # id of the handle that pruned
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, R, d); cos/sin: (B, R, d)."""
+    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+
+
+def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x: (B or 1, N, D), idx: (B, K) -> (B, K, D)."""
+    if x.shape[0] != idx.shape[0]:
+        x = x.expand(idx.shape[0], *x.shape[1:])
+    return x.gather(1, idx[:, :, None].expand(*idx.shape, x.shape[-1]))
+
+
+@register_adapter
+class VideoLlavaAdapter(ModelAdapter):
+    name = "video_llava"
+    description = (
+        "transformers VideoLlavaForConditionalGeneration / VideoLlavaModel with a Llama-style decoder "
+        "(e.g. LanguageBind/Video-LLaVA-7B-hf)"
+    )
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return type(model).__name__ in ("VideoLlavaForConditionalGeneration", "VideoLlavaModel")
+
+    def __init__(self, model: Any, config: SparseConfig) -> None:
+        check_transformers_version()
+        self.model = model
+        self.config = config
+        inner = model.model if type(model).__name__ == "VideoLlavaForConditionalGeneration" else model
+        self.inner = inner
+        decoder = inner.get_decoder()
+        for attr in ("layers", "rotary_emb", "norm", "embed_tokens"):
+            if not hasattr(decoder, attr):
+                raise ValueError(
+                    f"videosparse: the decoder {type(decoder).__name__} has no '{attr}'; only Llama-style "
+                    f"decoders are supported ({self.description})"
+                )
+        self.decoder = decoder
+        tcfg = decoder.config
+        if getattr(tcfg, "sliding_window", None) or getattr(tcfg, "layer_types", None) and any(
+            t != "full_attention" for t in tcfg.layer_types
+        ):
+            raise ValueError("videosparse: decoders with sliding-window/hybrid attention layers are not supported")
+        self.num_layers = len(decoder.layers)
+        for layer in config.stage_layers:
+            if layer >= self.num_layers - 1:
+                raise ValueError(
+                    f"SparseConfig.layers: stage layer {layer} must be < number of decoder layers - 1 "
+                    f"({self.num_layers - 1}); a stage at the last layer would prune nothing"
+                )
+        if config.budget == "rank" and config.method != "sparsevlm":
+            raise ValueError("SparseConfig.budget: 'rank' needs method='sparsevlm' (rater attention)")
+        vcfg = inner.config.vision_config
+        self.grid = (vcfg.image_size // vcfg.patch_size, vcfg.image_size // vcfg.patch_size)
+        self.tokens_per_frame = self.grid[0] * self.grid[1] + 1  # CLS + patches (Video-LLaVA keeps CLS)
+        self.video_token_id = inner.config.video_token_id
+        self._handle: SparseHandle | None = None
+        self._pending: _Pending | None = None
+        self._hook = None
+        self._had_forward_attr = False
+        self._orig_forward_attr = None
+        self._gravity: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ install / uninstall
+    def install(self, handle: SparseHandle) -> None:
+        self._handle = handle
+        for other in getattr(self.decoder, "_videosparse_handles", []):
+            if other.active:
+                raise ValueError("videosparse: this model is already sparsified; remove() the first handle")
+        self._had_forward_attr = "forward" in self.decoder.__dict__
+        self._orig_forward_attr = self.decoder.__dict__.get("forward")
+        self._original = self.decoder.forward  # bound method (or the user's own instance override)
+        self._hook = self.inner.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        pruned = _wrap_like_original(_pruned_forward_impl)
+        adapter = self
+
+        def forward(dec_self: Any = None, *args: Any, **kwargs: Any) -> Any:
+            return adapter._dispatch(pruned, *args, **kwargs)
+
+        forward.__wrapped__ = self._original  # type: ignore[attr-defined]
+        forward.__doc__ = getattr(self._original, "__doc__", None)
+        self._patched = forward.__get__(self.decoder, type(self.decoder))
+        self.decoder.forward = self._patched
+        self.decoder._videosparse_handles = [handle]
+
+    def uninstall(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self.decoder.__dict__.get("forward") is self._patched:
+            if self._had_forward_attr:
+                self.decoder.forward = self._orig_forward_attr
+            else:
+                del self.decoder.forward
+        if "_videosparse_handles" in self.decoder.__dict__:
+            del self.decoder._videosparse_handles
+        self._pending = None
+
+    # ------------------------------------------------------------------ hooks
+    def _pre_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self._pending = None
+        h = self._handle
+        if h is None or h._disabled:
+            return None
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:
+            return None  # decode step or continuation: handled from the cache state
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_images") is not None:
+            raise ValueError(
+                "videosparse: image inputs (pixel_values) are not supported; pass videos as "
+                "pixel_values_videos, or run inside `with handle.disabled():`"
+            )
+        if input_ids is None:
+            raise ValueError("videosparse: input_ids are required to locate the video tokens (got inputs_embeds only)")
+        vm = input_ids == self.video_token_id
+        if not bool(vm.any()):
+            raise ValueError(
+                f"videosparse: the input has no video tokens (video_token_id={self.video_token_id}); "
+                "videosparse prunes video tokens only - run text-only prompts inside `with handle.disabled():`"
+            )
+        counts = vm.sum(dim=1)
+        if bool((counts != counts[0]).any()):
+            raise ValueError(
+                f"videosparse: every sample must hold the same number of video tokens, got {counts.tolist()}"
+            )
+        nv = int(counts[0])
+        P = self.tokens_per_frame
+        if nv % P:
+            raise ValueError(f"videosparse: {nv} video tokens is not a whole number of frames of {P} tokens")
+        self._pending = _Pending(vm, nv // P, P)
+        return None
+
+    def _dispatch(self, pruned: Any, *args: Any, **kwargs: Any) -> Any:
+        pending, self._pending = self._pending, None
+        h = self._handle
+        cache = kwargs.get("past_key_values")
+        state = getattr(cache, _STATE_ATTR, None) if cache is not None else None
+        if args:
+            raise TypeError("videosparse: call the decoder with keyword arguments")
+        if h is None or h._disabled or (pending is None and state is None):
+            return self._original(**kwargs)
+        if pending is not None:
+            kwargs["_vs"] = (self, pending, None)
+        else:
+            kwargs["_vs"] = (self, None, state)
+        return pruned(self.decoder, **kwargs)
+
+    # ------------------------------------------------------------------ selection helpers
+    def gravity_table(self, n: int, device: torch.device) -> torch.Tensor:
+        if self._gravity is None or self._gravity.numel() < n + 1 or self._gravity.device != device:
+            inv = self.decoder.rotary_emb.inv_freq.to(device)
+            self._gravity = rope_gravity(max(n, 1), inv)
+        return self._gravity
+
+
+def _wrap_like_original(fn: Any) -> Any:
+    """Wrap the pruned forward with the decorators the original decoder forward carries
+    (config defaults, output capture), so `output_hidden_states` etc. behave the same."""
+    try:
+        from transformers.utils.generic import merge_with_config_defaults
+        from transformers.utils.output_capturing import capture_outputs
+    except ImportError:  # pragma: no cover - other 5.x layouts
+        return fn
+    return merge_with_config_defaults(capture_outputs(fn))
+
+
+def _pruned_forward_impl(
+    self: Any,
+    input_ids: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.LongTensor | None = None,
+    past_key_values: Any = None,
+    inputs_embeds: torch.Tensor | None = None,
+    use_cache: bool | None = None,
+    _vs: Any = None,
+    **kwargs: Any,
+) -> Any:
+    from transformers.cache_utils import DynamicCache
+    from transformers.masking_utils import create_causal_mask
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    adapter, pending, state = _vs
+    if (input_ids is None) ^ (inputs_embeds is not None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    if inputs_embeds is None:
+        inputs_embeds = self.embed_tokens(input_ids)
+    if use_cache and past_key_values is None:
+        past_key_values = DynamicCache(config=self.config)
+    if attention_mask is not None and attention_mask.ndim != 2:
+        raise ValueError("videosparse: only 2-D attention masks are supported (got a prepared 4-D mask)")
+    if past_key_values is not None and getattr(past_key_values, "is_compileable", False):
+        raise ValueError("videosparse: static/compileable caches are not supported; use the default DynamicCache")
+
+    if pending is not None:
+        hidden = _prefill(self, adapter, pending, inputs_embeds, attention_mask, position_ids, past_key_values,
+                          use_cache, create_causal_mask, kwargs)
+    else:
+        hidden = _decode(self, adapter, state, inputs_embeds, attention_mask, position_ids, past_key_values,
+                         use_cache, create_causal_mask, kwargs)
+    hidden = self.norm(hidden)
+    return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values)
+
+
+def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_cache, create_causal_mask, kwargs):
+    cfg: SparseConfig = adapter.config
+    handle: SparseHandle = adapter._handle
+    B, N, D = x.shape
+    dev = x.device
+    vm = pending.visual_mask.to(dev)
+    if vm.shape != (B, N):
+        raise ValueError(f"videosparse: video-token mask {tuple(vm.shape)} does not match the sequence {(B, N)}")
+    T, P = pending.num_frames, pending.tokens_per_frame
+    Nv = T * P
+    counts = cfg.stage_counts(Nv)  # ValueError naming `budget` when impossible
+    stage_layers = list(cfg.stage_layers)
+    vis_start = vm.float().argmax(dim=1)
+    vis_pos = vis_start[:, None] + torch.arange(Nv, device=dev)[None]
+    if bool((vis_pos >= N).any()) or not bool(vm.gather(1, vis_pos.clamp(max=N - 1)).all()):
+        raise ValueError("videosparse: the video tokens of a sample must be contiguous (one video per sample)")
+    mask2d = attention_mask.bool() if attention_mask is not None else torch.ones(B, N, dtype=torch.bool, device=dev)
+    past = cache.get_seq_length() if cache is not None else 0
+    if position_ids is None:
+        position_ids = (torch.arange(N, device=dev) + past).unsqueeze(0)
+    cos_full, sin_full = dec.rotary_emb(x, position_ids=position_ids)  # (1 or B, N, d)
+    pos_full = position_ids.expand(B, N)
+
+    # ---- raters: text after the video, from the layer-0 input embeddings
+    vis_end = vis_start + Nv  # first position after the video
+    Nt = int((N - vis_end).max().item())
+    text_pos = vis_end[:, None] + torch.arange(max(Nt, 1), device=dev)[None]
+    text_valid = text_pos < N
+    text_pos = text_pos.clamp(max=N - 1)
+    text_valid &= mask2d.gather(1, text_pos)
+    if Nt == 0 or not bool(text_valid.any(dim=1).all()):
+        raise ValueError("videosparse: every sample needs text (the question) after the video tokens")
+    raters = None
+    if cfg.method == "sparsevlm":
+        raters = select_raters(_gather_rows(x, vis_pos), _gather_rows(x, text_pos), text_valid, cfg.raters)
+
+    causal = create_causal_mask(config=dec.config, inputs_embeds=x, attention_mask=attention_mask,
+                                past_key_values=cache, position_ids=position_ids)
+    # current sequence bookkeeping (original positions of the tokens still alive)
+    cur = torch.arange(N, device=dev).expand(B, N).clone()
+    cur_vis = vis_pos.clone()  # current visual tokens, as original positions
+    cur_vis_id = torch.arange(Nv, device=dev).expand(B, Nv).clone()  # original visual index
+    cur_merged = torch.zeros(B, Nv, dtype=torch.bool, device=dev)
+    cos, sin = cos_full, sin_full
+    rope_pos = pos_full
+    seg_position_ids = position_ids
+    segments: list = []  # (first_layer, last_layer, keep_idx or None, rope shift)
+    trace_stages = []
+    stage_of = {layer: i for i, layer in enumerate(stage_layers)}
+    h = x
+    for li, layer in enumerate(dec.layers[: dec.config.num_hidden_layers]):
+        s_idx = stage_of.get(li)
+        q_rows = None
+        if s_idx is not None:
+            q_rows = _stage_queries(dec, adapter, layer, h, cur, cur_vis, raters, text_pos, cos, sin, cfg)
+            h_in = h
+        h = layer(h, attention_mask=causal, position_embeddings=(cos, sin), position_ids=seg_position_ids,
+                  past_key_values=cache, use_cache=use_cache, **kwargs)
+        if s_idx is None:
+            continue
+        # ---------------- stage at layer li
+        k = _stage_keys(layer, cache, li, h_in, cos, sin, adapter)
+        attn = layer.self_attn
+        key_valid = mask2d.gather(1, cur)
+        vis_local = torch.searchsorted(cur, cur_vis)  # positions of visual tokens in the current sequence
+        M = cur_vis.shape[1]
+        count = counts[s_idx]
+        rater_valid = None
+        if cfg.method == "sparsevlm":
+            q, qpos_local, rater_valid = q_rows
+            probs = rater_attention(q, k, qpos_local, key_valid, attn.scaling)
+            grav, qpos_rope, kpos_rope = None, None, None
+            if cfg.gravity:
+                qpos_rope = rope_pos.gather(1, qpos_local.clamp(min=0))
+                kpos_rope = rope_pos.gather(1, vis_local)
+                grav = adapter.gravity_table(int(rope_pos.max().item()) + 1, dev)
+            scores = visual_scores(probs, rater_valid, vis_local, cfg.head_agg, cfg.priority_heads,
+                                   grav, qpos_rope, kpos_rope)
+            if count is None:
+                rank = relevance_rank(probs, rater_valid, vis_local)
+                count = rank_adaptive_count(M, rank, cfg.rank_lambda)
+        elif cfg.method == "fastv":
+            q_all = q_rows
+            scores = received_attention(q_all, k, key_valid, attn.scaling).gather(1, vis_local)
+        elif cfg.method == "random":
+            scores = random_scores(cur_vis_id, Nv, cfg.seed)
+        else:  # uniform
+            scores = uniform_scores(cur_vis_id, count)
+        count = min(int(count), M)
+        frame_id = cur_vis_id // P
+        forced = (cur_vis_id % P == 0) if cfg.keep_cls else None
+        override = None
+        if handle._override is not None:
+            ov = handle._override[s_idx].to(dev)
+            override = torch.searchsorted(cur_vis_id, ov.sort(dim=1).values)
+            count = ov.shape[1]
+        vis_hidden = _gather_rows(h, vis_local)
+        res = run_stage(
+            scores, vis_hidden, count, frame_id, T,
+            grid_shape=(T, P) if M == Nv else None,
+            frame_floor=cfg.frame_floor, forced=forced,
+            temporal_tau=cfg.temporal_tau, temporal_mode=cfg.temporal_mode,
+            temporal_discount=cfg.temporal_discount,
+            recycle_tokens=cfg.recycle, recycle_ratio=cfg.recycle_ratio,
+            recycle_cluster_ratio=cfg.recycle_cluster_ratio, recycle_knn=cfg.recycle_knn,
+            override=override,
+        )
+        # trace (in original visual coordinates)
+        if cfg.trace:
+            full_scores = torch.full((B, Nv), float("nan"), device=dev)
+            full_scores.scatter_(1, cur_vis_id, res.scores.float())
+            kept_ids = cur_vis_id.gather(1, res.keep)
+            clusters = None
+            if cfg.recycle:
+                clusters = torch.full((B, Nv), -1, dtype=torch.long, device=dev)
+                clusters.scatter_(1, cur_vis_id, res.clusters)
+            redundant = None
+            if cfg.temporal_tau is not None and M == Nv:
+                redundant = torch.zeros(B, Nv, dtype=torch.bool, device=dev)
+                redundant.scatter_(1, cur_vis_id, res.redundant)
+            trace_stages.append(StageRecord(
+                layer=li, kept=kept_ids.cpu(), merged=(cur_merged.gather(1, res.keep) | res.merged).cpu(),
+                scores=full_scores.cpu(), raters=raters.cpu() if raters is not None else None,
+                clusters=clusters.cpu() if clusters is not None else None,
+                redundant=redundant.cpu() if redundant is not None else None,
+            ))
+        # ---------------- shrink the sequence
+        keep_vis_local = vis_local.gather(1, res.keep)  # current-sequence slots of kept visual tokens
+        alive = torch.ones(B, cur.shape[1], dtype=torch.bool, device=dev)
+        alive.scatter_(1, vis_local, False)
+        alive.scatter_(1, keep_vis_local, True)
+        new_len = cur.shape[1] - M + res.keep.shape[1]
+        slots = alive.nonzero()[:, 1].view(B, new_len)  # ascending current-sequence slots that stay
+        h = h.clone()
+        h.scatter_(1, keep_vis_local[:, :, None].expand(B, res.keep.shape[1], D), res.hidden.to(h.dtype))
+        h = _gather_rows(h, slots)
+        cur = cur.gather(1, slots)
+        cur_vis = cur_vis.gather(1, res.keep)
+        cur_vis_id = cur_vis_id.gather(1, res.keep)
+        cur_merged = cur_merged.gather(1, res.keep) | res.merged
+        removed = N - cur.shape[1]
+        mask_cur = mask2d.gather(1, cur)
+        if cfg.positions == "renumber":
+            new_pos = (mask_cur.long().cumsum(-1) - 1).clamp(min=0) + past
+            cos, sin = dec.rotary_emb(h, position_ids=new_pos)
+            rope_pos = new_pos
+        else:
+            cos, sin = _gather_rows(cos_full, cur), _gather_rows(sin_full, cur)
+            rope_pos = pos_full.gather(1, cur)
+        seg_position_ids = None  # gapped positions would be read as packed sequences
+        # close the running segment at this layer, open the next one on the shorter sequence
+        first, _, keep_idx, shift = segments[-1] if segments else (0, None, None, 0)
+        if segments:
+            segments[-1] = (first, li, keep_idx, shift)
+        else:
+            segments.append((0, li, None, 0))
+        segments.append((li + 1, None, cur.clone(), removed if cfg.positions == "renumber" else 0))
+        causal = create_causal_mask(config=dec.config, inputs_embeds=h, attention_mask=mask_cur,
+                                    past_key_values=cache, position_ids=None, layer_idx=li + 1)
+    if not segments:
+        segments = [(0, None, None, 0)]
+    final = [(f, (l if l is not None else len(dec.layers) - 1), k, sh) for f, l, k, sh in segments]
+    if cache is not None and use_cache:
+        setattr(cache, _STATE_ATTR, _CacheState(prefill_len=N, segments=final, owner=id(handle)))
+    if cfg.trace:
+        trace = RetentionTrace(num_frames=T, tokens_per_frame=P, has_cls=True, grid=adapter.grid,
+                               num_layers=len(dec.layers), batch_size=B, stages=trace_stages,
+                               config=cfg.to_dict(), raters_text_positions=text_pos.cpu())
+        handle._record(trace)
+    else:
+        handle.last_counts = [int(c) for c in counts]
+    return h
+
+
+def _stage_queries(dec, adapter, layer, h, cur, cur_vis, raters, text_pos, cos, sin, cfg):
+    """Post-rotary queries of the rows that score at this stage (computed before the layer runs)."""
+    attn = layer.self_attn
+    B = h.shape[0]
+    if cfg.method == "sparsevlm":
+        R = int(raters.sum(dim=1).max().item())
+        # rater original positions, padded with -1
+        order = torch.argsort((~raters).int(), dim=1, stable=True)[:, :R]
+        valid = raters.gather(1, order)
+        orig = text_pos.gather(1, order)
+        local = torch.searchsorted(cur, orig)
+        local = local.clamp(max=cur.shape[1] - 1)
+        x = layer.input_layernorm(_gather_rows(h, local))
+        q = attn.q_proj(x).view(B, R, -1, attn.head_dim).transpose(1, 2)
+        q = _apply_rope(q, _gather_rows(cos, local), _gather_rows(sin, local))
+        qpos = torch.where(valid, local, torch.full_like(local, -1))
+        return q, qpos, valid
+    if cfg.method == "fastv":
+        x = layer.input_layernorm(h)
+        q = attn.q_proj(x).view(B, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+        return _apply_rope(q, cos.expand(B, *cos.shape[1:]), sin.expand(B, *sin.shape[1:]))
+    return None
+
+
+def _stage_keys(layer, cache, li, h_in, cos, sin, adapter):
+    """Post-rotary keys of layer `li` for the current sequence: from the cache when there is one."""
+    if cache is not None and hasattr(cache, "layers") and li < len(cache.layers):
+        keys = getattr(cache.layers[li], "keys", None)
+        if keys is not None and keys.shape[2] >= h_in.shape[1]:
+            return keys[:, :, -h_in.shape[1]:]
+    attn = layer.self_attn
+    B, N, _ = h_in.shape
+    x = layer.input_layernorm(h_in)
+    k = attn.k_proj(x).view(B, N, -1, attn.head_dim).transpose(1, 2)
+    return _apply_rope(k, cos.expand(B, *cos.shape[1:]), sin.expand(B, *sin.shape[1:]))
+
+
+def _decode(dec, adapter, state, x, attention_mask, position_ids, cache, use_cache, create_causal_mask, kwargs):
+    B, q, D = x.shape
+    dev = x.device
+    if position_ids is None:
+        position_ids = (torch.arange(q, device=dev) + cache.get_seq_length()).unsqueeze(0)
+    N0 = state.prefill_len
+    h = x
+    for si, (first, last, keep_idx, shift) in enumerate(state.segments):
+        if keep_idx is None:
+            mask2d = attention_mask
+            seg_pos = position_ids
+        else:
+            if keep_idx.shape[0] != B:
+                raise ValueError("videosparse: the batch changed since the pruned prefill (beam/batch reordering "
+                                 "of a pruned cache across samples is not supported)")
+            mask2d = None
+            if attention_mask is not None:
+                mask2d = torch.cat([attention_mask[:, :N0].gather(1, keep_idx), attention_mask[:, N0:]], dim=1)
+            seg_pos = None
+        pos = position_ids - shift if shift else position_ids
+        cos, sin = dec.rotary_emb(h, position_ids=pos)
+        causal = create_causal_mask(config=dec.config, inputs_embeds=h, attention_mask=mask2d,
+                                    past_key_values=cache, position_ids=seg_pos, layer_idx=first)
+        for li in range(first, last + 1):
+            h = dec.layers[li](h, attention_mask=causal, position_embeddings=(cos, sin), position_ids=seg_pos,
+                               past_key_values=cache, use_cache=use_cache, **kwargs)
+    return h
+
+
+def _decoder_layers(model: Any) -> Any:
+    inner = model.model if type(model).__name__ == "VideoLlavaForConditionalGeneration" else model
+    return inner.get_decoder().layers
+
+
+VideoLlavaAdapter.decoder_layers = staticmethod(_decoder_layers)
