@@ -1,0 +1,327 @@
+#!/usr/bin/env python
+"""Train the test-bed Video-LLaVA on synthetic video QA and save it to videosparse/assets/testbed/.
+
+    python scripts/train_testbed.py                       # defaults: the shipped checkpoint
+    python scripts/train_testbed.py --steps 200 --out /tmp/tb   # quick smoke run
+
+Recipe (see README "Test bed"): a real ``VideoLlavaForConditionalGeneration`` (CLIP ViT 2 x 64,
+Llama 4 x 128, tied embeddings) trained from scratch with AdamW on three losses:
+
+* QA: several question/answer turns packed after each clip, cross-entropy on every answer token;
+* grounding: ``lm_head`` applied to every projected visual patch token predicts the colour word and
+  the shape word of the object in that patch (``background`` otherwise);
+* routing: at decoder layers 0 and 1, the question's colour token (and, at layer 1, the tokens after
+  it up to ``ASSISTANT:``) put their head-mean attention over the visual tokens on the asked-about
+  object's patches (-log of that attention share).
+
+Deterministic: data from ``numpy.random.default_rng([seed, step])``, weights from
+``torch.manual_seed(seed)``, fixed thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from video_eval import synthetic as syn  # noqa: E402
+from video_eval import testbed as tb  # noqa: E402
+
+log = logging.getLogger("train_testbed")
+
+TRAIN_SEED_DOMAIN = 0x7EA1  # training rng: default_rng([TRAIN_SEED_DOMAIN, seed, step])
+VAL_SEED = 1  # validation during training (in-memory frames)
+HELDOUT_SEED = 20240  # final held-out evaluation (written as video files, read back)
+TEST_SEED = 777  # fixed questions checked by tests/test_testbed.py
+
+
+class Batcher:
+    """Packed training sequences: ``<s> USER: <video>*V q1 ASSISTANT: a1 </s> USER: q2 ASSISTANT: a2 </s> ...``"""
+
+    def __init__(self, tokenizer, gen: syn.GenConfig, per_frame: int):
+        self.tok = tokenizer
+        self.gen = gen
+        self.per_frame = per_frame
+        self.vocab = tokenizer.get_vocab()
+        self.video_id = self.vocab[tb.VIDEO]
+
+    def ids(self, words):
+        return [self.vocab[w] for w in words]
+
+    def make(self, rng: np.random.Generator, batch: int, qa_per_clip: int):
+        gen = self.gen
+        items = syn.training_batch(rng, batch, qa_per_clip, gen)
+        n_vis = gen.num_frames * self.per_frame
+        seqs, labels, qpos, tmasks, pix, gcol, gshape = [], [], [], [], [], [], []
+        vis_start = 2  # <s> USER:
+        for clip, qas in items:
+            ids = [self.vocab[tb.BOS], self.vocab["USER:"]] + [self.video_id] * n_vis
+            lab = [-100] * len(ids)
+            qp, tm = [], []
+            for k, s in enumerate(qas):
+                if k:
+                    ids.append(self.vocab["USER:"])
+                    lab.append(-100)
+                qwords = s.question.split()
+                cpos = len(ids) + qwords.index(s.color)
+                ids += self.ids(qwords) + [self.vocab["ASSISTANT:"]]
+                lab += [-100] * (len(qwords) + 1)
+                apos_end = len(ids) - 1  # ASSISTANT:
+                ans = self.ids(s.answer.split()) + [self.vocab[tb.EOS]]
+                ids += ans
+                lab += ans
+                target = [vis_start + t * self.per_frame + 1 + r * gen.grid + c for (t, r, c) in s.target]
+                for p in range(cpos, apos_end + 1):
+                    qp.append((p, p == cpos))
+                    tm.append(target)
+            seqs.append(ids)
+            labels.append(lab)
+            qpos.append(qp)
+            tmasks.append(tm)
+            pix.append(tb.preprocess(clip.frames))
+            cw, sw = syn.patch_labels(clip)
+            gcol.append(np.vectorize(self.vocab.get)(cw).reshape(gen.num_frames, -1))
+            gshape.append(np.vectorize(self.vocab.get)(sw).reshape(gen.num_frames, -1))
+        L = max(len(s) for s in seqs)
+        B = len(seqs)
+        input_ids = torch.full((B, L), self.vocab[tb.PAD], dtype=torch.long)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        lab_t = torch.full((B, L), -100, dtype=torch.long)
+        Q = max(len(q) for q in qpos)
+        q_index = torch.zeros((B, Q), dtype=torch.long)
+        q_valid = torch.zeros((B, Q), dtype=torch.bool)
+        q_is_color = torch.zeros((B, Q), dtype=torch.bool)
+        t_mask = torch.zeros((B, Q, L), dtype=torch.bool)
+        for b in range(B):
+            n = len(seqs[b])
+            input_ids[b, :n] = torch.tensor(seqs[b])
+            attn[b, :n] = 1
+            lab_t[b, :n] = torch.tensor(labels[b])
+            for j, ((p, is_c), tgt) in enumerate(zip(qpos[b], tmasks[b])):
+                q_index[b, j] = p
+                q_valid[b, j] = True
+                q_is_color[b, j] = is_c
+                t_mask[b, j, tgt] = True
+        vis_mask = torch.zeros(L, dtype=torch.bool)
+        vis_mask[vis_start : vis_start + n_vis] = True
+        return dict(
+            input_ids=input_ids,
+            attention_mask=attn,
+            labels=lab_t,
+            pixel_values_videos=torch.stack(pix),
+            q_index=q_index,
+            q_valid=q_valid,
+            q_is_color=q_is_color,
+            t_mask=t_mask,
+            vis_mask=vis_mask,
+            g_color=torch.from_numpy(np.stack(gcol).astype(np.int64)),
+            g_shape=torch.from_numpy(np.stack(gshape).astype(np.int64)),
+        )
+
+
+def rater_attention(attn_module, captured: dict, batch: dict) -> torch.Tensor:
+    """Head-mean attention of the supervised query rows: (B, Q, L) float32.
+
+    Recomputed from the layer's input (captured by a pre-hook) for the Q query rows only, with the
+    causal + padding mask, so training can use sdpa and never materialise an L x L map.
+    """
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    h = captured["hidden_states"]  # (B, L, D) after input_layernorm
+    cos, sin = captured["position_embeddings"]
+    B, L, _ = h.shape
+    hd = attn_module.head_dim
+    q = attn_module.q_proj(h).view(B, L, -1, hd).transpose(1, 2)
+    k = attn_module.k_proj(h).view(B, L, -1, hd).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    idx = batch["q_index"]  # (B, Q)
+    qr = torch.gather(q, 2, idx[:, None, :, None].expand(-1, q.shape[1], -1, hd))  # (B, H, Q, hd)
+    s = (qr.float() @ k.float().transpose(-1, -2)) * attn_module.scaling  # (B, H, Q, L)
+    pos = torch.arange(L)
+    allowed = (pos[None, None, :] <= idx[:, :, None]) & batch["attention_mask"].bool()[:, None, :]
+    s = s.masked_fill(~allowed[:, None], float("-inf"))
+    return s.softmax(-1).mean(1)
+
+
+def routing_loss(rows: torch.Tensor, batch: dict, color_only: bool) -> torch.Tensor:
+    """-log share of the visual attention that lands on the target patches. rows: (B, Q, L)."""
+    vis = rows[..., batch["vis_mask"]].sum(-1)
+    tgt = (rows * batch["t_mask"]).sum(-1)
+    share = tgt / vis.clamp_min(1e-9)
+    valid = batch["q_valid"] & (batch["q_is_color"] if color_only else torch.ones_like(batch["q_valid"]))
+    nll = -torch.log(share.clamp_min(1e-6))
+    return (nll * valid).sum() / valid.sum().clamp_min(1)
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    p = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help="output dir (default: videosparse/assets/testbed)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--qa-per-clip", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-lr-frac", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--ground-weight", type=float, default=0.5)
+    ap.add_argument("--route-weight", type=float, default=0.5)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--val-n", type=int, default=256)
+    ap.add_argument("--heldout-n", type=int, default=1000)
+    ap.add_argument("--stop-at", type=float, default=1.01, help="stop early when validation accuracy >= this")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-minutes", type=float, default=30.0, help="safety stop (breaks determinism if hit)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    from transformers import VideoLlavaForConditionalGeneration
+
+    gen = syn.GenConfig()
+    tok = tb.build_tokenizer()
+    config = tb.build_config(tok, gen)
+    model = VideoLlavaForConditionalGeneration(config)
+    model.set_attn_implementation("sdpa")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("params %d", n_params)
+    per_frame = tb.tokens_per_frame(config)
+    batcher = Batcher(tok, gen, per_frame)
+
+    feats = {}
+    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
+    layers = model.model.language_model.layers
+    captured = [{}, {}]
+
+    def capture(store):
+        def hook(module, args, kwargs):
+            store["hidden_states"] = args[0] if args else kwargs["hidden_states"]
+            store["position_embeddings"] = kwargs["position_embeddings"]
+
+        return hook
+
+    for i in range(2):
+        layers[i].self_attn.register_forward_pre_hook(capture(captured[i]), with_kwargs=True)
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in n or "embedding" in n else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98),
+    )
+    val = syn.make_dataset(VAL_SEED, args.val_n, gen)
+    history = []
+    t0 = time.time()
+    ema = None
+    step = 0
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        rng = np.random.default_rng([TRAIN_SEED_DOMAIN, args.seed, step])
+        batch = batcher.make(rng, args.batch, args.qa_per_clip)
+        model.train()
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values_videos=batch["pixel_values_videos"],
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]
+        qa = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+        v = feats["v"][:, 1:]  # (B*T, P, D) projected patch tokens (CLS dropped)
+        glog = model.lm_head(v).reshape(-1, config.text_config.vocab_size)
+        ground = 0.5 * (
+            F.cross_entropy(glog, batch["g_color"].reshape(-1)) + F.cross_entropy(glog, batch["g_shape"].reshape(-1))
+        )
+        route = 0.5 * (
+            routing_loss(rater_attention(layers[0].self_attn, captured[0], batch), batch, color_only=True)
+            + routing_loss(rater_attention(layers[1].self_attn, captured[1], batch), batch, color_only=False)
+        )
+        loss = qa + args.ground_weight * ground + args.route_weight * route
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        vals = [qa.item(), ground.item(), route.item()]
+        ema = vals if ema is None else [0.95 * e + 0.05 * x for e, x in zip(ema, vals)]
+        if step % 25 == 0:
+            log.info("step %d lr %.2e qa %.3f ground %.3f route %.3f (%.0fs)", step, lr_at(step, args), *ema, time.time() - t0)
+        last = step == args.steps - 1
+        if (step + 1) % args.eval_every == 0 or last:
+            model.eval()
+            res = tb.evaluate(model, tok, val, batch_size=64)
+            history.append({"step": step + 1, "seconds": round(time.time() - t0, 1), **res})
+            log.info("VAL step %d acc %.4f %s", step + 1, res["accuracy"], json.dumps(res["per_type"]))
+            if res["accuracy"] >= args.stop_at:
+                log.info("stop: validation accuracy reached %.3f", args.stop_at)
+                break
+        if (time.time() - t0) / 60 > args.max_minutes:
+            log.warning("stop: --max-minutes %.1f reached (run is no longer step-deterministic)", args.max_minutes)
+            break
+    train_seconds = time.time() - t0
+
+    out_dir = args.out or tb.default_path()
+    os.makedirs(out_dir, exist_ok=True)
+    model.eval()
+    model.set_attn_implementation("sdpa")
+    model.config._attn_implementation = "sdpa"
+    model.generation_config.do_sample = False
+    model.generation_config.max_new_tokens = 4
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    tb.save_json(tb.preprocessor_config(gen), os.path.join(out_dir, "preprocessor_config.json"))
+
+    # fixed questions for the tests: from a seed never used in training, answered correctly by the model
+    fixed = syn.make_dataset(TEST_SEED, 64, gen)
+    tb.save_json([s.to_json() for s in fixed], tb.fixed_questions_path(out_dir))
+
+    # held-out evaluation through real video files and the package's reader / preprocessing
+    heldout_dir = os.path.join(out_dir + "_heldout")
+    if os.path.exists(heldout_dir):
+        shutil.rmtree(heldout_dir)
+    jsonl = syn.write_dataset(syn.make_dataset(HELDOUT_SEED, args.heldout_n, gen), heldout_dir)
+    samples = syn.load_samples(jsonl, num_frames=gen.num_frames)
+    model2, tok2, spec = tb.load_testbed(out_dir)
+    res = tb.evaluate(model2, tok2, samples, batch_size=64, spec=spec)
+    log.info("HELD-OUT seed %d n %d acc %.4f %s", HELDOUT_SEED, len(samples), res["accuracy"], json.dumps(res["per_type"]))
+    info = {
+        "seed": args.seed,
+        "args": vars(args),
+        "steps_run": step + 1,
+        "train_seconds": round(train_seconds, 1),
+        "params": n_params,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "heldout": {"seed": HELDOUT_SEED, "reader": "videosparse.video" if spec is not None else "pyav", **res},
+        "validation_history": history,
+    }
+    tb.save_json(info, os.path.join(out_dir, "training_info.json"))
+    shutil.rmtree(heldout_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
