@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videosparse.core.budget import apply_temporal, select_tokens, temporal_redundancy
+from videosparse.core.budget import apply_temporal, effective_floor, select_tokens, temporal_redundancy
 from videosparse.core.recycle import recycle, recycle_count
 
 
@@ -83,6 +83,8 @@ def run_stage(
             excluded = excl.reshape(B, M)
             root_flat = (root * P + torch.arange(P, device=dev)).reshape(B, M)
     c = recycle_count(M, count, recycle_ratio, recycle_cluster_ratio) if recycle_tokens else 0
+    # the per-frame floor is a stronger promise than recycling: leave room for it among real tokens
+    c = min(c, max(0, count - effective_floor(frame_floor, count, num_frames) * num_frames))
     kept = select_tokens(s, count - c, frame_id=frame_id, num_frames=num_frames, floor=frame_floor,
                          excluded=excluded, forced=forced)
     kept_hidden = hidden.gather(1, kept[:, :, None].expand(B, kept.shape[1], D))
