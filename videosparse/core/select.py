@@ -49,6 +49,7 @@ def run_stage(
     recycle_cluster_ratio: float = 0.1,
     recycle_knn: int = 5,
     override: torch.Tensor | None = None,
+    redundancy_features: torch.Tensor | None = None,
 ) -> StageResult:
     """Choose `count` of the M current visual tokens of every sample.
 
@@ -58,6 +59,8 @@ def run_stage(
     grid_shape: (T, P) when the M tokens are the full frame-major grid (enables temporal redundancy)
     forced:     (B, M) bool tokens taken first (e.g. CLS)
     override:   (B, count) long indices into M to keep instead of selecting (no recycling)
+    redundancy_features: (B, M, D') features compared across frames for temporal redundancy
+                (default `hidden`; adapters pass the position-free projected visual features)
     The result keeps exactly `count` tokens per sample, merged tokens included.
     """
     B, M, D = hidden.shape
@@ -75,7 +78,8 @@ def run_stage(
                            torch.zeros(B, count, dtype=torch.bool, device=dev), s, clusters, redundant)
     if temporal_tau is not None and grid_shape is not None and grid_shape[0] * grid_shape[1] == M:
         T, P = grid_shape
-        red = temporal_redundancy(hidden.view(B, T, P, D), temporal_tau)
+        feats = hidden if redundancy_features is None else redundancy_features
+        red = temporal_redundancy(feats.reshape(B, T, P, feats.shape[-1]), temporal_tau)
         s3, excl, root = apply_temporal(s.view(B, T, P), red, temporal_mode, temporal_discount)
         s = s3.reshape(B, M)
         redundant = red.reshape(B, M)

@@ -374,6 +374,9 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             recycle_tokens=cfg.recycle, recycle_ratio=cfg.recycle_ratio,
             recycle_cluster_ratio=cfg.recycle_cluster_ratio, recycle_knn=cfg.recycle_knn,
             override=override,
+            # temporal redundancy on the projected visual features (decoder input): position-free, so
+            # identical content in two frames is recognised (layer-L states differ by RoPE/context)
+            redundancy_features=_gather_rows(x, cur_vis) if M == Nv and cfg.temporal_tau is not None else None,
         )
         # trace (in original visual coordinates)
         if cfg.trace:
