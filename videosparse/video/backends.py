@@ -262,6 +262,32 @@ class PyAVReader(_ReaderBase):
         problems += _truncation_problems(n, self.duration, self.declared_frames, self.declared_duration, self.fps)
         if problems:
             self._report(TruncatedVideoError, "; ".join(problems))
+            self._trim_to_decodable()
+
+    def _trim_to_decodable(self) -> None:
+        """Non-strict truncated file: drop trailing frames whose packets exist but do not decode
+        (decodes the last GOP or two, not the whole file)."""
+        if self._pts is None:
+            return
+        saved, self.strict = self.strict, False
+        try:
+            keys = [k for k in self._key_pts if k <= int(self._pts[-1])]
+            for key in reversed(keys[-4:]):
+                last = -1
+                for frame in self._decode_from(key):
+                    if frame.pts is not None and int(frame.pts) in self._pts_to_index:
+                        last = max(last, self._pts_to_index[int(frame.pts)])
+                if last >= 0:
+                    n = last + 1
+                    if n < self.num_frames:
+                        logger.warning("%s: only the first %d of %d frames decode", self.path, n, self.num_frames)
+                        self._pts = self._pts[:n]
+                        self.timestamps = self.timestamps[:n]
+                        self.num_frames = n
+                    return
+        finally:
+            self.strict = saved
+            self.decode_errors = 0
 
     def _report(self, cls, reason: str) -> None:
         if self.strict:
@@ -500,6 +526,8 @@ def open_reader(path, backend: str = "auto", *, max_side: int = DEFAULT_MAX_SIDE
             return DecordReader(path, probe, strict=strict)
         except (DecordFailure, BackendUnavailableError) as e:
             if backend == "decord":
+                if isinstance(e, DecordFailure) and strict and not probe.rotation:
+                    probe._build_index()  # classify: raises TruncatedVideoError when PyAV sees truncation
                 raise
             logger.warning("%s; falling back to PyAV", e)
     return PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode)

@@ -19,6 +19,8 @@ import numpy as np
 
 from videosparse.video.errors import FrameIndexError, NoFramesError, SamplingError
 
+_EPS = 1e-4  # seconds: decord reports float32 timestamps (0.2 -> 0.20000000298)
+
 __all__ = ["STRATEGIES", "uniform_indices", "segment_indices", "fps_indices", "sample_indices"]
 
 STRATEGIES = ("uniform", "fps", "segments", "all")
@@ -49,7 +51,7 @@ def fps_indices(timestamps: np.ndarray, sample_fps: float, t0: float, t1: float)
     count = int(np.floor((t1 - t0) * sample_fps - 1e-9)) + 1
     targets = t0 + np.arange(max(count, 0), dtype=np.float64) / sample_fps
     targets = targets[targets < t1]
-    idx = np.searchsorted(ts, targets + 1e-9, side="right") - 1
+    idx = np.searchsorted(ts, targets + _EPS, side="right") - 1
     idx = idx[idx >= 0]
     return np.unique(idx).astype(np.int64)
 
@@ -109,8 +111,8 @@ def sample_indices(
         t1 = np.inf if end is None else float(end)
         if not (np.isfinite(t0) and t0 >= 0 and t1 > t0):
             raise SamplingError(path, f"invalid time window start={start!r} end={end!r} (need 0 <= start < end)")
-        lo = int(np.searchsorted(ts, t0 - 1e-9, side="left"))
-        hi = int(np.searchsorted(ts, t1 - 1e-9, side="left"))
+        lo = int(np.searchsorted(ts, t0 - _EPS, side="left"))
+        hi = int(np.searchsorted(ts, t1 - _EPS, side="left"))
         if hi <= lo:
             raise NoFramesError(
                 path, f"no frame in the time window [{t0:.3f}, {t1:.3f}) s (video timestamps {ts[0]:.3f}..{ts[-1]:.3f} s)"
@@ -129,8 +131,8 @@ def sample_indices(
     if not sample_fps > 0:
         raise SamplingError(path, f"sample_fps must be > 0, got {sample_fps!r}")
     t0 = float(ts[lo])
-    t1 = float(ts[hi - 1]) + 1e-6 if end is None else float(end)
-    t1 = max(t1, t0 + 1e-6)
+    t1 = float(ts[hi - 1]) + _EPS if end is None else float(end)
+    t1 = max(t1, t0 + _EPS)
     idx = fps_indices(ts[lo:hi], sample_fps, t0, t1) + lo
     if num_frames is not None and idx.size > num_frames:
         idx = idx[uniform_indices(idx.size, int(num_frames))]

@@ -1,0 +1,123 @@
+"""Small videos generated once per session (all < 100 KB, ~2 s to make in total)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from videosparse.video.synth import pattern_frame, write_video
+
+H, W, N, FPS = 48, 64, 40, 25
+VFR_PTS_MS = [0, 40, 80, 200, 240, 400, 410, 420, 600, 1000, 1040, 1300]
+
+
+@dataclass
+class Sample:
+    path: str
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+
+
+def _frames(n, h=H, w=W):
+    return (pattern_frame(i, h, w) for i in range(n))
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    p = lambda name: str(d / name)  # noqa: E731
+    good = {
+        "h264_mp4": Sample(write_video(p("h264.mp4"), _frames(N)), N, H, W, FPS),
+        "mpeg4_avi": Sample(write_video(p("mpeg4.avi"), _frames(N), codec="mpeg4", options={"qscale": "2"}), N, H, W, FPS),
+        "vp9_webm": Sample(write_video(p("vp9.webm"), _frames(N), codec="libvpx-vp9", options={"crf": "10", "b:v": "0"}), N, H, W, FPS),
+        "mjpeg_avi": Sample(write_video(p("mjpeg.avi"), _frames(N), codec="mjpeg", pix_fmt="yuvj420p", options={"qscale": "2"}), N, H, W, FPS),
+        "odd_mp4": Sample(write_video(p("odd.mp4"), _frames(N, 35, 63), pix_fmt="yuv444p", fps=30), N, 35, 63, 30),
+        "one_frame_mp4": Sample(write_video(p("one.mp4"), _frames(1)), 1, H, W, FPS),
+    }
+    gray = [pattern_frame(i, H, W)[..., 1] for i in range(20)]
+    good["gray_mkv"] = Sample(write_video(p("gray.mkv"), gray, codec="ffv1", pix_fmt="gray", input_format="gray"), 20, H, W, FPS)
+    vfr = write_video(p("vfr.mp4"), _frames(len(VFR_PTS_MS)), pts_ms=VFR_PTS_MS)
+    rot = write_video(p("rot90.mp4"), _frames(10), rotation=90)
+    long = write_video(p("long.mp4"), _frames(150), options={"g": "12"})
+
+    # ---- bad input
+    bad_dir = d / "a_directory.mp4"
+    bad_dir.mkdir()
+    empty = d / "empty.mp4"
+    empty.write_bytes(b"")
+    text = d / "notes.mp4"
+    text.write_text("this is not a video\n" * 100)
+    rng = np.random.default_rng(0)
+    noise = d / "noise.mkv"
+    noise.write_bytes(rng.integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    audio = p("audio_only.m4a")
+    _write_audio(audio)
+    big = write_video(p("faststart.mp4"), (rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(60)),
+                      container_options={"movflags": "+faststart"})
+    data = open(big, "rb").read()
+    trunc_mp4 = d / "truncated.mp4"
+    trunc_mp4.write_bytes(data[: len(data) // 2])
+    webm = write_video(p("noise.webm"), (rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(60)),
+                       codec="libvpx-vp9")
+    wd = open(webm, "rb").read()
+    trunc_webm = d / "truncated.webm"
+    trunc_webm.write_bytes(wd[: len(wd) // 2])
+    corrupt = bytearray(data)
+    corrupt[4000:len(corrupt) - 500] = rng.integers(0, 256, len(corrupt) - 4500, dtype=np.uint8).tobytes()
+    corrupt_mp4 = d / "corrupt.mp4"
+    corrupt_mp4.write_bytes(bytes(corrupt))
+    huge = write_video(p("huge.avi"), [np.zeros((16, 8208, 3), np.uint8)], codec="mjpeg", pix_fmt="yuvj420p")
+    return {
+        "good": good,
+        "vfr": vfr,
+        "rot90": rot,
+        "long": long,
+        "dir": str(bad_dir),
+        "missing": str(d / "does_not_exist.mp4"),
+        "empty": str(empty),
+        "text": str(text),
+        "noise": str(noise),
+        "audio": audio,
+        "truncated_mp4": str(trunc_mp4),
+        "truncated_webm": str(trunc_webm),
+        "corrupt_mp4": str(corrupt_mp4),
+        "huge": huge,
+        "dir_path": str(d),
+    }
+
+
+def _write_audio(path):
+    import av
+
+    with av.open(path, "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        for i in range(10):
+            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            fr.sample_rate = 16000
+            fr.pts = i * 1024
+            for pkt in s.encode(fr):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+def decord_installed() -> bool:
+    """Without importing it: importing decord loads its bundled FFmpeg 4.1 libraries, after which
+    PyAV's libvpx-vp9 *encoder* fails to open in the same process, so the media must be written
+    first (decoding is unaffected)."""
+    return importlib.util.find_spec("decord") is not None
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+def psnr(a, b) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
