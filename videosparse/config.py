@@ -85,6 +85,12 @@ class SparseConfig:
     recycle_cluster_ratio: float = _f("Clusters per recycled token (about one tenth).", 0.1)
     recycle_knn: int = _f("k of the k-nearest-neighbour density in DPC-KNN.", 5)
     rank_lambda: float = _f("v1 rank-adaptive count: prune round(lambda * (N - rank)) tokens per stage.", 1.0)
+    score_impl: str = _f(
+        "'rows': compute only the rater rows of the stage layer's attention (default). 'full': "
+        "materialise the full N x N attention map of that layer first, as the seed reference code "
+        "does (same result, for benchmarks and parity checks).",
+        "rows",
+    )
     positions: str = _f("'original' RoPE positions for kept tokens, or 'renumber' them 0..k-1 (v1).", "original")
     seed: int = _f("Seed of the 'random' method.", 0)
     trace: bool = _f("Record a RetentionTrace (kept tokens, scores, raters, clusters) on every prefill.", True)
@@ -110,6 +116,7 @@ class SparseConfig:
             ("head_agg", HEAD_AGG),
             ("positions", POSITIONS),
             ("temporal_mode", TEMPORAL_MODES),
+            ("score_impl", ("rows", "full")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SparseConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")

@@ -89,6 +89,20 @@ def test_rater_scores_equal_eager_attention_rows(layer):
         assert err < 1e-5
 
 
+def test_full_map_scoring_equals_rater_rows(tiny_models):
+    model = tiny_models["sdpa"]
+    inp = make_inputs(model, questions=QUESTIONS)
+    res = {}
+    for impl in ("rows", "full"):
+        cfg = SparseConfig.preset("sparsevlm-v2", budget=0.2, num_layers=4, score_impl=impl)
+        with torch.no_grad(), sparsify(model, cfg) as h:
+            model(**inp)
+        res[impl] = h.trace
+    for a, b in zip(res["rows"].stages, res["full"].stages):
+        assert torch.equal(a.kept, b.kept)
+        assert torch.allclose(a.scores.nan_to_num(-1), b.scores.nan_to_num(-1), atol=1e-6)
+
+
 @pytest.mark.parametrize("preset", ["video", "sparsevlm-v1.5", "sparsevlm-v2", "fastv", "sparsevlm-v1"])
 def test_selection_identical_eager_and_sdpa(tiny_models, preset):
     inp = make_inputs(tiny_models["eager"], questions=QUESTIONS)

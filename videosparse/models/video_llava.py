@@ -338,7 +338,17 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
         rater_valid = None
         if cfg.method == "sparsevlm":
             q, qpos_local, rater_valid = q_rows
-            probs = rater_attention(q, k, qpos_local, key_valid, attn.scaling)
+            if cfg.score_impl == "full":
+                # seed-reference style: the whole (B, H, N, N) map of layer li, then its rater rows
+                q_all = _all_queries(layer, h_in, cos, sin)
+                allpos = torch.arange(q_all.shape[2], device=dev).expand(B, -1)
+                full = rater_attention(q_all, k, allpos, key_valid, attn.scaling)
+                probs = full.gather(2, qpos_local.clamp(min=0)[:, None, :, None].expand(
+                    B, full.shape[1], qpos_local.shape[1], full.shape[3]))
+                probs = probs * rater_valid[:, None, :, None]
+                del full
+            else:
+                probs = rater_attention(q, k, qpos_local, key_valid, attn.scaling)
             grav, qpos_rope, kpos_rope = None, None, None
             if cfg.gravity:
                 qpos_rope = rope_pos.gather(1, qpos_local.clamp(min=0))
@@ -463,10 +473,17 @@ def _stage_queries(dec, adapter, layer, h, cur, cur_vis, raters, text_pos, cos, 
         qpos = torch.where(valid, local, torch.full_like(local, -1))
         return q, qpos, valid
     if cfg.method == "fastv":
-        x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(B, h.shape[1], -1, attn.head_dim).transpose(1, 2)
-        return _apply_rope(q, cos.expand(B, *cos.shape[1:]), sin.expand(B, *sin.shape[1:]))
+        return _all_queries(layer, h, cos, sin)
     return None
+
+
+def _all_queries(layer, h, cos, sin):
+    """Post-rotary queries of every row of `h` at `layer`: (B, H, N, d)."""
+    attn = layer.self_attn
+    B = h.shape[0]
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(B, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+    return _apply_rope(q, cos.expand(B, *cos.shape[1:]), sin.expand(B, *sin.shape[1:]))
 
 
 def _stage_keys(layer, cache, li, h_in, cos, sin, adapter):
