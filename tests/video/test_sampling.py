@@ -27,9 +27,12 @@ def test_segments_middle_frame(n, k):
     idx = segment_indices(n, k)
     ref = [min(int((i + 0.5) * n / k), n - 1) for i in range(k)]
     np.testing.assert_array_equal(idx, ref)
-    edges = np.arange(k + 1) * n / k  # segment i covers frames j with edges[i] <= j < edges[i + 1]
-    if n >= k:  # each index lies inside its own segment
-        assert np.all((idx >= edges[:-1] - 1e-9) & (idx < edges[1:]))
+    # in frame-time units frame j is shown during [j, j + 1): the chosen frame is the one on screen
+    # at the middle of its segment, and segments never share a frame when n >= k
+    mid = (np.arange(k) + 0.5) * n / k
+    assert np.all((idx <= mid + 1e-9) & (mid < idx + 1))
+    if n >= k:
+        assert len(np.unique(idx)) == k
 
 
 @given(n=st.integers(1, 600), fps=st.floats(1, 60), rate=st.floats(0.1, 10), cap=st.none() | st.integers(1, 30))
