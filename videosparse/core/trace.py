@@ -93,6 +93,16 @@ class RetentionTrace:
         """(B, T) long kept tokens per frame after `stage`."""
         return self.kept_mask(stage).sum(dim=-1)
 
+    def select(self, b: int) -> "RetentionTrace":
+        """The trace of sample `b` alone (batch size 1)."""
+        def one(x: Any) -> Any:
+            return None if x is None else x[b : b + 1]
+
+        stages = [StageRecord(s.layer, one(s.kept), one(s.merged), one(s.scores), one(s.raters),
+                              one(s.clusters), one(s.redundant)) for s in self.stages]
+        return RetentionTrace(self.num_frames, self.tokens_per_frame, self.has_cls, self.grid, self.num_layers, 1,
+                              stages, dict(self.config), one(self.raters_text_positions))
+
     def to_dict(self) -> dict:
         def t(x: Any) -> Any:
             if x is None:
