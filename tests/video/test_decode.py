@@ -6,7 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import VFR_PTS_MS, decord_installed, open_fds, psnr
+from video_helpers import VFR_PTS_MS, decord_installed, open_fds, psnr
 
 from videosparse.video import Clip, iter_chunks, load_video, probe_video
 from videosparse.video import backends as B

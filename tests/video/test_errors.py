@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import decord_installed, open_fds
+from video_helpers import decord_installed, open_fds
 
 from videosparse.video import (
     CorruptVideoError,
