@@ -56,3 +56,65 @@ def make_inputs(model, frames=4, prefix=(1, 7, 8), questions=((9, 10, 11, 12),),
 @pytest.fixture(scope="session")
 def tiny_models():
     return {attn: make_model(attn) for attn in ("eager", "sdpa")}
+
+
+WORDS = ["what", "is", "the", "red", "blue", "object", "where", "when", "does", "appear", "shape", "color",
+         "a", "square", "circle", "early", "late", "USER:", "ASSISTANT:", "of", "man", "doing"]
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<video>", "<image>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", additional_special_tokens=["<video>", "<image>"])
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random Video-LLaVA saved with save_pretrained (model + tokenizer + preprocessor config)."""
+    import json
+
+    tok = make_tokenizer()
+    model = make_model("sdpa", image_size=32, patch=8, vocab=len(tok), seed=11)
+    model.config.video_token_id = tok.convert_tokens_to_ids("<video>")
+    model.config.image_token_id = tok.convert_tokens_to_ids("<image>")
+    model.config.text_config.eos_token_id = tok.eos_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    d = tmp_path_factory.mktemp("tiny_ckpt")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    with open(d / "preprocessor_config.json", "w") as f:
+        json.dump({"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32},
+                   "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                   "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3}, f)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_video(tmp_path_factory):
+    """A 12-frame 40x56 H.264 video with moving blocks (resize + center crop are exercised)."""
+    import av
+    import numpy as np
+
+    d = tmp_path_factory.mktemp("vid")
+    path = str(d / "clip.mp4")
+    rng = np.random.default_rng(0)
+    with av.open(path, "w") as out:
+        s = out.add_stream("libx264", rate=4)
+        s.width, s.height, s.pix_fmt = 56, 40, "yuv420p"
+        for t in range(12):
+            f = (rng.random((40, 56, 3)) * 60).astype(np.uint8)
+            f[8:20, 4 * t % 40 : 4 * t % 40 + 12] = (220, 30, 30)
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path

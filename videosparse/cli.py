@@ -130,10 +130,10 @@ def _check_budget_fits(qa, budget) -> None:
 
 
 def _answer(qa, video, question, max_new_tokens, say):
-    say("decoding and encoding the video ...")
+    say("encoding the frames (vision tower) ...")
     t0 = time.perf_counter()
     qa.encode(video)
-    say(f"video ready in {time.perf_counter() - t0:.2f}s; generating ...")
+    say(f"encoded in {time.perf_counter() - t0:.2f}s; generating ...")
     ans = qa.ask(video, question, max_new_tokens=max_new_tokens)
     say(f"answered: prefill {ans.prefill_seconds:.3f}s, decode {ans.decode_seconds:.3f}s ({ans.new_tokens} tokens)")
     return ans
@@ -181,9 +181,16 @@ def cmd_ask(args, say) -> int:
     if not os.path.exists(args.video):
         raise CLIError(f"{args.video}: no such file")
     budget = _parse_budget(args.budget)
+    from videosparse.video import load_video
+
+    say(f"decoding {args.frames} frames of {args.video} ...")
+    t0 = time.perf_counter()
+    clip = load_video(args.video, num_frames=args.frames)  # bad video fails before the model loads
+    say(f"decoded in {time.perf_counter() - t0:.2f}s ({clip.frames.shape[2]}x{clip.frames.shape[1]}, "
+        f"{clip.backend})")
     qa = _load_qa(args.model, args.preset, budget, args.frames, args.device, args.dtype, args.attn, say)
     _check_budget_fits(qa, budget)
-    ans = _answer(qa, args.video, args.question, args.max_new_tokens, say)
+    ans = _answer(qa, clip, args.question, args.max_new_tokens, say)
     heat = _write_heatmaps(qa, ans, args.heatmap) if args.heatmap else None
     _print_answer(ans, args.json, heat)
     return 0
@@ -203,8 +210,7 @@ def cmd_heatmap(args, say) -> int:
     clip = load_video(args.video, indices=indices) if indices else load_video(args.video, num_frames=trace.num_frames)
     if clip.frames.shape[0] != trace.num_frames:
         raise CLIError(f"{args.video}: decoded {clip.frames.shape[0]} frames, the trace has {trace.num_frames}")
-    spec = VideoProcessorSpec(shortest_edge=None, crop_size=min(clip.frames.shape[1:3]))
-    spec = _spec_from_doc(doc) or spec
+    spec = _spec_from_doc(doc) or VideoProcessorSpec()
     meta = doc.get("meta") or {}
     title = f"Q: {meta.get('question', '')}  A: {meta.get('answer', '')}" if meta else None
     paths = heatmap.write_all(clip.frames, trace, args.out, spec=spec, timestamps=doc.get("timestamps"),
@@ -218,7 +224,9 @@ def _spec_from_doc(doc):
     from videosparse.video import VideoProcessorSpec
 
     sp = (doc.get("meta") or {}).get("preprocessing")
-    return VideoProcessorSpec.from_pretrained(sp) if sp else None
+    if not sp:
+        return None
+    return VideoProcessorSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in sp.items()})
 
 
 def cmd_demo(args, say) -> int:
@@ -246,7 +254,15 @@ def main(argv: list | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     debug = getattr(args, "debug", False)
-    say = _progress(not getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False)
+    say = _progress(not quiet)
+    if quiet:
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover
+            pass
     try:
         return {"ask": cmd_ask, "heatmap": cmd_heatmap, "demo": cmd_demo}[args.cmd](args, say)
     except KeyboardInterrupt:

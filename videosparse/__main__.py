@@ -1,0 +1,7 @@
+"""`python -m videosparse` = the `videosparse` command."""
+
+import sys
+
+from videosparse.cli import main
+
+sys.exit(main())
