@@ -366,6 +366,7 @@ PRESETS: dict = {
         layers=(2, 6, 15, 19),
         method="sparsevlm",
         raters="sparsevlm",
+        rank_lambda=0.5,  # lambda = 1 keeps only ~rank(P) <= #raters tokens; 0.5 ~ halves per stage
         recycle=True,
         positions="renumber",
     ),
