@@ -1,0 +1,750 @@
+#!/usr/bin/env python
+"""Performance harness: prefill, decode, FLOPs and memory of videosparse vs the full model and peers.
+
+One run measures, on a random-weight Video-LLaVA-architecture model with the real token geometry
+(8 frames x 257 = 2056 visual tokens, ~60 text tokens, 32 decoder layers; the hidden size is reduced
+to fit a 2-core CPU and stated in the output):
+
+* prefill time (median and spread over --repeats, configurations interleaved round-robin so machine
+  load hits all of them alike) of the full model, videosparse presets, FastV, the seed-reference way
+  of scoring (full N x N attention map of the stage layer, eager attention) and the lower bound
+  (uniform selection: the kept tokens only, no scoring work at all);
+* decode time per token for --new-tokens greedy steps on the pruned vs full KV cache;
+* analytic FLOPs per configuration (formula in ``flops_doc()``) and the FLOPs-ideal speedup;
+* selection overhead (raters + queries/keys + scores + temporal + top-k + recycling) measured by
+  wall-clock wrappers around those functions (runtime instrumentation, no library change);
+* peak prefill memory, each configuration in a fresh child process (VmHWM reset right before the
+  prefill via /proc/self/clear_refs, so model building does not count).
+
+What is timed: the multimodal model forward ``model(input_ids, attention_mask, mm_encoder_outputs=...,
+use_cache=True, logits_to_keep=1)`` with the video features computed once beforehand (the vision
+tower is identical for every configuration; its time is reported separately). So the prefill figure is
+embedding + video-feature scatter + the 32 decoder layers (+ selection) + the last-token LM head.
+
+Output: a markdown table of ratios on stdout and in ``<out>.md``, raw figures + config + versions +
+machine + load in ``<out>.json``.
+
+Usage:
+    python scripts/bench_speed.py                 # full run (~10 min on 2 cores)
+    python scripts/bench_speed.py --quick         # < 1 min: fewer repeats/configs, smaller hidden size
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+VIDEO_TOKEN = 32001  # Video-LLaVA-7B-hf's <video> id (vocab 32064)
+IMAGE_TOKEN = 32000
+
+
+# ----------------------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Geometry:
+    frames: int = 8
+    image_size: int = 224
+    patch_size: int = 14
+    layers: int = 32
+    hidden: int = 256
+    heads: int = 4
+    kv_heads: int = 4
+    intermediate: int = 688  # Llama-7B ratio 11008 / 4096 = 2.6875
+    vocab: int = 32064
+    prefix_tokens: int = 35
+    question_tokens: int = 25
+    vision_hidden: int = 32
+    vision_layers: int = 1
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+    @property
+    def num_visual(self) -> int:
+        return self.frames * self.tokens_per_frame
+
+    @property
+    def seq_len(self) -> int:
+        return self.prefix_tokens + self.num_visual + self.question_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+TOY = Geometry(frames=2, image_size=28, patch_size=14, layers=6, hidden=64, heads=2, kv_heads=2, intermediate=128,
+               vocab=128, prefix_tokens=4, question_tokens=5, vision_hidden=16)
+
+
+def build_model(geo: Geometry, seed: int = 0):
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vcfg = CLIPVisionConfig(hidden_size=geo.vision_hidden, intermediate_size=2 * geo.vision_hidden,
+                            num_hidden_layers=geo.vision_layers, num_attention_heads=2, image_size=geo.image_size,
+                            patch_size=geo.patch_size, projection_dim=geo.vision_hidden)
+    tcfg = LlamaConfig(vocab_size=geo.vocab, hidden_size=geo.hidden, intermediate_size=geo.intermediate,
+                       num_hidden_layers=geo.layers, num_attention_heads=geo.heads, num_key_value_heads=geo.kv_heads,
+                       max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    video_token = min(VIDEO_TOKEN, geo.vocab - 1)
+    image_token = min(IMAGE_TOKEN, geo.vocab - 2)
+    cfg = VideoLlavaConfig(vision_config=vcfg, text_config=tcfg, video_token_id=video_token,
+                           image_token_id=image_token, vision_feature_layer=-1, vision_feature_select_strategy="full")
+    cfg._attn_implementation = "sdpa"
+    model = VideoLlavaForConditionalGeneration(cfg).eval()
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():  # larger init so attention is not uniform (random models otherwise score near-ties)
+        for p in model.model.language_model.parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
+    model.requires_grad_(False)
+    return model
+
+
+def make_inputs(model, geo: Geometry, seed: int = 1) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    vt, it = model.config.video_token_id, model.config.image_token_id
+    lo, hi = 3, min(it, geo.vocab) - 1
+
+    def words(n):
+        return torch.randint(lo, hi, (n,), generator=g)
+
+    ids = torch.cat([torch.tensor([1]), words(geo.prefix_tokens - 1), torch.full((geo.num_visual,), vt),
+                     words(geo.question_tokens)])[None]
+    pix = torch.randn(1, geo.frames, 3, geo.image_size, geo.image_size, generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pix}
+
+
+def encode_video(model, pix):
+    """Video features once (the vision tower + projector; identical for every configuration)."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    with torch.no_grad():
+        t = time.perf_counter()
+        out = model.model.get_video_features(pixel_values_videos=pix, return_dict=True)
+        dt = time.perf_counter() - t
+    return {"video": BaseModelOutputWithPooling(pooler_output=out.pooler_output)}, dt
+
+
+# ----------------------------------------------------------------------------------------- configurations
+@dataclass
+class Bench:
+    name: str
+    attn: str  # "sdpa" | "eager"
+    cfg: Any  # SparseConfig or None (full model)
+    note: str
+    ratio_row: bool = True  # show in the ratio table
+
+
+def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False) -> list:
+    from videosparse import SparseConfig
+
+    L = geo.layers
+    nv = geo.num_visual
+    frac = budget / nv
+    out = [
+        Bench("full", "sdpa", None, "unpruned, sdpa"),
+        Bench(f"video@{budget}", "sdpa", SparseConfig.preset("video", budget=budget, num_layers=L),
+              "videosparse default: rater rows, temporal discount, floor, recycling"),
+        Bench(f"video@{budget5}", "sdpa", SparseConfig.preset("video", budget=budget5, num_layers=L), "same, ~5%"),
+        Bench(f"lower-bound@{budget}", "sdpa",
+              SparseConfig(budget=budget, layers=SparseConfig.preset("video", num_layers=L).layers, method="uniform",
+                           name="lower-bound"),
+              "uniform selection at the video stage layer: kept tokens only, no scoring work"),
+        Bench(f"fastv@{budget}", "sdpa", SparseConfig.preset("fastv", budget=budget, num_layers=L),
+              "FastV-style: attention received from every query row (chunked, recomputed queries)"),
+        Bench(f"seed-ref@{budget}", "eager",
+              SparseConfig.preset("video", budget=budget, num_layers=L, score_impl="full"),
+              "video preset scored the seed's way: full N x N map of the stage layer, eager attention"),
+    ]
+    if not quick:
+        out[3:3] = [Bench(f"lower-bound@{budget5}", "sdpa",
+                          SparseConfig(budget=budget5, layers=SparseConfig.preset("video", num_layers=L).layers,
+                                       method="uniform", name="lower-bound"), "same, ~5%")]
+        out += [
+            Bench("sparsevlm-v1", "sdpa", SparseConfig.preset("sparsevlm-v1", num_layers=L),
+                  "rank-adaptive counts at layers 2,6,15,19 (data-dependent)"),
+            Bench(f"sparsevlm-v1.5@{frac:.4f}", "sdpa",
+                  SparseConfig.preset("sparsevlm-v1.5", budget=frac, num_layers=L),
+                  f"seed 192-schedule fractions scaled to {budget}/{nv}"),
+            Bench(f"sparsevlm-v2@{frac:.4f}", "sdpa", SparseConfig.preset("sparsevlm-v2", budget=frac, num_layers=L),
+                  f"seed 192-schedule fractions scaled to {budget}/{nv}"),
+            Bench("full-eager", "eager", None, "unpruned, eager (context for seed-ref)", ratio_row=True),
+        ]
+    return out
+
+
+# ----------------------------------------------------------------------------------------- selection timer
+class SelectionTimer:
+    """Wall time spent inside the selection functions during a prefill (top-level calls only).
+
+    Patches the names the adapter / stage code look up at call time, restores them on exit.
+    Groups: raters, queries+keys, scores, temporal, topk, recycle, stage-other (rest of run_stage).
+    """
+
+    TARGETS = [
+        ("videosparse.models.video_llava", "select_raters", "raters"),
+        ("videosparse.models.video_llava", "_stage_queries", "queries+keys"),
+        ("videosparse.models.video_llava", "_stage_keys", "queries+keys"),
+        ("videosparse.models.video_llava", "_all_queries", "queries+keys"),
+        ("videosparse.models.video_llava", "rater_attention", "scores"),
+        ("videosparse.models.video_llava", "received_attention", "scores"),
+        ("videosparse.models.video_llava", "visual_scores", "scores"),
+        ("videosparse.models.video_llava", "relevance_rank", "scores"),
+        ("videosparse.models.video_llava", "random_scores", "scores"),
+        ("videosparse.models.video_llava", "uniform_scores", "scores"),
+        ("videosparse.models.video_llava", "run_stage", "stage"),
+        ("videosparse.core.select", "temporal_redundancy", "temporal"),
+        ("videosparse.core.select", "apply_temporal", "temporal"),
+        ("videosparse.core.select", "select_tokens", "topk"),
+        ("videosparse.core.select", "recycle", "recycle"),
+    ]
+
+    def __init__(self) -> None:
+        self.times: dict = {}
+        self._saved: list = []
+        self._stack: list = []
+
+    def reset(self) -> None:
+        self.times = {}
+
+    def _wrap(self, fn, group):
+        timer = self
+
+        def wrapped(*a, **k):
+            t0 = time.perf_counter()
+            timer._stack.append([group, 0.0])
+            try:
+                return fn(*a, **k)
+            finally:
+                g, child = timer._stack.pop()
+                dt = time.perf_counter() - t0
+                # exclusive time per group; the parent subtracts its children
+                timer.times[g] = timer.times.get(g, 0.0) + dt - child
+                if timer._stack:
+                    timer._stack[-1][1] += dt
+
+        return wrapped
+
+    def __enter__(self) -> "SelectionTimer":
+        import importlib
+
+        for mod_name, attr, group in self.TARGETS:
+            mod = importlib.import_module(mod_name)
+            fn = getattr(mod, attr)
+            self._saved.append((mod, attr, fn))
+            setattr(mod, attr, self._wrap(fn, group))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for mod, attr, fn in reversed(self._saved):
+            setattr(mod, attr, fn)
+        self._saved = []
+
+    @property
+    def total(self) -> float:
+        return sum(self.times.values())
+
+
+# ----------------------------------------------------------------------------------------- running
+def _ctx(model, bench: Bench):
+    import contextlib
+
+    from videosparse import sparsify
+
+    model.set_attn_implementation(bench.attn)
+    if bench.cfg is None:
+        return contextlib.nullcontext(None)
+    return sparsify(model, bench.cfg)
+
+
+def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int) -> tuple:
+    """One prefill (timed) and `new_tokens` greedy decode steps (each timed). Returns (t_prefill, [t_step])."""
+    import torch
+
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=dict(enc), use_cache=True,
+                    logits_to_keep=1)
+        t_prefill = time.perf_counter() - t0
+        cache = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        steps = []
+        for _ in range(new_tokens):
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            t0 = time.perf_counter()
+            out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            steps.append(time.perf_counter() - t0)
+    return t_prefill, steps, cache
+
+
+def cache_lengths(cache) -> list:
+    return [int(layer.keys.shape[2]) for layer in cache.layers]
+
+
+# ----------------------------------------------------------------------------------------- FLOPs
+def flops_doc() -> str:
+    return (
+        "Per decoder layer with n query tokens attending causally to n keys (prefill): projections "
+        "2n(D*D + 2*D*Dkv + D*D) + attention 2*2*D*n(n+1)/2 (QK^T and AV over the causal pairs only) + MLP "
+        "2*3*n*D*Dff; n = text tokens + the visual tokens that layer sees (per-stage counts from the trace). "
+        "Plus the LM head on the last token 2*D*V. Decode step (1 query, cache length c per layer): "
+        "2(2D^2+2D*Dkv) + 2*2*D*(c+1) + 2*3*D*Dff per layer + 2*D*V. Norms, RoPE, softmax, residuals ignored. "
+        "Scoring work, counted as implemented: raters 2*Nv*Nt*D; rater rows per stage 2*R*D^2 (queries) + "
+        "2*R*n*D (logits); FastV and the seed-reference 'full' map per stage 2*n*D^2 + 2*n*n*D (all rows, "
+        "full square); recycling (DPC-KNN) 3*m^2*D for m candidate tokens; temporal 3*(T-1)*P*D. "
+        "FLOPs-ideal speedup = decoder FLOPs(full) / decoder FLOPs(config) WITHOUT scoring work, so the "
+        "measured/ideal fraction exposes every overhead (scoring, bookkeeping)."
+    )
+
+
+def layer_flops(n: int, geo: Geometry) -> float:
+    D, Dkv, Dff = geo.hidden, geo.kv_dim, geo.intermediate
+    return 2 * n * (2 * D * D + 2 * D * Dkv) + 2 * 2 * D * n * (n + 1) / 2 + 2 * 3 * n * D * Dff
+
+
+def seen_per_layer(geo: Geometry, stage_layers: list, counts: list) -> list:
+    """Visual tokens each decoder layer sees (a stage at L shrinks after L)."""
+    stages = dict(zip(stage_layers, counts))
+    cur, out = geo.num_visual, []
+    for layer in range(geo.layers):
+        out.append(cur)
+        if layer in stages:
+            cur = stages[layer]
+    return out
+
+
+def prefill_flops(geo: Geometry, bench: Bench, stage_layers: list, counts: list, raters: int) -> dict:
+    text = geo.seq_len - geo.num_visual
+    seen = seen_per_layer(geo, stage_layers, counts)
+    D = geo.hidden
+    decoder = sum(layer_flops(text + v, geo) for v in seen) + 2 * D * geo.vocab
+    scoring = 0.0
+    cfg = bench.cfg
+    if cfg is not None:
+        n_before = {layer: text + seen[layer] for layer in stage_layers}
+        prev_vis = geo.num_visual
+        if cfg.method == "sparsevlm":
+            scoring += 2 * geo.num_visual * geo.question_tokens * D
+        for layer, count in zip(stage_layers, counts):
+            n = n_before[layer]
+            if cfg.method == "fastv" or (cfg.method == "sparsevlm" and cfg.score_impl == "full"):
+                scoring += 2 * n * D * D + 2 * n * n * D
+            elif cfg.method == "sparsevlm":
+                scoring += 2 * raters * D * D + 2 * raters * n * D
+            if cfg.recycle and prev_vis > count:
+                m = int(-(-cfg.recycle_ratio * (prev_vis - count) // 1))
+                scoring += 3 * m * m * D
+            if cfg.temporal_tau is not None and prev_vis == geo.num_visual:
+                scoring += 3 * (geo.frames - 1) * geo.tokens_per_frame * D
+            prev_vis = count
+    return {"decoder": decoder, "scoring": scoring, "total": decoder + scoring, "seen_per_layer": seen}
+
+
+def decode_flops(geo: Geometry, cache_lens: list) -> float:
+    D, Dkv, Dff = geo.hidden, geo.kv_dim, geo.intermediate
+    per = sum(2 * (2 * D * D + 2 * D * Dkv) + 2 * 2 * D * (c + 1) + 2 * 3 * D * Dff for c in cache_lens)
+    return per + 2 * D * geo.vocab
+
+
+# ----------------------------------------------------------------------------------------- memory (child)
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+    return -1
+
+
+def memory_child(spec: dict) -> dict:
+    """Runs in a fresh process: build model, encode video, reset the RSS high-water mark, one prefill."""
+    import gc
+    import resource
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    geo = Geometry(**spec["geometry"])
+    model = build_model(geo, seed=spec["seed"])
+    inputs = make_inputs(model, geo)
+    enc, _ = encode_video(model, inputs.pop("pixel_values_videos"))
+    budget, budget5 = spec["budget"], spec["budget5"]
+    bench = {b.name: b for b in configurations(geo, budget, budget5, quick=False)}[spec["config"]]
+    ctx = _ctx(model, bench)
+    gc.collect()
+    reset = True
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        reset = False
+    base_kb = _status_kb("VmRSS:")
+    hwm_before = _status_kb("VmHWM:")
+    with ctx:
+        t, _, cache = prefill_and_decode(model, inputs, enc, 0)
+    peak_kb = _status_kb("VmHWM:")
+    kv_bytes = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
+    return {"config": bench.name, "base_mb": base_kb / 1024, "peak_mb": peak_kb / 1024,
+            "delta_mb": (peak_kb - base_kb) / 1024, "hwm_reset": reset, "hwm_before_reset_check_mb": hwm_before / 1024,
+            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "kv_cache_mb": kv_bytes / 2**20, "prefill_s": t}
+
+
+def measure_memory(name: str, geo: Geometry, args) -> dict:
+    spec = {"config": name, "geometry": dataclasses.asdict(geo), "threads": args.threads, "seed": args.seed,
+            "budget": args.budget, "budget5": args.budget5}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory-child", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child for {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------- machine / load
+def _cpu_ticks() -> tuple:
+    with open("/proc/stat") as fh:
+        vals = [int(x) for x in fh.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return sum(vals), idle
+
+
+class LoadMeter:
+    """Average CPU use of *other* processes while the benchmark runs (machine busy minus ours)."""
+
+    def __enter__(self) -> "LoadMeter":
+        self.t0 = time.time()
+        self.ticks0 = _cpu_ticks()
+        self.own0 = os.times()
+        self.loadavg0 = os.getloadavg()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        total1, idle1 = _cpu_ticks()
+        own1 = os.times()
+        wall = time.time() - self.t0
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = ((total1 - self.ticks0[0]) - (idle1 - self.ticks0[1])) / hz
+        own = (own1.user - self.own0.user) + (own1.system - self.own0.system)
+        own += (own1.children_user - self.own0.children_user) + (own1.children_system - self.own0.children_system)
+        self.result = {
+            "wall_s": wall,
+            "machine_busy_cores": busy / wall if wall else 0.0,
+            "own_cores": own / wall if wall else 0.0,
+            "other_processes_cores": max(0.0, (busy - own) / wall) if wall else 0.0,
+            "loadavg_start": self.loadavg0,
+            "loadavg_end": os.getloadavg(),
+        }
+
+
+def machine_info(threads: int) -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        commit = ""
+    import videosparse
+
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads,
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "videosparse": videosparse.__version__, "git_commit": commit, "platform": platform.platform(),
+        "mem_total_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+    }
+
+
+# ----------------------------------------------------------------------------------------- statistics / table
+def summarize(xs: list) -> dict:
+    xs = sorted(xs)
+    n = len(xs)
+    def q(p):
+        return xs[min(n - 1, max(0, int(round(p * (n - 1)))))]
+
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "q25": q(0.25), "q75": q(0.75), "n": n,
+            "all": xs}
+
+
+def _fmt_ms(s: dict) -> str:
+    return f"{s['median'] * 1e3:.0f} [{s['min'] * 1e3:.0f}-{s['max'] * 1e3:.0f}]"
+
+
+def render_table(res: dict) -> str:
+    rows = res["results"]
+    full = rows["full"]
+    lines = [
+        "| config | attn | visual tokens after stages (layers) | equiv. tokens | prefill ms median [min-max] | "
+        "speedup vs full | FLOPs-ideal speedup | achieved / ideal | selection ms (share of prefill) | "
+        "peak prefill mem vs full | decode ms/token | decode speedup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        sp = full["prefill"]["median"] / r["prefill"]["median"]
+        ideal = full["flops"]["decoder"] / r["flops"]["decoder"]
+        stages = ", ".join(f"{c}" for c in r["counts"]) or "-"
+        layers = ",".join(str(x) for x in r["stage_layers"])
+        stages = f"{stages} ({layers})" if layers else "-"
+        sel = r["selection"]["median"]
+        sel_s = f"{sel * 1e3:.1f} ({100 * sel / r['prefill']['median']:.1f}%)" if r["counts"] else "-"
+        mem = r.get("memory")
+        fm = full.get("memory")
+        mem_s = f"{mem['delta_mb'] / fm['delta_mb']:.2f}x ({mem['delta_mb']:.0f} MB)" if mem and fm else "n/a"
+        dec = r["decode_step"]
+        dsp = full["decode_step"]["median"] / dec["median"] if dec["n"] else float("nan")
+        dec_s = f"{dec['median'] * 1e3:.1f}" if dec["n"] else "n/a"
+        lines.append(
+            f"| {name} | {r['attn']} | {stages} | {r['equivalent_tokens']:.0f} | {_fmt_ms(r['prefill'])} | "
+            f"{sp:.2f}x | {ideal:.2f}x | {sp / ideal:.0%} | {sel_s} | {mem_s} | {dec_s} | {dsp:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def render_report(res: dict) -> str:
+    geo = res["geometry"]
+    m, ld = res["machine"], res["load"]
+    head = [
+        f"Random-weight Video-LLaVA architecture: {geo['frames']} frames x {res['tokens_per_frame']} = "
+        f"{res['num_visual']} visual tokens, {res['seq_len'] - res['num_visual']} text tokens "
+        f"(sequence {res['seq_len']}), {geo['layers']} decoder layers, hidden {geo['hidden']} "
+        f"({geo['heads']} heads x {geo['hidden'] // geo['heads']}, kv heads {geo['kv_heads']}), MLP "
+        f"{geo['intermediate']}, vocab {geo['vocab']}; fp32, batch 1.",
+        f"Timed: multimodal forward with precomputed video features (vision tower "
+        f"{res['vision_tower_s'] * 1e3:.0f} ms, excluded), use_cache, logits_to_keep=1; "
+        f"{res['repeats']} repeats after {res['warmup']} warm-up, configs interleaved; decode: "
+        f"{res['new_tokens']} greedy steps per repeat, median over all steps.",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}; "
+        f"torch {m['torch']}, transformers {m['transformers']}, git {m['git_commit']}.",
+        f"Load: other processes used {ld['other_processes_cores']:.2f} cores on average during the timing "
+        f"(machine busy {ld['machine_busy_cores']:.2f}, ours {ld['own_cores']:.2f}); load average "
+        f"{ld['loadavg_start'][0]:.2f} at start, {ld['loadavg_end'][0]:.2f} at end.",
+        f"Memory: {res['memory_method']}",
+        "",
+        render_table(res),
+    ]
+    return "\n".join(head)
+
+
+# ----------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="< 1 min: hidden 128, 1 repeat, 8 new tokens, fewer configs")
+    p.add_argument("--toy", action="store_true", help="toy geometry (smoke test only)")
+    p.add_argument("--hidden", type=int, default=None, help="decoder hidden size (default 256, quick 128)")
+    p.add_argument("--heads", type=int, default=None, help="attention heads (default hidden / 64)")
+    p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--budget", type=int, default=None, help="~10%% budget in tokens (default 194)")
+    p.add_argument("--budget5", type=int, default=None, help="~5%% budget in tokens (default round(0.05 * Nv))")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per config (default 5, quick 1)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--new-tokens", type=int, default=None, help="decode steps (default 32, quick 8)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", default=None, help="comma-separated subset of configuration names")
+    p.add_argument("--memory", choices=["subprocess", "none"], default="subprocess")
+    p.add_argument("--memory-configs", default=None, help="subset for memory (default: all; quick: full + video)")
+    p.add_argument("--profile", default=None, help="write a torch.profiler table of this config's prefill")
+    p.add_argument("--out", default="out/bench_speed", help="output prefix (.json and .md are written)")
+    p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def resolve(args) -> Geometry:
+    geo = TOY if args.toy else Geometry()
+    changes = {}
+    hidden = args.hidden or (128 if args.quick and not args.toy else None)
+    if hidden:
+        changes["hidden"] = hidden
+        heads = args.heads or max(1, hidden // 64)
+        changes.update(heads=heads, kv_heads=heads, intermediate=int(round(hidden * 2.6875 / 8)) * 8)
+    elif args.heads:
+        changes.update(heads=args.heads, kv_heads=args.heads)
+    if args.layers:
+        changes["layers"] = args.layers
+    geo = dataclasses.replace(geo, **changes)
+    nv = geo.num_visual
+    args.budget = args.budget or max(2, round(194 / 2056 * nv))
+    args.budget5 = args.budget5 or max(1, min(round(0.05 * nv), args.budget - 1))
+    if args.budget5 >= args.budget:
+        raise SystemExit(f"--budget5 ({args.budget5}) must be below --budget ({args.budget})")
+    args.repeats = args.repeats or (1 if args.quick or args.toy else 5)
+    args.new_tokens = args.new_tokens if args.new_tokens is not None else (8 if args.quick or args.toy else 32)
+    return geo
+
+
+def run(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    geo = resolve(args)
+    model = build_model(geo, seed=args.seed)
+    inputs = make_inputs(model, geo)
+    enc, t_vis = encode_video(model, inputs.pop("pixel_values_videos"))
+    benches = configurations(geo, args.budget, args.budget5, quick=args.quick)
+    if args.configs:
+        wanted = args.configs.split(",")
+        benches = [b for b in benches if b.name in wanted or b.name == "full"]
+    raw = {b.name: {"prefill": [], "decode": [], "selection": [], "selection_groups": []} for b in benches}
+    info: dict = {}
+    timer = SelectionTimer()
+    print(f"geometry: {geo}", flush=True)
+    with LoadMeter() as load, timer:
+        for rep in range(args.warmup + args.repeats):
+            for b in benches:
+                timer.reset()
+                with _ctx(model, b) as h:
+                    tp, steps, cache = prefill_and_decode(model, inputs, enc, args.new_tokens)
+                    trace = h.trace if h is not None else None
+                if rep < args.warmup:
+                    if b.name not in info:
+                        counts = trace.counts if trace is not None else []
+                        layers = [s.layer for s in trace.stages] if trace is not None else []
+                        raters = int(trace.stages[0].raters.sum()) if trace is not None and trace.stages[0].raters \
+                            is not None else 0
+                        info[b.name] = {"counts": counts, "stage_layers": layers, "raters": raters,
+                                        "cache_lengths": cache_lengths(cache),
+                                        "equivalent_tokens": trace.equivalent_tokens if trace else geo.num_visual}
+                    continue
+                r = raw[b.name]
+                r["prefill"].append(tp)
+                r["decode"].extend(steps)
+                r["selection"].append(timer.total)
+                r["selection_groups"].append(dict(timer.times))
+            print(f"repeat {rep + 1}/{args.warmup + args.repeats} done "
+                  f"(full {raw['full']['prefill'][-1] * 1e3 if raw['full']['prefill'] else float('nan'):.0f} ms)",
+                  flush=True)
+    model.set_attn_implementation("sdpa")
+
+    results = {}
+    for b in benches:
+        r, i = raw[b.name], info[b.name]
+        fl = prefill_flops(geo, b, i["stage_layers"], i["counts"], i["raters"])
+        dec_cache = [c + args.new_tokens // 2 for c in i["cache_lengths"]]  # mid-decode cache lengths
+        groups = {}
+        for g in r["selection_groups"]:
+            for k, v in g.items():
+                groups.setdefault(k, []).append(v)
+        results[b.name] = {
+            "attn": b.attn, "note": b.note, "config": b.cfg.to_dict() if b.cfg is not None else None,
+            "counts": i["counts"], "stage_layers": i["stage_layers"], "raters": i["raters"],
+            "equivalent_tokens": i["equivalent_tokens"], "cache_lengths_after_prefill": i["cache_lengths"],
+            "prefill": summarize(r["prefill"]), "decode_step": summarize(r["decode"]) if r["decode"] else
+            {"n": 0, "median": float("nan")},
+            "selection": summarize(r["selection"]),
+            "selection_groups_median_s": {k: statistics.median(v) for k, v in groups.items()},
+            "flops": {k: v for k, v in fl.items() if k != "seen_per_layer"},
+            "visual_tokens_seen_per_layer": fl["seen_per_layer"],
+            "decode_flops_per_token": decode_flops(geo, dec_cache),
+        }
+    full = results["full"]
+    for name, r in results.items():
+        r["ratios"] = {
+            "prefill_speedup": full["prefill"]["median"] / r["prefill"]["median"],
+            "flops_ideal_speedup": full["flops"]["decoder"] / r["flops"]["decoder"],
+            "flops_ideal_speedup_incl_scoring": full["flops"]["decoder"] / r["flops"]["total"],
+            "selection_share_of_prefill": r["selection"]["median"] / r["prefill"]["median"],
+            "decode_speedup": (full["decode_step"]["median"] / r["decode_step"]["median"]
+                               if r["decode_step"]["n"] else None),
+            "decode_flops_ideal_speedup": full["decode_flops_per_token"] / r["decode_flops_per_token"],
+        }
+        r["ratios"]["achieved_fraction_of_ideal"] = r["ratios"]["prefill_speedup"] / r["ratios"]["flops_ideal_speedup"]
+
+    memory_method = "not measured"
+    if args.memory == "subprocess":
+        memory_method = ("fresh child process per configuration; VmHWM reset (/proc/self/clear_refs = 5) after "
+                         "model build and video encoding, then one prefill; figure = VmHWM - VmRSS before the "
+                         "prefill (activations + KV cache + allocator), ratio vs the full model's.")
+        mem_names = (args.memory_configs.split(",") if args.memory_configs else
+                     (["full", f"video@{args.budget}"] if args.quick else [b.name for b in benches]))
+        for name in mem_names:
+            if name in results:
+                results[name]["memory"] = measure_memory(name, geo, args)
+                print(f"memory {name}: +{results[name]['memory']['delta_mb']:.0f} MB", flush=True)
+        fm = results["full"].get("memory")
+        for r in results.values():
+            if r.get("memory") and fm:
+                r["ratios"]["memory_ratio"] = r["memory"]["delta_mb"] / fm["delta_mb"]
+
+    res = {
+        "geometry": dataclasses.asdict(geo), "tokens_per_frame": geo.tokens_per_frame, "num_visual": geo.num_visual,
+        "seq_len": geo.seq_len, "budget": args.budget, "budget5": args.budget5, "repeats": args.repeats,
+        "warmup": args.warmup, "new_tokens": args.new_tokens, "quick": args.quick, "seed": args.seed,
+        "vision_tower_s": t_vis, "machine": machine_info(args.threads), "load": load.result,
+        "flops_formula": flops_doc(), "memory_method": memory_method,
+        "command": " ".join([os.path.basename(sys.executable), "scripts/bench_speed.py"] + sys.argv[1:]),
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "results": results,
+    }
+    if args.profile:
+        res["profile"] = profile_config(model, inputs, enc, {b.name: b for b in benches}[args.profile], args)
+    return res
+
+
+def profile_config(model, inputs, enc, bench: Bench, args) -> str:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with _ctx(model, bench):
+        prefill_and_decode(model, inputs, enc, 0)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            prefill_and_decode(model, inputs, enc, 0)
+    model.set_attn_implementation("sdpa")
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    with open(args.out + f".profile-{bench.name.replace('@', '_')}.txt", "w") as fh:
+        fh.write(table)
+    print(table)
+    return table
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.memory_child:
+        print(json.dumps(memory_child(json.loads(args.memory_child))))
+        return {}
+    res = run(args)
+    report = render_report(res)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as fh:
+        json.dump(res, fh, indent=1, default=str)
+    with open(args.out + ".md", "w") as fh:
+        fh.write(f"`{res['command']}`\n\n{report}\n")
+    print()
+    print(report)
+    print(f"\nwrote {args.out}.json and {args.out}.md")
+    return res
+
+
+if __name__ == "__main__":
+    main()
