@@ -87,7 +87,7 @@ class Geometry:
         return self.kv_heads * self.head_dim
 
 
-TOY = Geometry(frames=2, image_size=28, patch_size=14, layers=6, hidden=64, heads=2, kv_heads=2, intermediate=128,
+TOY = Geometry(frames=2, image_size=84, patch_size=14, layers=6, hidden=64, heads=2, kv_heads=2, intermediate=128,
                vocab=128, prefix_tokens=4, question_tokens=5, vision_hidden=16)
 
 
@@ -278,7 +278,9 @@ def _ctx(model, bench: Bench):
 
 
 def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int) -> tuple:
-    """One prefill (timed) and `new_tokens` greedy decode steps (each timed). Returns (t_prefill, [t_step])."""
+    """One prefill (timed) and `new_tokens` greedy decode steps (each timed).
+
+    Returns (t_prefill, [t_step], cache, cache length per layer right after the prefill)."""
     import torch
 
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -288,6 +290,7 @@ def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int) -> tuple
                     logits_to_keep=1)
         t_prefill = time.perf_counter() - t0
         cache = out.past_key_values
+        lens = cache_lengths(cache)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         steps = []
         for _ in range(new_tokens):
@@ -296,7 +299,7 @@ def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int) -> tuple
             out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             steps.append(time.perf_counter() - t0)
-    return t_prefill, steps, cache
+    return t_prefill, steps, cache, lens
 
 
 def cache_lengths(cache) -> list:
@@ -402,7 +405,7 @@ def memory_child(spec: dict) -> dict:
     base_kb = _status_kb("VmRSS:")
     hwm_before = _status_kb("VmHWM:")
     with ctx:
-        t, _, cache = prefill_and_decode(model, inputs, enc, 0)
+        t, _, cache, _ = prefill_and_decode(model, inputs, enc, 0)
     peak_kb = _status_kb("VmHWM:")
     kv_bytes = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
     return {"config": bench.name, "base_mb": base_kb / 1024, "peak_mb": peak_kb / 1024,
@@ -498,7 +501,8 @@ def summarize(xs: list) -> dict:
 
 
 def _fmt_ms(s: dict) -> str:
-    return f"{s['median'] * 1e3:.0f} [{s['min'] * 1e3:.0f}-{s['max'] * 1e3:.0f}]"
+    d = 0 if s["median"] >= 0.1 else 1
+    return f"{s['median'] * 1e3:.{d}f} [{s['min'] * 1e3:.{d}f}-{s['max'] * 1e3:.{d}f}]"
 
 
 def render_table(res: dict) -> str:
@@ -625,7 +629,7 @@ def run(args) -> dict:
             for b in benches:
                 timer.reset()
                 with _ctx(model, b) as h:
-                    tp, steps, cache = prefill_and_decode(model, inputs, enc, args.new_tokens)
+                    tp, steps, cache, lens = prefill_and_decode(model, inputs, enc, args.new_tokens)
                     trace = h.trace if h is not None else None
                 if rep < args.warmup:
                     if b.name not in info:
@@ -634,7 +638,7 @@ def run(args) -> dict:
                         raters = int(trace.stages[0].raters.sum()) if trace is not None and trace.stages[0].raters \
                             is not None else 0
                         info[b.name] = {"counts": counts, "stage_layers": layers, "raters": raters,
-                                        "cache_lengths": cache_lengths(cache),
+                                        "cache_lengths": lens,
                                         "equivalent_tokens": trace.equivalent_tokens if trace else geo.num_visual}
                     continue
                 r = raw[b.name]
