@@ -8,8 +8,10 @@ Recipe (see README "Test bed"): a real ``VideoLlavaForConditionalGeneration`` (C
 Llama 4 x 128, tied embeddings) trained from scratch with AdamW on three losses:
 
 * QA: several question/answer turns packed after each clip, cross-entropy on every answer token;
-* grounding: ``lm_head`` applied to every projected visual patch token predicts the colour word and
-  the shape word of the object in that patch (``background`` otherwise);
+* grounding: ``lm_head`` applied to every projected visual patch token predicts, each with its own
+  softmax over the group's words, the colour and the shape of the object in that patch
+  (``background`` otherwise) and, for object patches, ``top``/``bottom`` and ``left``/``right``
+  (weight ``--pos-weight``); object and background patches are averaged separately;
 * routing: at decoder layers 0 and 1, the question's colour token (and, at layer 1, the tokens after
   it up to ``ASSISTANT:``) put their head-mean attention over the visual tokens on the asked-about
   object's patches (-log of that attention share).
@@ -63,7 +65,7 @@ class Batcher:
         gen = self.gen
         items = syn.training_batch(rng, batch, qa_per_clip, gen)
         n_vis = gen.num_frames * self.per_frame
-        seqs, labels, qpos, tmasks, pix, gcol, gshape = [], [], [], [], [], [], []
+        seqs, labels, qpos, tmasks, pix, gcol = [], [], [], [], [], []
         vis_start = 2  # <s> USER:
         for clip, qas in items:
             ids = [self.vocab[tb.BOS], self.vocab["USER:"]] + [self.video_id] * n_vis
@@ -91,8 +93,14 @@ class Batcher:
             tmasks.append(tm)
             pix.append(tb.preprocess(clip.frames))
             cw, sw = syn.patch_labels(clip)
-            gcol.append(np.vectorize(self.vocab.get)(cw).reshape(gen.num_frames, -1))
-            gshape.append(np.vectorize(self.vocab.get)(sw).reshape(gen.num_frames, -1))
+            half = gen.grid // 2
+            rows = np.where(np.arange(gen.grid) < half, "top", "bottom")[None, :, None]
+            cols = np.where(np.arange(gen.grid) < half, "left", "right")[None, None, :]
+            obj = cw != syn.BACKGROUND_WORD
+            vw = np.where(obj, np.broadcast_to(rows, cw.shape), syn.BACKGROUND_WORD)
+            hw = np.where(obj, np.broadcast_to(cols, cw.shape), syn.BACKGROUND_WORD)
+            words = np.stack([cw, sw, vw, hw], -1).reshape(gen.num_frames, -1, 4)  # (T, P, 4)
+            gcol.append(np.vectorize(self.vocab.get)(words))
         L = max(len(s) for s in seqs)
         B = len(seqs)
         input_ids = torch.full((B, L), self.vocab[tb.PAD], dtype=torch.long)
@@ -125,8 +133,7 @@ class Batcher:
             q_is_color=q_is_color,
             t_mask=t_mask,
             vis_mask=vis_mask,
-            g_color=torch.from_numpy(np.stack(gcol).astype(np.int64)),
-            g_shape=torch.from_numpy(np.stack(gshape).astype(np.int64)),
+            g_words=torch.from_numpy(np.stack(gcol).astype(np.int64)),  # (B, T, P, 4)
         )
 
 
@@ -164,6 +171,42 @@ def routing_loss(rows: torch.Tensor, batch: dict, color_only: bool) -> torch.Ten
     return (nll * valid).sum() / valid.sum().clamp_min(1)
 
 
+def grounding_groups(tok) -> list:
+    """Word ids of the four grounding groups: colour, shape (each with ``background``), top/bottom, left/right."""
+    ids = tok.convert_tokens_to_ids
+    bg = syn.BACKGROUND_WORD
+    return [
+        torch.tensor(ids(list(syn.COLORS) + [bg])),
+        torch.tensor(ids(list(syn.SHAPES) + [bg])),
+        torch.tensor(ids(["top", "bottom"])),
+        torch.tensor(ids(["left", "right"])),
+    ]
+
+
+def grounding_loss(logits: torch.Tensor, words: torch.Tensor, groups: list, bg_id: int, pos_weight: float = 1.0) -> torch.Tensor:
+    """Patch grounding through lm_head, one softmax per attribute group, balanced object/background.
+
+    logits: (B*T, P, V) lm_head of the projected patch tokens; words: (B, T, P, 4) target word ids
+    (colour, shape, top/bottom, left/right of the object in the patch; ``background`` otherwise).
+    Each group is a cross-entropy over that group's words only (so the attributes do not compete
+    for one distribution); position groups apply to object patches only. Object and background
+    patches are averaged separately and summed.
+    """
+    lg = logits.float().reshape(-1, logits.shape[-1])
+    w = words.reshape(-1, 4)
+    obj = w[:, 0] != bg_id
+    total = lg.new_zeros(())
+    for k, g in enumerate(groups):
+        sub = lg[:, g]  # (N, |g|)
+        target = (w[:, k : k + 1] == g[None]).float().argmax(1)
+        nll = F.cross_entropy(sub, target, reduction="none")
+        if obj.any():
+            total = total + nll[obj].mean() * (pos_weight if k >= 2 else 1.0)
+        if k < 2:
+            total = total + nll[~obj].mean()
+    return total / 4
+
+
 def lr_at(step: int, args) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -176,19 +219,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="output dir (default: videosparse/assets/testbed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=2500)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--qa-per-clip", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--ground-weight", type=float, default=0.5)
+    ap.add_argument("--ground-weight", type=float, default=1.0)
     ap.add_argument("--route-weight", type=float, default=0.5)
+    ap.add_argument("--pos-weight", type=float, default=4.0, help="weight of the top/bottom, left/right grounding")
+    ap.add_argument("--pos-init-std", type=float, default=0.3, help="init std of the ViT position embeddings")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--val-n", type=int, default=256)
     ap.add_argument("--heldout-n", type=int, default=1000)
     ap.add_argument("--stop-at", type=float, default=1.01, help="stop early when validation accuracy >= this")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--snapshot", default=None, help="also save the model here at every validation")
     ap.add_argument("--max-minutes", type=float, default=30.0, help="safety stop (breaks determinism if hit)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -202,9 +248,13 @@ def main(argv=None) -> int:
     config = tb.build_config(tok, gen)
     model = VideoLlavaForConditionalGeneration(config)
     model.set_attn_implementation("sdpa")
+    with torch.no_grad():  # larger position embeddings: patch position survives the saturated object colours
+        model.model.video_tower.embeddings.position_embedding.weight.normal_(0.0, args.pos_init_std)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("params %d", n_params)
     per_frame = tb.tokens_per_frame(config)
+    bg_id = tok.convert_tokens_to_ids(syn.BACKGROUND_WORD)
+    groups = grounding_groups(tok)
     batcher = Batcher(tok, gen, per_frame)
 
     feats = {}
@@ -249,10 +299,7 @@ def main(argv=None) -> int:
         logits = out.logits[:, :-1]
         qa = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
         v = feats["v"][:, 1:]  # (B*T, P, D) projected patch tokens (CLS dropped)
-        glog = model.lm_head(v).reshape(-1, config.text_config.vocab_size)
-        ground = 0.5 * (
-            F.cross_entropy(glog, batch["g_color"].reshape(-1)) + F.cross_entropy(glog, batch["g_shape"].reshape(-1))
-        )
+        ground = grounding_loss(model.lm_head(v), batch["g_words"], groups, bg_id, args.pos_weight)
         route = 0.5 * (
             routing_loss(rater_attention(layers[0].self_attn, captured[0], batch), batch, color_only=True)
             + routing_loss(rater_attention(layers[1].self_attn, captured[1], batch), batch, color_only=False)
@@ -272,6 +319,9 @@ def main(argv=None) -> int:
             res = tb.evaluate(model, tok, val, batch_size=64)
             history.append({"step": step + 1, "seconds": round(time.time() - t0, 1), **res})
             log.info("VAL step %d acc %.4f %s", step + 1, res["accuracy"], json.dumps(res["per_type"]))
+            if args.snapshot:
+                model.save_pretrained(args.snapshot)
+                tok.save_pretrained(args.snapshot)
             if res["accuracy"] >= args.stop_at:
                 log.info("stop: validation accuracy reached %.3f", args.stop_at)
                 break

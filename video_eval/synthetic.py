@@ -6,7 +6,7 @@ A clip is ``num_frames`` RGB frames of ``grid x grid`` cells of ``cell`` pixels 
 * a cluttered static background: low-frequency coloured noise plus static "clutter" shapes in
   desaturated colours (grey, brown, beige, ...) present in every frame;
 * 2-4 *keyed* objects, each with a unique saturated colour (the key a question names), a shape
-  (square, circle, triangle, cross), a quadrant, and a visibility span of 2-3 consecutive frames in
+  (square, circle, triangle, cross), a quadrant, and a visibility span of 2 consecutive frames in
   the first half ("early") or second half ("late") of the clip; half of them move one cell per frame
   inside their quadrant;
 * optionally a *group*: 2 or 3 static copies of one more colour, all visible in the same 2 frames
@@ -24,7 +24,7 @@ count       ``how many red objects``                     one / two / three
 ==========  ===========================================  =========================================
 
 The relevant region of a question (``Sample.target``) is the list of (frame, row, col) cells of the
-asked-about object(s): 2-6 of the clip's 8 x 36 = 288 patch tokens (about 1-2%). Everything here is
+asked-about object(s): 2, 4 or 6 of the clip's 8 x 36 = 288 patch tokens (about 1-2%). Everything here is
 numpy only and deterministic from a seed. Scoring is exact match on the normalised answer string.
 """
 
@@ -249,7 +249,7 @@ def _keyed_object(rng, cfg: GenConfig, color: str, occupied: set) -> Obj | None:
     for _ in range(50):
         quad = int(rng.integers(4))
         r0, c0 = (quad // 2) * h, (quad % 2) * h
-        length = int(rng.integers(2, 4))  # 2 or 3 frames
+        length = 2  # every object is visible in 2 consecutive frames (count = tokens / 2)
         frames = _span(rng, cfg, int(rng.integers(2)), length)
         moving = bool(rng.integers(2))
         if moving:
@@ -444,22 +444,26 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- video files
-VIDEO_EXT = ".mkv"
+VIDEO_EXT = ".mp4"
 
 
 def write_video(frames: np.ndarray, path: str, fps: int = 4) -> None:
-    """Write (T, H, W, 3) uint8 frames losslessly (FFV1 in Matroska, RGB planes)."""
+    """Write (T, H, W, 3) uint8 frames losslessly: H.264 RGB (``libx264rgb``, crf 0) in MP4.
+
+    PyAV decodes these files bit-exactly. (decord 0.6 cannot read frames whose width is not a
+    multiple of its row alignment, e.g. 48 px; ``videosparse.video.load_video`` falls back to PyAV.)
+    """
     import av
 
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     with av.open(path, mode="w") as container:
-        stream = container.add_stream("ffv1", rate=fps)
+        stream = container.add_stream("libx264rgb", rate=fps)
         stream.width = frames.shape[2]
         stream.height = frames.shape[1]
-        stream.pix_fmt = "bgr0"
+        stream.pix_fmt = "rgb24"
+        stream.options = {"crf": "0", "preset": "ultrafast"}
         for f in frames:
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            for packet in stream.encode(vf):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

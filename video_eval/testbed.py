@@ -75,7 +75,7 @@ class ModelSize:
     text_hidden: int = 128
     text_layers: int = 4
     text_heads: int = 4
-    text_intermediate: int = 512
+    text_intermediate: int = 256
 
 
 def build_config(tokenizer, gen: syn.GenConfig = syn.GenConfig(), size: ModelSize = ModelSize()):
