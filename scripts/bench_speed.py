@@ -410,13 +410,13 @@ def memory_child(spec: dict) -> dict:
     except OSError:
         reset = False
     base_kb = _status_kb("VmRSS:")
-    hwm_before = _status_kb("VmHWM:")
+    hwm_after_reset = _status_kb("VmHWM:")
     with ctx:
         t, _, cache, _ = prefill_and_decode(model, inputs, enc, 0)
     peak_kb = _status_kb("VmHWM:")
     kv_bytes = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
     return {"config": bench.name, "base_mb": base_kb / 1024, "peak_mb": peak_kb / 1024,
-            "delta_mb": (peak_kb - base_kb) / 1024, "hwm_reset": reset, "hwm_before_reset_check_mb": hwm_before / 1024,
+            "delta_mb": (peak_kb - base_kb) / 1024, "hwm_reset": reset, "hwm_after_reset_mb": hwm_after_reset / 1024,
             "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "kv_cache_mb": kv_bytes / 2**20, "prefill_s": t}
 
@@ -517,7 +517,8 @@ def render_table(res: dict) -> str:
     full = rows["full"]
     lines = [
         "| config | attn | visual tokens after stages (layers) | equiv. tokens | prefill ms median [min-max] | "
-        "GFLOPs decoder + scoring | speedup vs full | FLOPs-ideal speedup | achieved / ideal | selection ms (share of prefill) | "
+        "GFLOPs decoder + scoring | speedup vs full | FLOPs-ideal speedup | achieved / ideal | "
+        "selection ms (share of prefill) | "
         "peak prefill mem vs full | decode ms/token | decode speedup |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -537,7 +538,8 @@ def render_table(res: dict) -> str:
         dec_s = f"{dec['median'] * 1e3:.1f}" if dec["n"] else "n/a"
         lines.append(
             f"| {name} | {r['attn']} | {stages} | {r['equivalent_tokens']:.0f} | {_fmt_ms(r['prefill'])} | "
-            f"{r['flops']['decoder'] / 1e9:.2f} + {r['flops']['scoring'] / 1e9:.2f} | {sp:.2f}x | {ideal:.2f}x | {sp / ideal:.0%} | {sel_s} | {mem_s} | {dec_s} | {dsp:.2f}x |"
+            f"{r['flops']['decoder'] / 1e9:.2f} + {r['flops']['scoring'] / 1e9:.2f} | {sp:.2f}x | {ideal:.2f}x | "
+            f"{sp / ideal:.0%} | {sel_s} | {mem_s} | {dec_s} | {dsp:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -550,15 +552,16 @@ def check_targets(res: dict) -> list:
         return out
     r = v["ratios"]
     out.append((f"video@{b} prefill speedup >= 90% of the FLOPs-ideal speedup",
-                f"{r['prefill_speedup']:.2f}x of {r['flops_ideal_speedup']:.2f}x = {r['achieved_fraction_of_ideal']:.0%}",
+                f"{r['prefill_speedup']:.2f}x of {r['flops_ideal_speedup']:.2f}x = "
+                f"{r['achieved_fraction_of_ideal']:.0%}",
                 r["achieved_fraction_of_ideal"] >= 0.9))
     out.append((f"video@{b} selection overhead < 3% of the pruned prefill",
                 f"{r['selection_share_of_prefill']:.1%}", r["selection_share_of_prefill"] < 0.03))
     for peer in (f"fastv@{b}", f"seed-ref@{b}"):
         if peer in rows:
             t, tp = v["prefill"]["median"], rows[peer]["prefill"]["median"]
-            out.append((f"video@{b} prefill faster than {peer}", f"{t * 1e3:.0f} ms vs {tp * 1e3:.0f} ms ({tp / t:.2f}x)",
-                        t < tp))
+            out.append((f"video@{b} prefill faster than {peer}",
+                        f"{t * 1e3:.0f} ms vs {tp * 1e3:.0f} ms ({tp / t:.2f}x)", t < tp))
     if v["decode_step"]["n"]:
         d, df = v["decode_step"]["median"], rows["full"]["decode_step"]["median"]
         out.append((f"video@{b} decode step shorter than full", f"{d * 1e3:.1f} ms vs {df * 1e3:.1f} ms", d < df))
