@@ -350,3 +350,16 @@ def test_uniform_and_random_scores():
     r2 = random_scores(idx, 40, seed=3)
     assert torch.equal(r1[0], r2[1])  # per-sample reproducible regardless of batch
     assert not torch.equal(random_scores(idx[:1], 40, seed=4), r1)
+
+
+def test_dpc_knn_masked_path_equals_fast_path_and_ignores_invalid():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 30, 8, generator=g)
+    c1, l1 = dpc_knn(x, 4, k=5)
+    c2, l2 = dpc_knn(x, 4, k=5, valid=torch.ones(2, 30, dtype=torch.bool))
+    assert torch.equal(c1, c2) and torch.equal(l1, l2)
+    valid = torch.ones(2, 30, dtype=torch.bool)
+    valid[:, 20:] = False
+    c3, l3 = dpc_knn(x, 4, k=5, valid=valid)
+    c4, l4 = dpc_knn(x[:, :20], 4, k=5)
+    assert torch.equal(c3, c4) and torch.equal(l3[:, :20], l4) and (l3[:, 20:] == -1).all()
