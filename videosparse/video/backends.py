@@ -534,5 +534,5 @@ def open_reader(path, backend: str = "auto", *, max_side: int = DEFAULT_MAX_SIDE
                 if isinstance(e, DecordFailure) and strict and not probe.rotation:
                     probe._build_index()  # classify: raises TruncatedVideoError when PyAV sees truncation
                 raise
-            logger.warning("%s; falling back to PyAV", e)
+            logger.info("%s; falling back to PyAV", e)
     return PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode)

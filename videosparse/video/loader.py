@@ -78,7 +78,7 @@ def load_video(
         except DecordFailure as e:
             if backend != "auto":
                 raise
-            logger.warning("%s; falling back to PyAV", e)
+            logger.info("%s; falling back to PyAV", e)
             reader.close()
             reader = open_reader(path, "pyav", max_side=max_side, strict=strict)
             idx = sample_indices(reader.timestamps, num_frames, strategy, indices=indices, start=start, end=end,
@@ -138,7 +138,7 @@ def iter_chunks(
             except DecordFailure as e:
                 if backend != "auto" or emitted > 0:
                     raise
-                logger.warning("%s; falling back to PyAV", e)
+                logger.info("%s; falling back to PyAV", e)
                 reader.close()
                 reader = open_reader(path, "pyav", max_side=max_side, strict=strict)
                 idx = np.sort(sample_indices(reader.timestamps, num_frames, strategy, indices=indices, start=start,
