@@ -61,9 +61,15 @@ class Batcher:
     def ids(self, words):
         return [self.vocab[w] for w in words]
 
-    def make(self, rng: np.random.Generator, batch: int, qa_per_clip: int):
+    def make(self, rng: np.random.Generator, batch: int, qa_per_clip: int, unknown_prob: float = 0.0,
+             drop_prob: float = 0.0, drop_layers: tuple = (1,), partial_prob: float = 0.0, count_weight: int = 2):
+        """Also returns, per sequence, the visual positions removed from the layers after a random
+        stage layer (``drop_keys``, ``drop_after``): with ``unknown_prob`` the first question's
+        target patches (that question's answer becomes ``unknown``), with ``drop_prob`` a random
+        50-97% of the patches no question asks about (the answers stay)."""
         gen = self.gen
-        items = syn.training_batch(rng, batch, qa_per_clip, gen)
+        items = syn.training_batch(rng, batch, qa_per_clip, gen, count_weight)
+        drops, drop_after = [], []
         n_vis = gen.num_frames * self.per_frame
         seqs, labels, qpos, tmasks, pix, gcol = [], [], [], [], [], []
         vis_start = 2  # <s> USER:
@@ -71,6 +77,29 @@ class Batcher:
             ids = [self.vocab[tb.BOS], self.vocab["USER:"]] + [self.video_id] * n_vis
             lab = [-100] * len(ids)
             qp, tm = [], []
+            unknown_first = bool(rng.random() < unknown_prob)
+            if unknown_first:  # later turns must not need the removed patches
+                first = set(qas[0].target)
+                qas = [qas[0]] + [q for q in qas[1:] if not (set(q.target) & first)]
+            drop_random = bool(rng.random() < drop_prob)
+            all_targets = set()
+            for s in qas:
+                all_targets.update(vis_start + t * self.per_frame + 1 + r * gen.grid + c for (t, r, c) in s.target)
+            dropped = set()
+            if drop_random:
+                others = [p for p in range(vis_start, vis_start + n_vis) if p not in all_targets]
+                frac = rng.uniform(0.5, 0.97)
+                dropped.update(int(x) for x in rng.choice(others, size=int(frac * len(others)), replace=False))
+            if unknown_first:
+                dropped.update(vis_start + t * self.per_frame + 1 + r * gen.grid + c for (t, r, c) in qas[0].target)
+            elif partial_prob > 0 and qas[0].qtype != "count" and rng.random() < partial_prob:
+                # a pruner may keep only part of the object: one of its patches is enough to answer
+                tgt = qas[0].target
+                keep = int(rng.integers(len(tgt)))
+                dropped.update(vis_start + t * self.per_frame + 1 + r * gen.grid + c
+                               for i, (t, r, c) in enumerate(tgt) if i != keep)
+            drops.append(sorted(dropped))
+            drop_after.append(int(rng.choice(drop_layers)))
             for k, s in enumerate(qas):
                 if k:
                     ids.append(self.vocab["USER:"])
@@ -80,7 +109,8 @@ class Batcher:
                 ids += self.ids(qwords) + [self.vocab["ASSISTANT:"]]
                 lab += [-100] * (len(qwords) + 1)
                 apos_end = len(ids) - 1  # ASSISTANT:
-                ans = self.ids(s.answer.split()) + [self.vocab[tb.EOS]]
+                answer = syn.UNKNOWN_WORD if (k == 0 and unknown_first) else s.answer
+                ans = self.ids(answer.split()) + [self.vocab[tb.EOS]]
                 ids += ans
                 lab += ans
                 target = [vis_start + t * self.per_frame + 1 + r * gen.grid + c for (t, r, c) in s.target]
@@ -121,6 +151,9 @@ class Batcher:
                 q_valid[b, j] = True
                 q_is_color[b, j] = is_c
                 t_mask[b, j, tgt] = True
+        drop_keys = torch.zeros((B, L), dtype=torch.bool)
+        for b in range(B):
+            drop_keys[b, drops[b]] = True
         vis_mask = torch.zeros(L, dtype=torch.bool)
         vis_mask[vis_start : vis_start + n_vis] = True
         return dict(
@@ -134,6 +167,8 @@ class Batcher:
             t_mask=t_mask,
             vis_mask=vis_mask,
             g_words=torch.from_numpy(np.stack(gcol).astype(np.int64)),  # (B, T, P, 4)
+            drop_keys=drop_keys,
+            drop_after=torch.tensor(drop_after),
         )
 
 
@@ -169,6 +204,24 @@ def routing_loss(rows: torch.Tensor, batch: dict, color_only: bool) -> torch.Ten
     valid = batch["q_valid"] & (batch["q_is_color"] if color_only else torch.ones_like(batch["q_valid"]))
     nll = -torch.log(share.clamp_min(1e-6))
     return (nll * valid).sum() / valid.sum().clamp_min(1)
+
+
+def simulated_pruning_masks(batch: dict, num_layers: int) -> dict:
+    """Per-layer boolean attention masks (B, 1, L, L) emulating a pruning stage: in layers after
+    ``drop_after[b]`` nobody attends to ``drop_keys[b]`` (like the tokens had been removed)."""
+    am = batch["attention_mask"].bool()
+    B, L = am.shape
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    base = causal[None] & am[:, None, :]
+    base[:, :, 0] = True  # BOS always visible: no empty rows (padding rows)
+    out = {}
+    for layer in range(num_layers):
+        drop = batch["drop_keys"] & (batch["drop_after"] < layer)[:, None]  # (B, L)
+        if drop.any():
+            out[layer] = (base & ~drop[:, None, :])[:, None]
+        else:
+            out[layer] = base[:, None]
+    return out
 
 
 def grounding_groups(tok) -> list:
@@ -227,6 +280,14 @@ def main(argv=None) -> int:
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--ground-weight", type=float, default=1.0)
     ap.add_argument("--route-weight", type=float, default=0.5)
+    ap.add_argument("--unknown-prob", type=float, default=0.3,
+                    help="share of clips whose first question loses its target patches after the stage layer (answer 'unknown')")
+    ap.add_argument("--drop-prob", type=float, default=0.5,
+                    help="share of clips that lose 50-97%% of the unasked patches after the stage layer")
+    ap.add_argument("--drop-layers", default="0,1", help="stage layers drawn for the simulated pruning")
+    ap.add_argument("--count-weight", type=int, default=2, help="draw weight of group count questions")
+    ap.add_argument("--partial-prob", type=float, default=0.0,
+                    help="share of clips whose first (non-count) question keeps only one of its patches after the stage layer")
     ap.add_argument("--pos-weight", type=float, default=4.0, help="weight of the top/bottom, left/right grounding")
     ap.add_argument("--pos-init-std", type=float, default=0.3, help="init std of the ViT position embeddings")
     ap.add_argument("--eval-every", type=int, default=250)
@@ -252,6 +313,7 @@ def main(argv=None) -> int:
         model.model.video_tower.embeddings.position_embedding.weight.normal_(0.0, args.pos_init_std)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("params %d", n_params)
+    drop_layers = tuple(int(x) for x in args.drop_layers.split(","))
     per_frame = tb.tokens_per_frame(config)
     bg_id = tok.convert_tokens_to_ids(syn.BACKGROUND_WORD)
     groups = grounding_groups(tok)
@@ -272,6 +334,19 @@ def main(argv=None) -> int:
     for i in range(2):
         layers[i].self_attn.register_forward_pre_hook(capture(captured[i]), with_kwargs=True)
 
+    masks = {}
+
+    def layer_mask(idx):
+        def hook(module, args, kwargs):
+            if idx in masks:
+                kwargs["attention_mask"] = masks[idx]
+            return args, kwargs
+
+        return hook
+
+    for i in range(len(layers)):
+        layers[i].self_attn.register_forward_pre_hook(layer_mask(i), with_kwargs=True)
+
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in n or "embedding" in n else decay).append(p)
@@ -288,7 +363,10 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         rng = np.random.default_rng([TRAIN_SEED_DOMAIN, args.seed, step])
-        batch = batcher.make(rng, args.batch, args.qa_per_clip)
+        batch = batcher.make(rng, args.batch, args.qa_per_clip, args.unknown_prob, args.drop_prob, drop_layers,
+                             args.partial_prob, args.count_weight)
+        masks.clear()
+        masks.update(simulated_pruning_masks(batch, len(layers)))
         model.train()
         out = model(
             input_ids=batch["input_ids"],
@@ -296,6 +374,7 @@ def main(argv=None) -> int:
             pixel_values_videos=batch["pixel_values_videos"],
             use_cache=False,
         )
+        masks.clear()  # the simulated-pruning masks are for this training forward only
         logits = out.logits[:, :-1]
         qa = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
         v = feats["v"][:, 1:]  # (B*T, P, D) projected patch tokens (CLS dropped)
@@ -322,6 +401,7 @@ def main(argv=None) -> int:
             if args.snapshot:
                 model.save_pretrained(args.snapshot)
                 tok.save_pretrained(args.snapshot)
+                tb.save_json(tb.preprocessor_config(gen), os.path.join(args.snapshot, "preprocessor_config.json"))
             if res["accuracy"] >= args.stop_at:
                 log.info("stop: validation accuracy reached %.3f", args.stop_at)
                 break

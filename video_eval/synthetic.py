@@ -65,11 +65,14 @@ ANSWERS: dict = {"where": QUADRANTS, "when": WHEN, "shape": SHAPES, "count": COU
 
 # word used by the grounding targets for patches without a keyed object
 BACKGROUND_WORD = "background"
+# answer the test-bed model is trained to give when the asked-about tokens were removed from its
+# later layers (never a correct answer)
+UNKNOWN_WORD = "unknown"
 
 
 def vocabulary() -> list:
     """Every plain word a prompt, an answer or a grounding target can contain (sorted, unique)."""
-    words = {"USER:", "ASSISTANT:", BACKGROUND_WORD}
+    words = {"USER:", "ASSISTANT:", BACKGROUND_WORD, UNKNOWN_WORD}
     for t in QUESTION_TEMPLATES.values():
         words.update(t.replace("{c}", "").split())
     for answers in ANSWERS.values():
@@ -352,14 +355,16 @@ def question_for(qtype: str, color: str) -> str:
     return QUESTION_TEMPLATES[qtype].format(c=color)
 
 
-def questions(clip: Clip, rng: np.random.Generator, n: int) -> list:
-    """``n`` distinct random questions about ``clip`` (fewer if the clip has fewer)."""
+def questions(clip: Clip, rng: np.random.Generator, n: int, count_weight: int = 2) -> list:
+    """``n`` distinct random questions about ``clip`` (fewer if the clip has fewer).
+
+    ``count_weight``: how many times a group's count question is entered in the draw."""
     keyed = [o.color for o in clip.objects if o.keyed]
     group = sorted({o.color for o in clip.objects if not o.keyed})
     pool = [(qt, c) for c in keyed for qt in ("where", "when", "shape")]
     # count questions: one keyed colour ("one") and the group (weighted) so one/two/three balance
     pool += [("count", keyed[int(rng.integers(len(keyed)))])]
-    pool += [("count", c) for c in group] * 2
+    pool += [("count", c) for c in group] * count_weight
     order = rng.permutation(len(pool))
     out, seen = [], set()
     for i in order:
@@ -407,12 +412,13 @@ def make_dataset(seed: int, n: int, cfg: GenConfig = GenConfig()) -> list:
     return [make_sample(seed, i, cfg) for i in range(n)]
 
 
-def training_batch(rng: np.random.Generator, batch: int, qa_per_clip: int, cfg: GenConfig = GenConfig()) -> list:
+def training_batch(rng: np.random.Generator, batch: int, qa_per_clip: int, cfg: GenConfig = GenConfig(),
+                   count_weight: int = 2) -> list:
     """[(clip, [Sample, ...])] for training: several questions packed per clip."""
     out = []
     for _ in range(batch):
         clip = make_clip(rng, cfg)
-        out.append((clip, questions(clip, rng, qa_per_clip)))
+        out.append((clip, questions(clip, rng, qa_per_clip, count_weight)))
     return out
 
 

@@ -208,11 +208,41 @@ def generate_answers(model, tokenizer, samples: Sequence, spec: Any = None, max_
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
-def evaluate(model, tokenizer, samples: Sequence, batch_size: int = 32, spec: Any = None, return_predictions: bool = False) -> dict:
-    """Exact-match accuracy of greedy answers: ``{"accuracy", "n", "per_type": {type: acc}, ...}``."""
+def target_indices(sample, config) -> list:
+    """Indices (frame-major, CLS at in-frame 0) of the asked-about patches among the visual tokens."""
+    per_frame = tokens_per_frame(config)
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    return [t * per_frame + 1 + r * grid + c for (t, r, c) in sample.target]
+
+
+def target_recall(trace, samples: Sequence, config) -> list:
+    """Per sample: share of the asked-about patches among the tokens kept (not merged) by the last stage
+    of a ``RetentionTrace`` (``trace.stages[-1].kept`` (B, K) original visual indices)."""
+    stage = trace.stages[-1]
+    kept = stage.kept.tolist()
+    merged = stage.merged.tolist() if getattr(stage, "merged", None) is not None else [[False] * len(k) for k in kept]
+    out = []
+    for s, k, m in zip(samples, kept, merged):
+        alive = {i for i, mm in zip(k, m) if not mm}
+        tgt = target_indices(s, config)
+        out.append(sum(t in alive for t in tgt) / len(tgt))
+    return out
+
+
+def evaluate(model, tokenizer, samples: Sequence, batch_size: int = 32, spec: Any = None,
+             return_predictions: bool = False, handle: Any = None) -> dict:
+    """Exact-match accuracy of greedy answers: ``{"accuracy", "n", "per_type": {type: acc}, ...}``.
+
+    With ``handle`` (the ``SparseHandle`` of ``sparsify``, tracing on) also ``target_recall``: mean
+    share of the asked-about patches that survived the last pruning stage (and ``per_type_recall``).
+    """
     preds: list = []
+    recall: list = []
     for i in range(0, len(samples), batch_size):
-        preds.extend(generate_answers(model, tokenizer, samples[i : i + batch_size], spec))
+        chunk = samples[i : i + batch_size]
+        preds.extend(generate_answers(model, tokenizer, chunk, spec))
+        if handle is not None and getattr(handle, "trace", None) is not None and handle.trace.stages:
+            recall.extend(target_recall(handle.trace, chunk, model.config))
     correct = [syn.exact_match(p, s.answer) for p, s in zip(preds, samples)]
     per_type: dict = {}
     for t in syn.QUESTION_TYPES:
@@ -220,6 +250,12 @@ def evaluate(model, tokenizer, samples: Sequence, batch_size: int = 32, spec: An
         if idx:
             per_type[t] = float(np.mean([correct[i] for i in idx]))
     res = {"accuracy": float(np.mean(correct)) if correct else float("nan"), "n": len(samples), "per_type": per_type}
+    if recall and len(recall) == len(samples):
+        res["target_recall"] = float(np.mean(recall))
+        res["per_type_recall"] = {
+            t: float(np.mean([r for r, s in zip(recall, samples) if s.qtype == t]))
+            for t in syn.QUESTION_TYPES if any(s.qtype == t for s in samples)
+        }
     if return_predictions:
         res["predictions"] = preds
         res["correct"] = correct
