@@ -84,3 +84,19 @@ def test_bad_inputs_one_line_exit_2(tiny_checkpoint, tiny_video, tmp_path):
                                                 "--out", str(tmp_path)))
     res = run("ask", tiny_video, "   ", "--model", tiny_checkpoint, "--debug")
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_demo_runs_offline_and_writes_heatmaps(tmp_path):
+    res = run("demo", "--out", str(tmp_path / "demo"), "--json", "--quiet")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["text"] == doc["expected"]  # the test-bed model answers the seeded demo question
+    assert doc["counts"] == [round(0.1 * 8 * 37)]
+    assert sum(doc["per_frame_kept"]) == doc["counts"][-1]
+    saved = json.load(open(doc["heatmap"]["json"]))
+    kept_cells = {(f, r, c) for f, r, c, k in zip(saved["tokens"]["frame"], saved["tokens"]["row"],
+                                                   saved["tokens"]["col"], saved["tokens"]["kept"]) if k}
+    target = {tuple(t) for t in saved["meta"]["target_cells"]}
+    assert target & kept_cells  # question-guided selection keeps the asked-about object
+    for kind in ("png", "mp4", "npz"):
+        assert os.path.getsize(doc["heatmap"][kind]) > 0
