@@ -5,7 +5,7 @@
     python scripts/train_testbed.py --steps 200 --out /tmp/tb   # quick smoke run
 
 Recipe (see README "Test bed"): a real ``VideoLlavaForConditionalGeneration`` (CLIP ViT 2 x 64,
-Llama 4 x 128, tied embeddings) trained from scratch with AdamW on three losses:
+Llama 4 x 128, tied embeddings) trained from scratch with AdamW on these losses:
 
 * QA: several question/answer turns packed after each clip, cross-entropy on every answer token;
 * grounding: ``lm_head`` applied to every projected visual patch token predicts, each with its own
@@ -14,7 +14,13 @@ Llama 4 x 128, tied embeddings) trained from scratch with AdamW on three losses:
   (weight ``--pos-weight``); object and background patches are averaged separately;
 * routing: at decoder layers 0 and 1, the question's colour token (and, at layer 1, the tokens after
   it up to ``ASSISTANT:``) put their head-mean attention over the visual tokens on the asked-about
-  object's patches (-log of that attention share).
+  object's patches (-log of that attention share);
+* rater alignment: projected patch tokens orthogonal to the non-key question words (and background
+  patches to the colour words), so SparseVLM-style rater selection lands on the colour word;
+* simulated pruning (attention masks, all layers after a random stage layer 0 or 1): 50-97% of the
+  unasked patches removed (answers unchanged); the first question's own patches removed (answer
+  ``unknown``); all but one of them removed (answer unchanged). Without it the question tokens
+  read everything in layers 0-1 and pruning after layer 1 cost nothing, even at random.
 
 Deterministic: data from ``numpy.random.default_rng([seed, step])``, weights from
 ``torch.manual_seed(seed)``, fixed thread count.
@@ -224,6 +230,22 @@ def simulated_pruning_masks(batch: dict, num_layers: int) -> dict:
     return out
 
 
+def rater_penalty(v: torch.Tensor, words: torch.Tensor, embed: torch.Tensor, non_key_ids: torch.Tensor,
+                  color_ids: torch.Tensor, bg_id: int) -> torch.Tensor:
+    """Keep question-guided rater selection on the key word.
+
+    SparseVLM-style raters are the text tokens whose layer-0 embedding is most relevant to the visual
+    tokens. This pushes every projected patch token orthogonal to the question's non-key words
+    (``what``, ``shape``, ``where``, ...) and background patches orthogonal to the colour words, so the
+    only question word visual tokens resemble is the asked colour. v: (B*T, P, D); words: (B, T, P, 4).
+    """
+    v = v.float().reshape(-1, v.shape[-1])
+    bg = words.reshape(-1, 4)[:, 0] == bg_id
+    nk = v @ embed[non_key_ids].float().T  # (N, |nk|)
+    col = v[bg] @ embed[color_ids].float().T
+    return nk.pow(2).mean() + col.pow(2).mean()
+
+
 def grounding_groups(tok) -> list:
     """Word ids of the four grounding groups: colour, shape (each with ``background``), top/bottom, left/right."""
     ids = tok.convert_tokens_to_ids
@@ -285,15 +307,17 @@ def main(argv=None) -> int:
     ap.add_argument("--drop-prob", type=float, default=0.5,
                     help="share of clips that lose 50-97%% of the unasked patches after the stage layer")
     ap.add_argument("--drop-layers", default="0,1", help="stage layers drawn for the simulated pruning")
-    ap.add_argument("--count-weight", type=int, default=2, help="draw weight of group count questions")
-    ap.add_argument("--partial-prob", type=float, default=0.0,
+    ap.add_argument("--rater-weight", type=float, default=0.1,
+                    help="weight of the rater-alignment penalty (patch tokens orthogonal to non-key question words)")
+    ap.add_argument("--count-weight", type=int, default=3, help="draw weight of group count questions")
+    ap.add_argument("--partial-prob", type=float, default=0.2,
                     help="share of clips whose first (non-count) question keeps only one of its patches after the stage layer")
     ap.add_argument("--pos-weight", type=float, default=4.0, help="weight of the top/bottom, left/right grounding")
     ap.add_argument("--pos-init-std", type=float, default=0.3, help="init std of the ViT position embeddings")
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--val-n", type=int, default=256)
     ap.add_argument("--heldout-n", type=int, default=1000)
-    ap.add_argument("--stop-at", type=float, default=1.01, help="stop early when validation accuracy >= this")
+    ap.add_argument("--stop-at", type=float, default=0.985, help="stop early when validation accuracy >= this")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--snapshot", default=None, help="also save the model here at every validation")
     ap.add_argument("--max-minutes", type=float, default=30.0, help="safety stop (breaks determinism if hit)")
@@ -317,6 +341,9 @@ def main(argv=None) -> int:
     per_frame = tb.tokens_per_frame(config)
     bg_id = tok.convert_tokens_to_ids(syn.BACKGROUND_WORD)
     groups = grounding_groups(tok)
+    color_ids = torch.tensor(tok.convert_tokens_to_ids(list(syn.COLORS)))
+    question_words = sorted({w for t in syn.QUESTION_TEMPLATES.values() for w in t.replace("{c}", "").split()} | {"ASSISTANT:"})
+    non_key_ids = torch.tensor(tok.convert_tokens_to_ids(question_words))
     batcher = Batcher(tok, gen, per_frame)
 
     feats = {}
@@ -378,20 +405,25 @@ def main(argv=None) -> int:
         logits = out.logits[:, :-1]
         qa = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
         v = feats["v"][:, 1:]  # (B*T, P, D) projected patch tokens (CLS dropped)
+        rpen = (
+            rater_penalty(v, batch["g_words"], model.get_input_embeddings().weight, non_key_ids, color_ids, bg_id)
+            if args.rater_weight > 0 else v.new_zeros(())
+        )
         ground = grounding_loss(model.lm_head(v), batch["g_words"], groups, bg_id, args.pos_weight)
         route = 0.5 * (
             routing_loss(rater_attention(layers[0].self_attn, captured[0], batch), batch, color_only=True)
             + routing_loss(rater_attention(layers[1].self_attn, captured[1], batch), batch, color_only=False)
         )
-        loss = qa + args.ground_weight * ground + args.route_weight * route
+        loss = qa + args.ground_weight * ground + args.route_weight * route + args.rater_weight * rpen
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        vals = [qa.item(), ground.item(), route.item()]
+        vals = [qa.item(), ground.item(), route.item(), rpen.item()]
         ema = vals if ema is None else [0.95 * e + 0.05 * x for e, x in zip(ema, vals)]
         if step % 25 == 0:
-            log.info("step %d lr %.2e qa %.3f ground %.3f route %.3f (%.0fs)", step, lr_at(step, args), *ema, time.time() - t0)
+            log.info("step %d lr %.2e qa %.3f ground %.3f route %.3f rater %.3f (%.0fs)", step, lr_at(step, args), *ema,
+                     time.time() - t0)
         last = step == args.steps - 1
         if (step + 1) % args.eval_every == 0 or last:
             model.eval()
