@@ -79,11 +79,19 @@ class SparseConfig:
     temporal_mode: str = _f("'discount' redundant tokens' scores or 'merge' them into their predecessor.", "discount")
     temporal_discount: float = _f("Score multiplier for temporally redundant tokens (discount mode).", 0.5)
     frame_floor: int = _f("Minimum kept tokens per frame (0 = frames may vanish).", 0)
+    floor_share: float = _f(
+        "The per-frame floor may use at most this share of the budget (it is lowered, possibly to 0, so "
+        "that floor picks never crowd out the global question-guided choice).",
+        0.25,
+    )
     keep_cls: bool = _f("Always keep each frame's CLS token (token 0) when the budget allows.", False)
     recycle: bool = _f("Recycle pruned tokens: cluster the best pruned ones (DPC-KNN) and merge them.", False)
     recycle_ratio: float = _f("Share of pruned tokens (top by score) considered for recycling.", 0.3)
     recycle_cluster_ratio: float = _f("Clusters per recycled token (about one tenth).", 0.1)
     recycle_knn: int = _f("k of the k-nearest-neighbour density in DPC-KNN.", 5)
+    recycle_share: float = _f(
+        "Recycled (merged) tokens may take at most this share of the budget; they count against it.", 0.1
+    )
     rank_lambda: float = _f("v1 rank-adaptive count: prune round(lambda * (N - rank)) tokens per stage.", 1.0)
     score_impl: str = _f(
         "'rows': compute only the rater rows of the stage layer's attention (default). 'full': "
@@ -134,6 +142,10 @@ class SparseConfig:
             raise ValueError(
                 f"SparseConfig.recycle_cluster_ratio: must be in (0, 1], got {self.recycle_cluster_ratio}"
             )
+        for name in ("floor_share", "recycle_share"):
+            v = getattr(self, name)
+            if not (0.0 <= v <= 1.0):
+                raise ValueError(f"SparseConfig.{name}: must be in [0, 1], got {v}")
         if self.recycle_knn < 1:
             raise ValueError(f"SparseConfig.recycle_knn: must be >= 1, got {self.recycle_knn}")
         if not (self.rank_lambda > 0):

@@ -256,6 +256,13 @@ def test_select_tokens_matches_reference(T, P, B, data):
         assert (per_frame >= min(f, P)).all()
 
 
+def test_effective_floor_share():
+    assert effective_floor(1, 15, 8) == 1
+    assert effective_floor(1, 15, 8, share=0.25) == 0  # 8 floor picks would be > 25% of 15
+    assert effective_floor(1, 194, 8, share=0.25) == 1
+    assert effective_floor(3, 194, 8, share=0.25) == 3 and effective_floor(7, 194, 8, share=0.25) == 6
+
+
 def test_select_tokens_forced_and_errors():
     s = torch.tensor([[0.1, 0.9, 0.8, 0.2]])
     forced = torch.tensor([[True, False, False, False]])

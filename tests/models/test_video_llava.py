@@ -128,7 +128,7 @@ def test_exact_budget_floor_text_and_order(tiny_models, budget_kind, recycle):
     budget = {"one": 1, "frame": P, "all_but_one": nv - 1, "frac_round": 0.33, "frac_small": 0.07}[budget_kind]
     expected = budget if isinstance(budget, int) else max(1, round(budget * nv))
     cfg = SparseConfig(budget=budget, layers=(1,), recycle=recycle, frame_floor=2, temporal_tau=0.8,
-                       recycle_ratio=0.5, recycle_cluster_ratio=0.3)
+                       recycle_ratio=0.5, recycle_cluster_ratio=0.3, floor_share=1.0, recycle_share=1.0)
     captured = {}
 
     def grab(mod, args, kwargs, out):
@@ -153,6 +153,21 @@ def test_exact_budget_floor_text_and_order(tiny_models, budget_kind, recycle):
     if recycle and expected not in (1, nv - 1):
         assert st.merged.any()
     assert h.trace.counts == [expected]
+
+
+@pytest.mark.parametrize("budget", [8, 15, 40])
+def test_floor_and_recycling_shares_cap_their_slots(tiny_models, budget):
+    model = tiny_models["sdpa"]
+    inp = make_inputs(model, frames=4, questions=QUESTIONS)
+    cfg = SparseConfig(budget=budget, layers=(1,), frame_floor=3, floor_share=0.5, recycle=True,
+                       recycle_ratio=1.0, recycle_cluster_ratio=1.0, recycle_share=0.25)
+    with torch.no_grad(), sparsify(model, cfg) as h:
+        model(**inp)
+    st = h.trace.stages[0]
+    assert st.kept.shape == (2, budget)
+    assert (st.merged.sum(1) <= int(0.25 * budget)).all() and st.merged.any()
+    f = min(3, int(0.5 * budget) // 4)
+    assert (h.trace.kept_per_frame() >= f).all()
 
 
 def test_text_tokens_never_dropped_logits_match_positions(tiny_models):

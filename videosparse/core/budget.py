@@ -69,11 +69,12 @@ def apply_temporal(
     return out, redundant.clone(), root
 
 
-def effective_floor(floor: int, k: int, num_frames: int) -> int:
-    """The per-frame floor actually enforced: capped at k // num_frames so the budget always wins."""
+def effective_floor(floor: int, k: int, num_frames: int, share: float = 1.0) -> int:
+    """The per-frame floor actually enforced: floor picks (floor x frames) use at most `share` of the
+    budget k, so the budget (and the global choice) always wins."""
     if num_frames <= 0:
         return 0
-    return max(0, min(floor, k // num_frames))
+    return max(0, min(floor, int(share * k + 1e-9) // num_frames))
 
 
 def select_tokens(
@@ -84,13 +85,14 @@ def select_tokens(
     floor: int = 0,
     excluded: torch.Tensor | None = None,
     forced: torch.Tensor | None = None,
+    floor_share: float = 1.0,
 ) -> torch.Tensor:
     """Global top-k over all frames and positions, with a per-frame floor.
 
     scores:   (B, M) float, higher is kept first
     k:        tokens to keep per sample, 0 <= k <= M
     frame_id: (B, M) long frame of each token (None: one frame)
-    floor:    minimum tokens per frame; capped by `effective_floor` (and by the frame's size)
+    floor:    minimum tokens per frame; capped by `effective_floor` (floor picks <= floor_share * k)
     excluded: (B, M) bool, only chosen once every non-excluded token is taken
     forced:   (B, M) bool, taken first (e.g. CLS tokens); capped at k by score
     returns   (B, k) long indices into M, ascending (original order)
@@ -110,7 +112,7 @@ def select_tokens(
     tier = torch.ones(B, M, device=device)
     if excluded is not None:
         tier = torch.where(excluded, torch.zeros_like(tier), tier)
-    f = effective_floor(floor, k, num_frames) if frame_id is not None else 0
+    f = effective_floor(floor, k, num_frames, floor_share) if frame_id is not None else 0
     if f > 0:
         # the f best non-excluded tokens of every frame
         order = _stable_desc(s, tier)  # rank by (tier, score, position)

@@ -103,11 +103,13 @@ def recycle(
     num_clusters: int,
     ratio: float,
     k: int = 5,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cluster_ratio: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cluster the best pruned tokens and merge each cluster into one token.
 
     hidden: (B, M, D) visual hidden states; scores: (B, M); kept: (B, K) indices kept by top-k.
-    The candidates are the top `ratio` of the pruned tokens by score (at least num_clusters).
+    The candidates are the top `ratio` of the pruned tokens by score (at least num_clusters), capped at
+    num_clusters / cluster_ratio when `cluster_ratio` is given.
     Each merged token is placed at its cluster center's position (a pruned position, so it never
     collides with a kept one) and its hidden state is the cluster mean.
     returns (center_idx (B, c) long into M, merged (B, c, D), member_idx (B, n_cand) long into M,
@@ -121,7 +123,11 @@ def recycle(
     pruned_mask = torch.ones(B, M, dtype=torch.bool, device=dev)
     pruned_mask.scatter_(1, kept, False)
     n_pruned = M - kept.shape[1]
+    # the best `ratio` of the pruned tokens, but no more than ~1/cluster_ratio per cluster (10 with the
+    # default 0.1): when the budget caps the clusters, clustering more candidates only costs O(m^2 D)
     n_cand = min(n_pruned, max(num_clusters, int(math.ceil(ratio * n_pruned))))
+    if cluster_ratio is not None and cluster_ratio > 0:
+        n_cand = min(n_cand, max(num_clusters, int(math.ceil(num_clusters / cluster_ratio))))
     s = scores.float().masked_fill(~pruned_mask, float("-inf"))
     order = torch.argsort(-s, dim=1, stable=True)
     cand = order[:, :n_cand].sort(dim=1).values  # (B, n_cand)

@@ -48,6 +48,8 @@ def run_stage(
     recycle_ratio: float = 0.3,
     recycle_cluster_ratio: float = 0.1,
     recycle_knn: int = 5,
+    floor_share: float = 1.0,
+    recycle_share: float = 1.0,
     override: torch.Tensor | None = None,
     redundancy_features: torch.Tensor | None = None,
 ) -> StageResult:
@@ -58,6 +60,8 @@ def run_stage(
     frame_id:   (B, M) long frame of each token
     grid_shape: (T, P) when the M tokens are the full frame-major grid (enables temporal redundancy)
     forced:     (B, M) bool tokens taken first (e.g. CLS)
+    floor_share / recycle_share: the per-frame floor and the recycled tokens each use at most this
+                share of `count` (1.0 = no cap)
     override:   (B, count) long indices into M to keep instead of selecting (no recycling)
     redundancy_features: (B, M, D') features compared across frames for temporal redundancy
                 (default `hidden`; adapters pass the position-free projected visual features)
@@ -87,9 +91,11 @@ def run_stage(
             excluded = excl.reshape(B, M)
             root_flat = (root * P + torch.arange(P, device=dev)).reshape(B, M)
     c = recycle_count(M, count, recycle_ratio, recycle_cluster_ratio) if recycle_tokens else 0
+    c = min(c, int(recycle_share * count + 1e-9))  # merged tokens take at most this share of the budget
     # the per-frame floor is a stronger promise than recycling: leave room for it among real tokens
-    c = min(c, max(0, count - effective_floor(frame_floor, count, num_frames) * num_frames))
-    kept = select_tokens(s, count - c, frame_id=frame_id, num_frames=num_frames, floor=frame_floor,
+    f = effective_floor(frame_floor, count, num_frames, floor_share)
+    c = min(c, max(0, count - f * num_frames))
+    kept = select_tokens(s, count - c, frame_id=frame_id, num_frames=num_frames, floor=f,
                          excluded=excluded, forced=forced)
     kept_hidden = hidden.gather(1, kept[:, :, None].expand(B, kept.shape[1], D))
     if root_flat is not None:
@@ -101,7 +107,8 @@ def run_stage(
         kept_hidden = chain_mean.gather(1, kept[:, :, None].expand(B, kept.shape[1], D))
     clusters = torch.full((B, M), -1, dtype=torch.long, device=dev)
     if c > 0:
-        centers, merged_h, members, labels = recycle(hidden, s, kept, c, recycle_ratio, recycle_knn)
+        centers, merged_h, members, labels = recycle(hidden, s, kept, c, recycle_ratio, recycle_knn,
+                                                     cluster_ratio=recycle_cluster_ratio)
         keep_all = torch.cat([kept, centers], dim=1)
         hid_all = torch.cat([kept_hidden, merged_h], dim=1)
         is_merged = torch.cat([torch.zeros_like(kept, dtype=torch.bool), torch.ones_like(centers, dtype=torch.bool)], 1)

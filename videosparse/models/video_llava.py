@@ -383,6 +383,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             temporal_discount=cfg.temporal_discount,
             recycle_tokens=cfg.recycle, recycle_ratio=cfg.recycle_ratio,
             recycle_cluster_ratio=cfg.recycle_cluster_ratio, recycle_knn=cfg.recycle_knn,
+            floor_share=cfg.floor_share, recycle_share=cfg.recycle_share,
             override=override,
             # temporal redundancy on the projected visual features (decoder input): position-free, so
             # identical content in two frames is recognised (layer-L states differ by RoPE/context)
