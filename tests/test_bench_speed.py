@@ -85,7 +85,8 @@ def test_toy_run_end_to_end(bench, tmp_path):
     v = data["results"]["video@7"]
     assert v["counts"] == [7] and v["stage_layers"] == [1]
     assert v["flops"]["scoring"] > 0 and v["selection"]["median"] > 0
-    assert "recycle" in v["selection_groups_median_s"] and "scores" in v["selection_groups_median_s"]
+    assert "scores" in v["selection_groups_median_s"]
+    # (no "recycle" group here: recycling is capped at 10 % of the budget, 0 clusters at 7 tokens)
     # pruned cache: layers after the stage hold text + kept tokens only
     text = data["seq_len"] - data["num_visual"]
     assert v["cache_lengths_after_prefill"][:2] == [data["seq_len"]] * 2
