@@ -95,3 +95,16 @@ def test_ask_many_batches_equal_single_and_record_errors(qa, tiny_video, tmp_pat
         qa.ask(str(bad), qs[0])
     with pytest.raises(ValueError, match="question is empty"):
         qa.ask(tiny_video, "")
+
+
+def test_on_step_follows_generation(qa, tiny_video):
+    steps = []
+    qa.set_sparsity(SparseConfig.preset("video", budget=0.3, num_layers=4))
+    qa.on_step = lambda done, total: steps.append((done, total))
+    try:
+        ans = qa.ask(tiny_video, "where is the red object", max_new_tokens=3)
+    finally:
+        qa.on_step = None
+    assert steps and steps[0] == (1, 3)  # the prefill is forward pass 1
+    assert [d for d, _ in steps] == list(range(1, len(steps) + 1))
+    assert len(steps) >= ans.new_tokens

@@ -25,7 +25,32 @@ def _progress(enabled: bool):
         if enabled:
             print(f"[videosparse] {msg}", file=sys.stderr, flush=True)
 
+    say.enabled = enabled  # type: ignore[attr-defined]
     return say
+
+
+class _Bar:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        n = min(done, total)
+        fill = int(30 * n / total)
+        sys.stderr.write(f"\r[videosparse] {self.label} [{'#' * fill}{'.' * (30 - fill)}] {n}/{total}")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.drawn = False
 
 
 def _parse_budget(text: str | None):
@@ -134,7 +159,13 @@ def _answer(qa, video, question, max_new_tokens, say):
     t0 = time.perf_counter()
     qa.encode(video)
     say(f"encoded in {time.perf_counter() - t0:.2f}s; generating ...")
-    ans = qa.ask(video, question, max_new_tokens=max_new_tokens)
+    bar = _Bar("generating (forward passes)", enabled=say is not None and getattr(say, "enabled", True))
+    qa.on_step = bar
+    try:
+        ans = qa.ask(video, question, max_new_tokens=max_new_tokens)
+    finally:
+        bar.close()
+        qa.on_step = None
     say(f"answered: prefill {ans.prefill_seconds:.3f}s, decode {ans.decode_seconds:.3f}s ({ans.new_tokens} tokens)")
     return ans
 

@@ -123,6 +123,7 @@ class VideoQA:
         tokenizer.padding_side = "left"
         self.handle = None
         self.sparsity = None
+        self.on_step = None  # set to callable(step, max_new_tokens) to follow generation (the CLI's bar)
         if sparsity is not None:
             self.set_sparsity(sparsity)
 
@@ -306,12 +307,15 @@ class VideoQA:
         else:
             vision = {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=feats)}}
         times: list = []
+        on_step = getattr(self, "on_step", None)  # optional callable(step, max_new_tokens), e.g. a progress bar
 
         def pre(mod: Any, args: Any, kwargs: Any) -> None:
             times.append([time.perf_counter(), None])
 
         def post(mod: Any, args: Any, kwargs: Any, out: Any) -> None:
             times[-1][1] = time.perf_counter()
+            if on_step is not None:
+                on_step(len(times), int(gen.get("max_new_tokens", 0)))
 
         h1 = self.model.register_forward_pre_hook(pre, with_kwargs=True)
         h2 = self.model.register_forward_hook(post, with_kwargs=True)
