@@ -147,7 +147,7 @@ def _load_qa(model: str, preset: str, budget, frames: int, device, dtype, attn, 
     return qa
 
 
-def _check_budget_fits(qa, budget) -> None:
+def _check_budget_fits(qa) -> None:
     if qa.sparsity is None:
         return
     nv = qa.num_frames * qa.tokens_per_frame
@@ -220,7 +220,7 @@ def cmd_ask(args, say) -> int:
     say(f"decoded in {time.perf_counter() - t0:.2f}s ({clip.frames.shape[2]}x{clip.frames.shape[1]}, "
         f"{clip.backend})")
     qa = _load_qa(args.model, args.preset, budget, args.frames, args.device, args.dtype, args.attn, say)
-    _check_budget_fits(qa, budget)
+    _check_budget_fits(qa)
     ans = _answer(qa, clip, args.question, args.max_new_tokens, say)
     heat = _write_heatmaps(qa, ans, args.heatmap) if args.heatmap else None
     _print_answer(ans, args.json, heat)

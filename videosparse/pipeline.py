@@ -15,7 +15,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -179,7 +179,7 @@ class VideoQA:
         self.handle = sparsify(self.model, sparsity)
 
     # ------------------------------------------------------------------ video
-    def load(self, video: Any, progress: Callable | None = None) -> Any:
+    def load(self, video: Any) -> Any:
         """A Clip from a path, a Clip, or a uint8 frame array (T, H, W, 3)."""
         from videosparse.video import Clip, load_video
 

@@ -55,7 +55,6 @@ class _CacheState:
 
     prefill_len: int
     segments: list  # [(first_layer, last_layer, keep_idx (B, N_s) or None, shift)]
-    owner: int  # id of the handle that pruned
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -314,7 +313,8 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
     cos, sin = cos_full, sin_full
     rope_pos = pos_full
     seg_position_ids = position_ids
-    segments: list = []  # (first_layer, last_layer, keep_idx or None, rope shift)
+    # decoder segments (first_layer, last_layer, keep_idx or None, rope shift); the last one is open
+    segments: list = [(0, None, None, 0)]
     trace_stages = []
     stage_of = {layer: i for i, layer in enumerate(stage_layers)}
     h = x
@@ -322,21 +322,20 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
         s_idx = stage_of.get(li)
         q_rows = None
         if s_idx is not None:
-            q_rows = _stage_queries(dec, adapter, layer, h, cur, cur_vis, raters, text_pos, cos, sin, cfg)
+            q_rows = _stage_queries(layer, h, cur, raters, text_pos, cos, sin, cfg)
             h_in = h
         h = layer(h, attention_mask=causal, position_embeddings=(cos, sin), position_ids=seg_position_ids,
                   past_key_values=cache, use_cache=use_cache, **kwargs)
         if s_idx is None:
             continue
         # ---------------- stage at layer li
-        k = _stage_keys(layer, cache, li, h_in, cos, sin, adapter)
         attn = layer.self_attn
         key_valid = mask2d.gather(1, cur)
         vis_local = torch.searchsorted(cur, cur_vis)  # positions of visual tokens in the current sequence
         M = cur_vis.shape[1]
         count = counts[s_idx]
-        rater_valid = None
         if cfg.method == "sparsevlm":
+            k = _stage_keys(layer, cache, li, h_in, cos, sin)
             q, qpos_local, rater_valid = q_rows
             if cfg.score_impl == "full":
                 # seed-reference style: the whole (B, H, N, N) map of layer li, then its rater rows
@@ -360,8 +359,8 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
                 rank = relevance_rank(probs, rater_valid, vis_local)
                 count = rank_adaptive_count(M, rank, cfg.rank_lambda)
         elif cfg.method == "fastv":
-            q_all = q_rows
-            scores = received_attention(q_all, k, key_valid, attn.scaling).gather(1, vis_local)
+            k = _stage_keys(layer, cache, li, h_in, cos, sin)
+            scores = received_attention(q_rows, k, key_valid, attn.scaling).gather(1, vis_local)
         elif cfg.method == "random":
             scores = random_scores(cur_vis_id, Nv, cfg.seed)
         else:  # uniform
@@ -433,19 +432,15 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             rope_pos = pos_full.gather(1, cur)
         seg_position_ids = None  # gapped positions would be read as packed sequences
         # close the running segment at this layer, open the next one on the shorter sequence
-        first, _, keep_idx, shift = segments[-1] if segments else (0, None, None, 0)
-        if segments:
-            segments[-1] = (first, li, keep_idx, shift)
-        else:
-            segments.append((0, li, None, 0))
+        first, _, keep_idx, shift = segments[-1]
+        segments[-1] = (first, li, keep_idx, shift)
         segments.append((li + 1, None, cur.clone(), removed if cfg.positions == "renumber" else 0))
         causal = create_causal_mask(config=dec.config, inputs_embeds=h, attention_mask=mask_cur,
                                     past_key_values=cache, position_ids=None, layer_idx=li + 1)
-    if not segments:
-        segments = [(0, None, None, 0)]
-    final = [(f, (l if l is not None else len(dec.layers) - 1), k, sh) for f, l, k, sh in segments]
+    first, _, keep_idx, shift = segments[-1]
+    segments[-1] = (first, len(dec.layers) - 1, keep_idx, shift)
     if cache is not None and use_cache:
-        setattr(cache, _STATE_ATTR, _CacheState(prefill_len=N, segments=final, owner=id(handle)))
+        setattr(cache, _STATE_ATTR, _CacheState(prefill_len=N, segments=segments))
     if cfg.trace:
         trace = RetentionTrace(num_frames=T, tokens_per_frame=P, has_cls=True, grid=adapter.grid,
                                num_layers=len(dec.layers), batch_size=B, stages=trace_stages,
@@ -456,7 +451,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
     return h
 
 
-def _stage_queries(dec, adapter, layer, h, cur, cur_vis, raters, text_pos, cos, sin, cfg):
+def _stage_queries(layer, h, cur, raters, text_pos, cos, sin, cfg):
     """Post-rotary queries of the rows that score at this stage (computed before the layer runs)."""
     attn = layer.self_attn
     B = h.shape[0]
@@ -487,7 +482,7 @@ def _all_queries(layer, h, cos, sin):
     return _apply_rope(q, cos.expand(B, *cos.shape[1:]), sin.expand(B, *sin.shape[1:]))
 
 
-def _stage_keys(layer, cache, li, h_in, cos, sin, adapter):
+def _stage_keys(layer, cache, li, h_in, cos, sin):
     """Post-rotary keys of layer `li` for the current sequence: from the cache when there is one."""
     if cache is not None and hasattr(cache, "layers") and li < len(cache.layers):
         keys = getattr(cache.layers[li], "keys", None)
@@ -507,7 +502,8 @@ def _decode(dec, adapter, state, x, attention_mask, position_ids, cache, use_cac
         position_ids = (torch.arange(q, device=dev) + cache.get_seq_length()).unsqueeze(0)
     N0 = state.prefill_len
     h = x
-    for si, (first, last, keep_idx, shift) in enumerate(state.segments):
+    rope: dict = {}  # shift -> (cos, sin); most runs have a single shift (0)
+    for first, last, keep_idx, shift in state.segments:
         if keep_idx is None:
             mask2d = attention_mask
             seg_pos = position_ids
@@ -519,8 +515,9 @@ def _decode(dec, adapter, state, x, attention_mask, position_ids, cache, use_cac
             if attention_mask is not None:
                 mask2d = torch.cat([attention_mask[:, :N0].gather(1, keep_idx), attention_mask[:, N0:]], dim=1)
             seg_pos = None
-        pos = position_ids - shift if shift else position_ids
-        cos, sin = dec.rotary_emb(h, position_ids=pos)
+        if shift not in rope:
+            rope[shift] = dec.rotary_emb(h, position_ids=position_ids - shift if shift else position_ids)
+        cos, sin = rope[shift]
         causal = create_causal_mask(config=dec.config, inputs_embeds=h, attention_mask=mask2d,
                                     past_key_values=cache, position_ids=seg_pos, layer_idx=first)
         for li in range(first, last + 1):
