@@ -100,6 +100,7 @@ def test_png_grid_contains_the_tiles_and_json_npz_match(tmp_path):
     # the JSON round-trips into a trace with the same kept set
     back, _ = heatmap.trace_from_json(paths["json"])
     assert back.stages[-1].kept[0].tolist() == kept
+    assert back.num_layers == trace.num_layers and back.equivalent_tokens == pytest.approx(trace.equivalent_tokens)
 
 
 def test_many_frames_stay_legible(tmp_path):

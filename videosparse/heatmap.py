@@ -86,7 +86,7 @@ def token_table(trace: Any, sample: int = 0, timestamps: Sequence | None = None)
 
 def write_json(trace: Any, path: str, sample: int = 0, timestamps: Sequence | None = None,
                meta: dict | None = None) -> str:
-    """JSON: {"meta", "num_frames", "tokens_per_frame", "grid", "counts", "equivalent_tokens",
+    """JSON: {"meta", "num_frames", "tokens_per_frame", "grid", "num_layers", "counts", "equivalent_tokens",
     "timestamps", "tokens": token_table(...)}."""
     doc = {
         "meta": meta or {},
@@ -94,6 +94,7 @@ def write_json(trace: Any, path: str, sample: int = 0, timestamps: Sequence | No
         "tokens_per_frame": trace.tokens_per_frame,
         "has_cls": trace.has_cls,
         "grid": list(trace.grid),
+        "num_layers": trace.num_layers,
         "counts": trace.counts,
         "equivalent_tokens": trace.equivalent_tokens,
         "stage_layers": [s.layer for s in trace.stages],
@@ -320,7 +321,7 @@ def trace_from_json(path: str) -> Any:
         merged = torch.tensor(merged_final[alive] if si == n_st - 1 else np.zeros(int(alive.sum()), bool))[None]
         stages.append(StageRecord(layer=int(layer), kept=kept, merged=merged, scores=score.clone()))
     trace = RetentionTrace(T, P, bool(doc.get("has_cls", True)), tuple(doc["grid"]),
-                           int(doc.get("config", {}).get("num_layers", 0) or 32), 1, stages, doc.get("config", {}))
+                           int(doc["num_layers"]), 1, stages, doc.get("config", {}))
     if Nv != len(stage):
         raise ValueError(f"{path}: token table has {len(stage)} rows, expected {Nv}")
     return trace, doc
