@@ -171,7 +171,10 @@ def tokens_per_frame(config) -> int:
 
 
 def prompt(question: str, num_frames: int, per_frame: int) -> str:
-    return PROMPT.format(question=question).replace(VIDEO, " ".join([VIDEO] * (num_frames * per_frame)), 1)
+    """The Video-LLaVA prompt with ``<video>`` expanded as the package (and transformers) expand it."""
+    from videosparse.video import expand_video_prompt
+
+    return expand_video_prompt(PROMPT.format(question=question), num_frames, per_frame, video_token=VIDEO)
 
 
 def build_inputs(tokenizer, samples: Sequence, config, spec: Any = None) -> dict:
