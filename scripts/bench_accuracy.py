@@ -66,8 +66,8 @@ def main(argv: list | None = None) -> int:
     import torch
     import transformers
 
-    from video_eval import synthetic as syn
-    from video_eval import testbed as tb
+    from videosparse.testbed import synthetic as syn
+    from videosparse.testbed import model as tb
     from videosparse import __version__, sparsify
 
     if args.threads:

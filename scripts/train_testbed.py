@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from video_eval import synthetic as syn  # noqa: E402
-from video_eval import testbed as tb  # noqa: E402
+from videosparse.testbed import synthetic as syn  # noqa: E402
+from videosparse.testbed import model as tb  # noqa: E402
 
 log = logging.getLogger("train_testbed")
 

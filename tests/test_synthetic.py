@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from video_eval import synthetic as syn
+from videosparse.testbed import synthetic as syn
 
 CFG = syn.GenConfig()
 

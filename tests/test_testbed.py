@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from video_eval import synthetic as syn  # noqa: E402
-from video_eval import testbed as tb  # noqa: E402
+from videosparse.testbed import synthetic as syn  # noqa: E402
+from videosparse.testbed import model as tb  # noqa: E402
 
 PATH = tb.default_path()
 TRAIN_SEED_DOMAIN = 0x7EA1  # scripts/train_testbed.py: training data never comes from make_dataset seeds

@@ -69,8 +69,9 @@ def _parse_budget(text: str | None):
 
 def testbed_dir() -> str:
     """Directory of the embedded test-bed checkpoint shipped inside the package."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.join(here, "assets", "testbed")
+    from videosparse.testbed import path
+
+    return path()
 
 
 def _model_path(name: str) -> str:

@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 def run_demo(out_dir: str = "videosparse-demo", seed: int = 7, preset: str = "video", budget: Any = 0.1,
              say: Callable = lambda msg: None, index: int = 0) -> dict:
-    from video_eval import synthetic as syn
+    from videosparse.testbed import synthetic as syn
 
-    from videosparse.cli import testbed_dir
+    from videosparse.testbed import path as testbed_path
     from videosparse.heatmap import write_all
     from videosparse.pipeline import VideoQA
 
-    path = testbed_dir()
+    path = testbed_path()
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"the embedded test-bed model is missing at {path}")
     os.makedirs(out_dir, exist_ok=True)

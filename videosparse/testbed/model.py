@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from video_eval import synthetic as syn
+from videosparse.testbed import synthetic as syn
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -32,9 +32,9 @@ PROMPT = "USER: <video>\n{question} ASSISTANT:"
 
 def default_path() -> str:
     """Directory of the checkpoint shipped inside the package."""
-    import videosparse
+    from videosparse.testbed import path
 
-    return os.path.join(os.path.dirname(os.path.abspath(videosparse.__file__)), "assets", "testbed")
+    return path()
 
 
 # ----------------------------------------------------------------------------- tokenizer / config
