@@ -20,6 +20,13 @@ class CLIError(Exception):
     """An error reported to the user as one line (exit code 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``videosparse: error: ...``, exit 2) instead of usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"videosparse: error: {message} (see {self.prog} --help)\n")
+
+
 def _progress(enabled: bool):
     def say(msg: str) -> None:
         if enabled:
@@ -30,27 +37,49 @@ def _progress(enabled: bool):
 
 
 class _Bar:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+    """tqdm bar over generate's forward passes, on stderr, only on a terminal. An early stop (end of
+    sequence) closes the bar at the steps actually taken instead of freezing at e.g. 3/64."""
 
     def __init__(self, label: str, enabled: bool) -> None:
         self.label = label
         self.enabled = enabled and sys.stderr.isatty()
-        self.drawn = False
+        self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled or total <= 0:
             return
-        n = min(done, total)
-        fill = int(30 * n / total)
-        sys.stderr.write(f"\r[videosparse] {self.label} [{'#' * fill}{'.' * (30 - fill)}] {n}/{total}")
-        sys.stderr.flush()
-        self.drawn = True
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"[videosparse] {self.label}", file=sys.stderr, leave=True,
+                            unit="step", dynamic_ncols=True)
+        self.bar.update(max(0, min(done, total) - self.bar.n))
 
     def close(self) -> None:
-        if self.drawn:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self.drawn = False
+        if self.bar is not None:
+            if self.bar.n < self.bar.total:
+                self.bar.total = self.bar.n  # stopped early: the bar ends full at the steps taken
+                self.bar.refresh()
+            self.bar.close()
+            self.bar = None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _dtype_name(text: str) -> str:
+    from videosparse.loading import DTYPES
+
+    if text.lower() not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; expected float32, float16 or bfloat16")
+    return DTYPES[text.lower()]
 
 
 def _parse_budget(text: str | None):
@@ -74,8 +103,10 @@ def testbed_dir() -> str:
     return path()
 
 
-def _model_path(name: str) -> str:
-    return testbed_dir() if name == TESTBED else name
+BUDGET_HELP = ("visual-token budget: an int = tokens kept after the last stage (video, fastv, random, uniform), "
+               "a float in (0, 1] = that fraction, 'rank' = SparseVLM-v1 rank-adaptive; for sparsevlm-v1.5/v2 "
+               "192/128/96/64 select the seed's per-stage counts for 576 tokens (64 ends at 17 for v1.5), other "
+               "values are nominal budgets scaled by the seed's ratios (the run prints what each stage keeps)")
 
 
 def _add_common(p: argparse.ArgumentParser, default_model: str) -> None:
@@ -84,23 +115,25 @@ def _add_common(p: argparse.ArgumentParser, default_model: str) -> None:
                         f"embedded test-bed model (default: {default_model})")
     p.add_argument("--preset", default="video", help="sparsity preset: video, sparsevlm-v1, sparsevlm-v1.5, "
                                                      "sparsevlm-v2, fastv, random, uniform, or 'none' (full model)")
-    p.add_argument("--budget", default=None, help="visual tokens kept: count (194), fraction (0.1) or 'rank'")
-    p.add_argument("--frames", type=int, default=8, help="frames sampled uniformly from the video (default 8)")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: checkpoint's)")
+    p.add_argument("--budget", default=None, help=BUDGET_HELP)
+    p.add_argument("--frames", type=_positive_int, default=8, help="frames sampled uniformly from the video (default 8)")
+    p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--dtype", default=None, type=_dtype_name,
+                   help="float32, float16 or bfloat16 (default: checkpoint's)")
     p.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"],
                    help="attention implementation (default sdpa)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--no-strict", dest="strict", action="store_false",
+                   help="use the decodable frames of a truncated or partly corrupt video instead of failing")
     p.add_argument("--heatmap", metavar="DIR", default=None, help="write PNG/MP4/JSON/NPZ retention heatmaps here")
     p.add_argument("--json", action="store_true", help="print the answer as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="videosparse",
-                                 description="Question-guided visual token pruning for Video-LLaVA.")
+    ap = _Parser(prog="videosparse", description="Question-guided visual token pruning for Video-LLaVA.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = ap.add_subparsers(dest="cmd", metavar="{ask,heatmap,demo}")
+    sub = ap.add_subparsers(dest="cmd", metavar="{ask,heatmap,demo}", parser_class=_Parser)
     a = sub.add_parser("ask", help="answer a question about a video (pruned)")
     a.add_argument("video", help="video file")
     a.add_argument("question", help="the question")
@@ -111,48 +144,88 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--video", required=True, help="the video the trace was made on")
     h.add_argument("--out", required=True, help="output directory")
     h.add_argument("--no-video", action="store_true", help="skip the MP4 overlay")
+    h.add_argument("--no-strict", dest="strict", action="store_false",
+                   help="use the decodable frames of a truncated or partly corrupt video")
     h.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     d = sub.add_parser("demo", help="run the whole pipeline offline on the embedded test-bed model")
     d.add_argument("--out", default="videosparse-demo", help="output directory (default ./videosparse-demo)")
     d.add_argument("--seed", type=int, default=7, help="seed of the generated clip")
     d.add_argument("--preset", default="video")
-    d.add_argument("--budget", default="0.1")
+    d.add_argument("--budget", default="0.1", help=BUDGET_HELP)
     d.add_argument("--json", action="store_true")
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return ap
 
 
-def _sparsity(preset: str, budget, num_layers: int):
-    from videosparse import SparseConfig
+def _check_preset(preset: str, budget) -> None:
+    """Unknown preset / budget with no preset: before anything is loaded (config.py imports no torch)."""
+    from videosparse.config import PRESETS
 
     if preset in ("none", "full"):
         if budget is not None:
-            raise CLIError("--budget given with --preset none")
-        return None
-    return SparseConfig.preset(preset, budget=budget, num_layers=num_layers)
-
-
-def _load_qa(model: str, preset: str, budget, frames: int, device, dtype, attn, say):
-    from videosparse.pipeline import VideoQA
-
-    path = _model_path(model)
-    if model == TESTBED and not os.path.isdir(path):
-        raise CLIError(f"the embedded test-bed model is missing at {path}")
-    say(f"loading model {model} ...")
-    t0 = time.perf_counter()
-    qa = VideoQA.from_pretrained(path, sparsity=None, device=device, dtype=dtype, attn_implementation=attn,
-                                 num_frames=frames)
-    qa.set_sparsity(_sparsity(preset, budget, qa.model.config.text_config.num_hidden_layers))
-    say(f"model loaded in {time.perf_counter() - t0:.1f}s")
-    return qa
-
-
-def _check_budget_fits(qa) -> None:
-    if qa.sparsity is None:
+            raise CLIError("--budget given with --preset none (the full model prunes nothing)")
         return
-    nv = qa.num_frames * qa.tokens_per_frame
-    qa.sparsity.stage_counts(nv)  # ValueError naming the budget when impossible
+    if preset not in PRESETS:
+        raise CLIError(f"--preset: unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}, none")
+    if budget is not None:
+        from videosparse.config import SparseConfig
+
+        try:
+            SparseConfig._validate_budget(budget)  # 0, -5, 1.5: no model needed to refuse them
+        except ValueError as e:
+            raise CLIError(_flagged(str(e))) from None
+
+
+def _sparsity(preset: str, budget, num_layers: int, num_visual: int | None = None):
+    """The SparseConfig for the model's depth, checked against the input's visual tokens; errors name
+    the flag instead of the Python field."""
+    from videosparse import SparseConfig
+
+    if preset in ("none", "full"):
+        return None
+    try:
+        cfg = SparseConfig.preset(preset, budget=budget, num_layers=num_layers)
+        if num_visual is not None:
+            cfg.describe(num_visual, num_layers)
+    except ValueError as e:
+        raise CLIError(_flagged(str(e))) from None
+    return cfg
+
+
+def _flagged(msg: str) -> str:
+    """Library messages name Python fields/arguments; the CLI user knows flags."""
+    for old, new in (("SparseConfig.budget: ", "--budget: "), ("SparseConfig.preset: ", "--preset: "),
+                     ("SparseConfig.layers: ", "--preset/--budget: "), ("strict=False", "--no-strict"),
+                     ("num_frames", "--frames"), ("max_new_tokens", "--max-new-tokens")):
+        msg = msg.replace(old, new)
+    return msg
+
+
+def _check_out_dir(path: str | None, flag: str) -> None:
+    """An output directory must be usable before any work is done: created now if missing."""
+    if path is None:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CLIError(f"{flag} {path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{flag} {path}: cannot create the directory ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: directory is not writable")
+
+
+def _quiet_transformers(quiet: bool) -> None:
+    """transformers' weight-loading bar only on a terminal; its warnings only when not --quiet."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        return
+    if quiet or not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    if quiet:
+        hf_logging.set_verbosity_error()
 
 
 def _answer(qa, video, question, max_new_tokens, say):
@@ -160,7 +233,7 @@ def _answer(qa, video, question, max_new_tokens, say):
     t0 = time.perf_counter()
     qa.encode(video)
     say(f"encoded in {time.perf_counter() - t0:.2f}s; generating ...")
-    bar = _Bar("generating (forward passes)", enabled=say is not None and getattr(say, "enabled", True))
+    bar = _Bar("generating", enabled=say is not None and getattr(say, "enabled", True))
     qa.on_step = bar
     try:
         ans = qa.ask(video, question, max_new_tokens=max_new_tokens)
@@ -171,28 +244,37 @@ def _answer(qa, video, question, max_new_tokens, say):
     return ans
 
 
-def _print_answer(ans, as_json: bool, heat: dict | None) -> None:
+def _print_answer(ans, as_json: bool, heat: dict | None, heat_error: str | None = None) -> None:
     if as_json:
         d = ans.to_dict()
         d["per_frame_kept"] = ans.trace.kept_per_frame()[0].tolist() if ans.trace is not None else None
         d["heatmap"] = heat
-        print(json.dumps(d))
+        if heat_error:
+            d["heatmap_error"] = heat_error
+        print(json.dumps(d), flush=True)
         return
     print(f"Q: {ans.question}")
     print(f"A: {ans.text}")
+    for k, extra in enumerate(ans.sequences[1:], start=2):
+        print(f"A{k}: {extra}")
     if ans.trace is not None:
         P = ans.trace.tokens_per_frame
-        print(f"visual tokens {ans.visual_tokens} -> {ans.counts} after stages at layers "
-              f"{[s.layer for s in ans.trace.stages]}; equivalent tokens {ans.equivalent_tokens:.1f}")
+        stages = " -> ".join(f"{c} after layer {s.layer}" for c, s in zip(ans.counts, ans.trace.stages))
+        print(f"visual tokens {ans.visual_tokens} -> {stages}; equivalent tokens {ans.equivalent_tokens:.1f}")
         for t, k in enumerate(ans.trace.kept_per_frame()[0].tolist()):
-            ts = ans.timestamps[t] if t < len(ans.timestamps) else float("nan")
-            print(f"  frame {t} (t={ts:6.2f}s): kept {k:3d}/{P}")
+            print(f"  frame {t} ({_time_label(ans.timestamps, t)}): kept {k:3d}/{P}")
     else:
         print(f"visual tokens {ans.visual_tokens} (full model, no pruning)")
-    print(f"prefill {ans.prefill_seconds:.3f}s, decode {ans.decode_seconds:.3f}s")
-    if heat:
-        for kind, path in heat.items():
-            print(f"heatmap {kind}: {path}")
+    print(f"prefill {ans.prefill_seconds:.3f}s, decode {ans.decode_seconds:.3f}s", flush=True)
+
+
+def _time_label(timestamps, t: int) -> str:
+    import math
+
+    ts = timestamps[t] if t < len(timestamps) else None
+    if ts is None or not math.isfinite(ts) or abs(ts) > 1e7:
+        return "t=     ?"
+    return f"t={ts:6.2f}s"
 
 
 def _write_heatmaps(qa, ans, out_dir: str, video: bool = True) -> dict | None:
@@ -208,23 +290,68 @@ def _write_heatmaps(qa, ans, out_dir: str, video: bool = True) -> dict | None:
 
 
 def cmd_ask(args, say) -> int:
+    # 1. everything checkable from the arguments alone (milliseconds, no torch)
     if not args.question or not args.question.strip():
         raise CLIError("the question is empty")
     if not os.path.exists(args.video):
         raise CLIError(f"{args.video}: no such file")
     budget = _parse_budget(args.budget)
+    _check_preset(args.preset, budget)
+    _check_out_dir(args.heatmap, "--heatmap")
+    # 2. the checkpoint's config (no weights): architecture, depth, context; the hub fails fast
+    from videosparse.loading import resolve_checkpoint, resolve_device
+
+    ckpt = resolve_checkpoint(args.model)
+    config = ckpt.load_config()
+    from videosparse.pipeline import tokens_per_frame
+
+    P = tokens_per_frame(config)
+    layers = int(config.text_config.num_hidden_layers)
+    sparsity = _sparsity(args.preset, budget, layers, args.frames * P)
+    resolve_device(args.device)
+    if sparsity is not None:
+        say(sparsity.describe(args.frames * P, layers))
+    # 3. the video (a bad file fails before the model loads)
     from videosparse.video import load_video
 
     say(f"decoding {args.frames} frames of {args.video} ...")
     t0 = time.perf_counter()
-    clip = load_video(args.video, num_frames=args.frames)  # bad video fails before the model loads
+    clip = load_video(args.video, num_frames=args.frames, strict=args.strict)
     say(f"decoded in {time.perf_counter() - t0:.2f}s ({clip.frames.shape[2]}x{clip.frames.shape[1]}, "
         f"{clip.backend})")
-    qa = _load_qa(args.model, args.preset, budget, args.frames, args.device, args.dtype, args.attn, say)
-    _check_budget_fits(qa)
+    # 4. the prompt against the tokenizer and the model's context
+    from transformers import AutoTokenizer
+
+    from videosparse.pipeline import check_prompt
+
+    tok = AutoTokenizer.from_pretrained(ckpt.source, local_files_only=ckpt.local_files_only)
+    check_prompt(tok, args.question, clip.num_frames, P, getattr(config.text_config, "max_position_embeddings", None),
+                 args.max_new_tokens)
+    # 5. the model
+    from videosparse.pipeline import VideoQA
+
+    say(f"loading model {args.model} ...")
+    t0 = time.perf_counter()
+    qa = VideoQA.from_pretrained(ckpt, sparsity=sparsity, device=args.device, dtype=args.dtype,
+                                 attn_implementation=args.attn, num_frames=args.frames)
+    say(f"model loaded in {time.perf_counter() - t0:.1f}s")
     ans = _answer(qa, clip, args.question, args.max_new_tokens, say)
-    heat = _write_heatmaps(qa, ans, args.heatmap) if args.heatmap else None
-    _print_answer(ans, args.json, heat)
+    # 6. the answer is printed before anything else can fail; heatmaps after it
+    if not args.json:
+        _print_answer(ans, False, None)
+    heat, heat_error = None, None
+    if args.heatmap:
+        try:
+            heat = _write_heatmaps(qa, ans, args.heatmap)
+        except Exception as e:  # the answer is already out; report the heatmap failure
+            heat_error = f"writing heatmaps to {args.heatmap} failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    if args.json:
+        _print_answer(ans, True, heat, heat_error)
+    elif heat:
+        for kind, path in heat.items():
+            print(f"heatmap {kind}: {path}")
+    if heat_error:
+        raise CLIError(heat_error)
     return 0
 
 
@@ -234,12 +361,19 @@ def cmd_heatmap(args, say) -> int:
 
     if not os.path.exists(args.trace):
         raise CLIError(f"{args.trace}: no such file")
+    if not os.path.exists(args.video):
+        raise CLIError(f"{args.video}: no such file")
+    _check_out_dir(args.out, "--out")
     try:
         trace, doc = heatmap.trace_from_json(args.trace)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CLIError(f"{args.trace}: not a videosparse retention JSON ({type(e).__name__})") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        raise CLIError(f"{args.trace}: not a videosparse retention JSON ({type(e).__name__}: "
+                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
     indices = (doc.get("meta") or {}).get("frame_indices")
-    clip = load_video(args.video, indices=indices) if indices else load_video(args.video, num_frames=trace.num_frames)
+    if indices:
+        clip = load_video(args.video, indices=indices, strict=args.strict)
+    else:
+        clip = load_video(args.video, num_frames=trace.num_frames, strict=args.strict)
     if clip.frames.shape[0] != trace.num_frames:
         raise CLIError(f"{args.video}: decoded {clip.frames.shape[0]} frames, the trace has {trace.num_frames}")
     spec = _spec_from_doc(doc) or VideoProcessorSpec()
@@ -265,6 +399,8 @@ def cmd_demo(args, say) -> int:
     from videosparse.demo import run_demo
 
     budget = _parse_budget(args.budget)
+    _check_preset(args.preset, budget)
+    _check_out_dir(args.out, "--out")
     result = run_demo(out_dir=args.out, seed=args.seed, preset=args.preset, budget=budget, say=say)
     ans, heat = result["answer"], result["heatmap"]
     if args.json:
@@ -274,7 +410,9 @@ def cmd_demo(args, say) -> int:
         print(json.dumps(d))
         return 0
     print(f"clip: {result['video']} ({result['description']})")
-    _print_answer(ans, False, heat)
+    _print_answer(ans, False, None)
+    for kind, path in (heat or {}).items():
+        print(f"heatmap {kind}: {path}")
     print(f"expected answer: {result['expected']}  ->  {'correct' if ans.text == result['expected'] else 'WRONG'}")
     return 0
 
@@ -288,14 +426,8 @@ def main(argv: list | None = None) -> int:
     debug = getattr(args, "debug", False)
     quiet = getattr(args, "quiet", False)
     say = _progress(not quiet)
-    if quiet:
-        try:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-        except ImportError:  # pragma: no cover
-            pass
     try:
+        _quiet_transformers(quiet)
         return {"ask": cmd_ask, "heatmap": cmd_heatmap, "demo": cmd_demo}[args.cmd](args, say)
     except KeyboardInterrupt:
         print("videosparse: interrupted", file=sys.stderr)
@@ -304,7 +436,7 @@ def main(argv: list | None = None) -> int:
         if debug:
             raise
         msg = str(e).strip().splitlines()
-        text = msg[0] if msg else type(e).__name__
+        text = _flagged(msg[0]) if msg else type(e).__name__
         if not isinstance(e, (CLIError, ValueError, OSError)) and not type(e).__name__.endswith("Error"):
             text = f"{type(e).__name__}: {text}"
         print(f"videosparse: error: {text}", file=sys.stderr)

@@ -27,6 +27,9 @@ REFERENCE_VISUAL_TOKENS = 576
 # Seed per-stage counts (before recycling), keyed by the nominal token budget.
 V15_SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
 V2_SCHEDULES = {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)}
+SEED_TABLES = {"sparsevlm-v1.5": V15_SCHEDULES, "sparsevlm-v2": V2_SCHEDULES}
+# Table key whose per-stage fractions of 576 are the v1.5/v2 default (resolved against the input).
+_DEFAULT_KEY = 192
 
 
 def _f(help_text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -47,15 +50,25 @@ class SparseConfig:
     """
 
     budget: Any = _f(
-        "Visual tokens kept per sample. int: exact count; float in (0, 1]: fraction of the visual "
-        "tokens; 'rank': SparseVLM-v1 rank-adaptive count; list of (layer, count): per-stage schedule "
-        "(overrides `layers`).",
+        "Visual-token budget. int n: n tokens kept after the last stage; float f in (0, 1]: "
+        "round(f x visual tokens) kept after the last stage (with several stages the earlier ones step "
+        "down geometrically to it); 'rank': SparseVLM-v1 rank-adaptive count at every stage (see "
+        "rank_lambda); [(layer, count), ...]: explicit per-stage schedule (int counts or fractions of the "
+        "input's visual tokens) that also defines the stage layers (`layers` is set from it). The "
+        "sparsevlm-v1.5/v2 presets turn their budget into such a schedule (see SparseConfig.preset): "
+        "an int that is a seed table key (v1.5: 192/128/64, v2: 192/128/96/64) selects the seed's "
+        "per-stage counts for 576 visual tokens, whose last stage keeps fewer tokens than the key "
+        "(v1.5 64 -> 66, 30, 17); any other int n or float f is a nominal budget (n/576 or f of the "
+        "visual tokens, roughly the mean tokens per layer) given the nearest table entry's per-stage "
+        "fractions, scaled (v1.5 0.1 -> 10.3 %, 4.7 %, 2.7 %); no budget = the seed's 192 entry as "
+        "fractions of the input (300, 200, 110 of 576).",
         0.1,
     )
     layers: tuple = _f(
         "Decoder layers at which a stage scores and prunes. A stage at layer L uses layer L's attention "
         "and shrinks the sequence after layer L. Strictly increasing, >= 0. With several stages and an "
-        "int/float budget the count decreases geometrically to the budget at the last stage.",
+        "int/float budget the count decreases geometrically to the budget at the last stage. With a "
+        "per-stage schedule budget this is normalised to the schedule's layers (the layers that run).",
         (1,),
     )
     method: str = _f(
@@ -92,7 +105,13 @@ class SparseConfig:
     recycle_share: float = _f(
         "Recycled (merged) tokens may take at most this share of the budget; they count against it.", 0.1
     )
-    rank_lambda: float = _f("v1 rank-adaptive count: prune round(lambda * (N - rank)) tokens per stage.", 1.0)
+    rank_lambda: float = _f(
+        "budget='rank' (SparseVLM-v1): each stage prunes round(lambda * (N - rank)) of its N visual tokens, "
+        "rank = rank of the rater-to-visual relevance matrix (<= number of raters). 0.5 keeps about half "
+        "per stage; 1.0 keeps only ~rank tokens (a warning is logged when a stage keeps fewer tokens than "
+        "there are frames or < 1 % of the visual tokens).",
+        0.5,
+    )
     score_impl: str = _f(
         "'rows': compute only the rater rows of the stage layer's attention (default). 'full': "
         "materialise the full N x N attention map of that layer first, as the seed reference code "
@@ -112,6 +131,9 @@ class SparseConfig:
             b = tuple(tuple(x) for x in b)
             object.__setattr__(self, "budget", b)
         self._validate_budget(self.budget)
+        if isinstance(self.budget, tuple):
+            # a schedule defines its stage layers: `layers` always reports the layers that run
+            object.__setattr__(self, "layers", tuple(layer for layer, _ in self.budget))
         if not self.layers:
             raise ValueError("SparseConfig.layers: at least one stage layer is required")
         if any(x < 0 for x in self.layers):
@@ -128,6 +150,10 @@ class SparseConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SparseConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.budget == "rank" and self.method != "sparsevlm":
+            raise ValueError(
+                f"SparseConfig.budget: 'rank' needs method='sparsevlm' (rater attention), got method={self.method!r}"
+            )
         if self.priority_heads < 1:
             raise ValueError(f"SparseConfig.priority_heads: must be >= 1, got {self.priority_heads}")
         if self.temporal_tau is not None and not (-1.0 <= self.temporal_tau <= 1.0):
@@ -191,9 +217,7 @@ class SparseConfig:
     # ------------------------------------------------------------------ derived
     @property
     def stage_layers(self) -> tuple:
-        """Layers of the stages (from the schedule when the budget is one)."""
-        if isinstance(self.budget, tuple):
-            return tuple(layer for layer, _ in self.budget)
+        """Layers of the stages that run (always equal to ``layers``; a schedule budget sets them)."""
         return self.layers
 
     def stage_counts(self, num_visual: int) -> list:
@@ -215,15 +239,75 @@ class SparseConfig:
             # geometric interpolation from num_visual down to the final count over the stages
             counts = [max(final, int(round(num_visual * (final / num_visual) ** ((i + 1) / n)))) for i in range(n)]
             counts[-1] = final
-        for c in counts:
-            if c > num_visual:
+        if any(c > num_visual for c in counts):
+            key = self._seed_table_key()
+            if key is not None:
+                full = list(SEED_TABLES[self.name][key])
+                fitted = "" if full == counts else f" ({full} fitted to {len(counts)} stages)"
                 raise ValueError(
-                    f"SparseConfig.budget: {c} tokens requested but the input has only {num_visual} visual tokens"
+                    f"SparseConfig.budget: the seed's counts {counts} for budget {key}{fitted} are for "
+                    f"{REFERENCE_VISUAL_TOKENS} visual tokens; this input has {num_visual}: pass a fraction such as "
+                    f"{key / REFERENCE_VISUAL_TOKENS:.2f} (the same budget relative to the input), give no budget "
+                    f"(the preset default scales the seed's {_DEFAULT_KEY} entry to the input), or a per-stage "
+                    f"schedule [(layer, count), ...] with counts <= {num_visual}"
                 )
+            c = max(counts)
+            raise ValueError(
+                f"SparseConfig.budget: {c} tokens requested but the input has only {num_visual} visual tokens "
+                f"(use a count <= {num_visual} or a fraction in (0, 1])"
+            )
         for a, c in zip(counts, counts[1:]):
             if c > a:
                 raise ValueError(f"SparseConfig.budget: per-stage counts must not increase, got {counts}")
         return counts
+
+    def _seed_table_key(self) -> int | None:
+        """The seed table key whose verbatim counts this config's schedule is (table presets only)."""
+        table = SEED_TABLES.get(self.name)
+        if table is None or not isinstance(self.budget, tuple):
+            return None
+        counts = tuple(c for _, c in self.budget)
+        if not all(isinstance(c, int) for c in counts):
+            return None
+        for key, seed in table.items():
+            if _fit(seed, len(counts)) == counts:
+                return key
+        return None
+
+    def describe(self, num_visual: int, num_layers: int) -> str:
+        """One line for humans: stage layers, tokens after each stage, recycling, equivalent tokens.
+
+        Raises ValueError (naming the field) when the config does not fit ``num_visual`` visual tokens
+        or a ``num_layers``-layer decoder, as running it would.
+        """
+        for layer in self.layers:
+            if layer >= num_layers - 1:
+                raise ValueError(
+                    f"SparseConfig.layers: stage layer {layer} must be < number of decoder layers - 1 ({num_layers - 1})"
+                )
+        counts = self.stage_counts(num_visual)
+        head = f"{self.name} ({self.method}): {num_visual} visual tokens, {num_layers} layers; "
+        n = len(self.layers)
+        layers = ", ".join(str(x) for x in self.layers)
+        where = f"{n} stage{'s' if n > 1 else ''} (after layer{'s' if n > 1 else ''} {layers})"
+        if self.budget == "rank":
+            text = (f"rank-adaptive {where}: each prunes round({self.rank_lambda:g} x (N - rank)) of its N "
+                    f"tokens, counts decided per input (see the trace)")
+            equiv = "equivalent tokens decided per input"
+        else:
+            flow = " -> ".join(str(c) for c in counts)
+            text = f"{where} keep{'s' if n == 1 else ''} {flow} tokens ({counts[-1] / num_visual:.1%} after the last stage)"
+            eq = self.equivalent_tokens(num_visual, num_layers, counts)
+            equiv = f"equivalent tokens {eq:.1f} ({eq / num_visual:.1%}, mean visual tokens per layer)"
+        if self.recycle:
+            if counts[0] is None:
+                rec = f"recycling: merged tokens take <= {self.recycle_share:.0%} of each stage's count"
+            else:
+                caps = ", ".join(str(int(self.recycle_share * c + 1e-9)) for c in counts)
+                rec = f"recycling: <= {self.recycle_share:.0%} of each stage's count are merged tokens (<= {caps})"
+        else:
+            rec = "no recycling"
+        return f"{head}{text}; {rec}; {equiv}"
 
     def equivalent_tokens(self, num_visual: int, num_layers: int, counts: list | None = None) -> float:
         """SparseVLM's equivalent tokens: mean over decoder layers of the visual tokens each layer sees."""
@@ -257,11 +341,29 @@ class SparseConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def preset(cls, name: str, budget: Any = None, num_layers: int = REFERENCE_LAYERS, **overrides: Any) -> "SparseConfig":
-        """Build a named preset.
+        """Build a named preset for a ``num_layers``-layer decoder.
 
-        ``budget``: the preset's budget form (see ``PRESETS``); ``None`` uses the preset default.
-        ``num_layers``: depth of the target decoder; the preset's stage layers (written for 32 layers)
-        are rescaled to it, keeping them strictly increasing and < num_layers - 1.
+        ``num_layers``: the preset's stage layers (written for 32 layers) are rescaled to it, kept strictly
+        increasing and < num_layers - 1 (stages that do not fit are dropped; a table preset then keeps
+        its final count). The returned config's ``layers`` are the layers that run.
+
+        ``budget`` (``None``: the preset default):
+
+        * ``video``, ``fastv``, ``random``, ``uniform`` (one stage): int n keeps n visual tokens, float f
+          keeps round(f x visual tokens). Default 0.1.
+        * ``sparsevlm-v1``: default ``"rank"`` (rank-adaptive, rank_lambda 0.5); an int/float gives fixed
+          counts stepping down geometrically to the budget at the last stage.
+        * ``sparsevlm-v1.5`` / ``sparsevlm-v2`` (seed per-stage tables, counts for 576 visual tokens):
+          an int that is a table key (v1.5: 192, 128, 64; v2: 192, 128, 96, 64) selects the seed's
+          counts verbatim, e.g. v1.5 64 -> [66, 30, 17]: the *last* stage keeps fewer tokens than the
+          key, and inputs with fewer visual tokens than the first count are rejected. Any other int n
+          (read as n/576) or float f is a nominal budget: the per-stage fractions of the nearest table
+          entry, scaled by f / (key/576), resolved against the input (v1.5 0.1 -> 10.3 %, 4.7 %, 2.7 % of
+          the visual tokens). The default is the 192 entry as fractions of the input: [300, 200, 110]
+          on 576 tokens, [154, 103, 57] on 296.
+        * ``"rank"`` with any sparsevlm-method preset: rank-adaptive counts at the preset's stage
+          layers, with rank_lambda 0.5 unless given.
+        * a schedule ``[(layer, count), ...]`` is used as given (its layers are not rescaled).
         """
         if name not in PRESETS:
             raise ValueError(f"SparseConfig.preset: unknown preset {name!r}; known: {sorted(PRESETS)}")
@@ -269,15 +371,14 @@ class SparseConfig:
             raise ValueError(f"SparseConfig.preset: num_layers must be >= 2, got {num_layers}")
         spec = dict(PRESETS[name])
         builder = spec.pop("_schedule", None)
-        if budget is None:
-            budget = spec.pop("budget")
-        else:
-            spec.pop("budget")
-        layers = tuple(spec.pop("layers"))
+        default = spec.pop("budget")
+        layers = rescale_layers(tuple(spec.pop("layers")), num_layers)
         if builder is not None:
-            budget = builder(budget, layers, num_layers)
-        else:
-            layers = rescale_layers(layers, num_layers)
+            budget = builder(budget, default, layers)
+        elif budget is None:
+            budget = default
+        if budget == "rank":
+            spec.setdefault("rank_lambda", PRESETS["sparsevlm-v1"]["rank_lambda"])
         spec.update(overrides)
         return cls(budget=budget, layers=layers, name=name, **spec)
 
@@ -322,17 +423,21 @@ def rescale_layers(layers: tuple, num_layers: int) -> tuple:
 
 
 def _table_schedule(table: dict) -> Any:
-    """Builder for seed-style per-stage schedules.
+    """Builder for seed-style per-stage schedules (layers already rescaled to the target depth).
 
-    budget int in the table -> the seed's counts verbatim (for 576 visual tokens).
-    Other int or a float fraction -> the nearest table entry's counts scaled to the same fractions of
-    the visual tokens (float fractions per stage, resolved against the input's visual tokens).
+    None (preset default) -> the default key's counts as fractions of 576, resolved against the input.
+    int in the table -> the seed's counts verbatim (for 576 visual tokens).
+    Other int n (as n/576) or a float fraction -> the nearest table entry's counts scaled to the same
+    fractions of the visual tokens (float fractions per stage, resolved against the input).
+    'rank' -> rank-adaptive counts at the preset's layers.
     """
 
-    def build(budget: Any, layers: tuple, num_layers: int) -> tuple:
-        layers = rescale_layers(layers, num_layers)
-        if isinstance(budget, tuple):
+    def build(budget: Any, default: Any, layers: tuple) -> Any:
+        if isinstance(budget, (tuple, list)) or budget == "rank":
             return budget
+        if budget is None:
+            counts = _fit(table[default], len(layers))
+            return tuple((layer, c / REFERENCE_VISUAL_TOKENS) for layer, c in zip(layers, counts))
         if isinstance(budget, int) and not isinstance(budget, bool) and budget in table:
             counts = _fit(table[budget], len(layers))
             return tuple(zip(layers, counts))
@@ -341,7 +446,9 @@ def _table_schedule(table: dict) -> Any:
         elif isinstance(budget, float):
             frac = budget
         else:
-            raise ValueError(f"SparseConfig.budget: this preset needs an int or float budget, got {budget!r}")
+            raise ValueError(
+                f"SparseConfig.budget: this preset needs an int, a float, 'rank' or a schedule, got {budget!r}"
+            )
         if not (0.0 < frac <= 1.0):
             raise ValueError(f"SparseConfig.budget: fraction must be in (0, 1], got {frac}")
         key = min(table, key=lambda k: abs(k / REFERENCE_VISUAL_TOKENS - frac))
@@ -382,8 +489,10 @@ PRESETS: dict = {
         recycle=True,
         positions="renumber",
     ),
+    # budget: the table key of the default; SparseConfig.preset turns it into the key's per-stage
+    # fractions of 576, so the default fits any input (an explicit table-key int is verbatim counts)
     "sparsevlm-v1.5": dict(
-        budget=192,
+        budget=_DEFAULT_KEY,
         layers=(2, 6, 15),
         _schedule=_table_schedule(V15_SCHEDULES),
         method="sparsevlm",
@@ -392,7 +501,7 @@ PRESETS: dict = {
         positions="original",
     ),
     "sparsevlm-v2": dict(
-        budget=192,
+        budget=_DEFAULT_KEY,
         layers=(2, 6, 15),
         _schedule=_table_schedule(V2_SCHEDULES),
         method="sparsevlm",

@@ -34,7 +34,8 @@ class Answer:
     visual_tokens: visual tokens before pruning; counts: visual tokens after each stage (empty when
     unpruned); equivalent_tokens: mean over decoder layers of the visual tokens each layer sees;
     prefill_seconds / decode_seconds: wall time of the first forward and of the decode steps;
-    new_tokens: tokens generated; trace: RetentionTrace of this sample (None when unpruned);
+    new_tokens: tokens generated before the end-of-sequence token; sequences: all returned sequences
+    (``num_return_sequences``; ``text`` is the first); trace: RetentionTrace of this sample (None when unpruned);
     error: set (and text empty) when `ask_many(..., on_error="record")` skipped a failing item.
     """
 
@@ -51,6 +52,7 @@ class Answer:
     new_tokens: int = 0
     trace: Any = None
     error: str | None = None
+    sequences: list = field(default_factory=list)  # every returned sequence (num_return_sequences), best first
     frames: Any = None  # the decoded frames (uint8 (T, H, W, 3)), for heatmaps; not serialised
 
     def to_dict(self) -> dict:
@@ -66,6 +68,7 @@ class Answer:
             "prefill_seconds": self.prefill_seconds,
             "decode_seconds": self.decode_seconds,
             "new_tokens": self.new_tokens,
+            "sequences": list(self.sequences),
             "error": self.error,
         }
 
@@ -104,15 +107,15 @@ class VideoQA:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = spec if spec is not None else VideoProcessorSpec()
-        self.num_frames = int(num_frames)
-        if self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self.num_frames = _positive_int(num_frames, "num_frames")
         self.frame_strategy = frame_strategy
         self.prompt_template = prompt_template
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
         vcfg = model.config.vision_config
-        self.tokens_per_frame = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
+        self.tokens_per_frame = tokens_per_frame(model.config)
+        # positions the decoder was built for; prompts (+ new tokens) beyond it are refused
+        self.max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
         crop = self.spec.crop_hw
         if tuple(crop) != (vcfg.image_size, vcfg.image_size):
             raise ValueError(
@@ -139,29 +142,43 @@ class VideoQA:
         num_frames: int = 8,
         **kwargs: Any,
     ) -> "VideoQA":
-        """Load a Video-LLaVA checkpoint (hub id or local directory) the normal Hugging Face way.
+        """Load a Video-LLaVA checkpoint the normal Hugging Face way, after checking everything that can
+        be checked without its weights.
 
-        sparsity: a SparseConfig, a preset name (rescaled to the model's depth), or None (full model).
-        device: "cpu", "cuda", ...; dtype: torch dtype or its name ("float16"); None = checkpoint's.
+        model_id_or_path: ``"testbed"`` (the embedded test-bed model shipped in the package), a local
+            checkpoint directory, or a hub id. The config is read first: another architecture, a path
+            that does not exist, or an unreachable hub with the model not cached fail in well under a
+            second (``videosparse.loading.CheckpointError``, a ValueError).
+        sparsity: a SparseConfig, a preset name (rescaled to the model's depth), or None (full model);
+            checked against the model's depth and the visual tokens of ``num_frames`` frames.
+        device: "cpu" (default), "cuda", "cuda:1", "mps" -- checked to exist here.
+        dtype: torch dtype or its name ("float16", "bf16", ...); None = the checkpoint's.
         """
-        import torch
+        from videosparse.loading import resolve_checkpoint, resolve_device, resolve_dtype
+
+        nf = _positive_int(num_frames, "num_frames")
+        ckpt = resolve_checkpoint(model_id_or_path)
+        dtype = resolve_dtype(dtype)
+        device = resolve_device(device)
+        if attn_implementation not in (None, "eager", "sdpa", "flash_attention_2"):
+            raise ValueError(f"attn_implementation must be eager, sdpa or flash_attention_2, got {attn_implementation!r}")
+        config = ckpt.load_config()
+        sparsity = _resolve_sparsity(sparsity, config, nf)
+        import torch  # noqa: F401  (after the cheap checks)
         from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
 
         from videosparse.video import VideoProcessorSpec
 
-        if isinstance(dtype, str):
-            if not hasattr(torch, dtype):
-                raise ValueError(f"unknown dtype {dtype!r}")
-            dtype = getattr(torch, dtype)
-        load_kw: dict = {"attn_implementation": attn_implementation}
+        local = {"local_files_only": True} if ckpt.local_files_only else {}
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.source, **local)
+        spec = VideoProcessorSpec.from_pretrained(_preprocessor_file(ckpt.source, ckpt.local_files_only))
+        load_kw: dict = {"attn_implementation": attn_implementation, "config": config, **local}
         if dtype is not None:
             load_kw["dtype"] = dtype
-        model = VideoLlavaForConditionalGeneration.from_pretrained(model_id_or_path, **load_kw)
-        if device is not None:
+        model = VideoLlavaForConditionalGeneration.from_pretrained(ckpt.source, **load_kw)
+        if device != "cpu":
             model = model.to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
-        spec = VideoProcessorSpec.from_pretrained(_preprocessor_file(model_id_or_path))
-        return cls(model, tokenizer, spec=spec, sparsity=sparsity, num_frames=num_frames, **kwargs)
+        return cls(model, tokenizer, spec=spec, sparsity=sparsity, num_frames=nf, **kwargs)
 
     def set_sparsity(self, sparsity: Any) -> None:
         """Switch the pruning config (None = full model). Removes the previous patch first."""
@@ -173,8 +190,7 @@ class VideoQA:
         if sparsity is None:
             self.sparsity = None
             return
-        if isinstance(sparsity, str):
-            sparsity = SparseConfig.preset(sparsity, num_layers=self.model.config.text_config.num_hidden_layers)
+        sparsity = _resolve_sparsity(sparsity, self.model.config, self.num_frames)
         self.sparsity = sparsity
         self.handle = sparsify(self.model, sparsity)
 
@@ -246,9 +262,11 @@ class VideoQA:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         results: list = [None] * len(pairs)
         ready: list = []
+        max_new = int(generation.get("max_new_tokens", 64))
         for i, (video, question) in enumerate(pairs):
             try:
                 _check_question(question)
+                self.check_prompt(question, self._expected_frames(video), max_new)  # before any compute
                 ready.append((i, self.encode(video), question))
             except (VideoError, ValueError, OSError) as e:
                 if on_error == "raise":
@@ -271,6 +289,27 @@ class VideoQA:
                 progress(done, len(pairs))
         return results
 
+    def prompt_length(self, question: str, num_frames: int) -> int:
+        """Tokens of the full prompt (text + ``num_frames`` x ``tokens_per_frame`` visual tokens)."""
+        return prompt_length(self.tokenizer, question, num_frames, self.tokens_per_frame, self.prompt_template)
+
+    def check_prompt(self, question: str, num_frames: int, max_new_tokens: int = 64) -> None:
+        """Raise ValueError when the question is empty, mostly unknown to the tokenizer, or when the
+        prompt for ``num_frames`` frames plus ``max_new_tokens`` does not fit ``max_positions``."""
+        check_prompt(self.tokenizer, question, num_frames, self.tokens_per_frame, self.max_positions,
+                     max_new_tokens, self.prompt_template)
+
+    def _expected_frames(self, video: Any) -> int:
+        """Frames the video will contribute: known without decoding for paths (uniform/segments)."""
+        from videosparse.video import Clip
+
+        if isinstance(video, Clip):
+            return video.num_frames
+        if isinstance(video, (str, os.PathLike)):
+            return self.num_frames
+        shape = getattr(video, "shape", None)
+        return int(shape[0]) if shape is not None and len(shape) == 4 else self.num_frames
+
     def _generate(self, chunk: list, generation: dict) -> list:
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -285,7 +324,8 @@ class VideoQA:
             expand_video_prompt(self.prompt_template.format(question=q.strip()), T, self.tokens_per_frame)
             for _, _, q in chunk
         ]
-        enc_in = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+        # verbose=False: the length is checked against the model's context below, not the tokenizer's
+        enc_in = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True, verbose=False)
         dev = self.model.device
         input_ids = enc_in["input_ids"].to(dev)
         attention_mask = enc_in["attention_mask"].to(dev)
@@ -297,6 +337,12 @@ class VideoQA:
                 gen.pop(k, None)
         if gen.get("pad_token_id") is None:
             gen["pad_token_id"] = self.tokenizer.pad_token_id
+        from videosparse.loading import context_error
+
+        err = context_error(int(input_ids.shape[1]), int(gen["max_new_tokens"]), self.max_positions, T,
+                            self.tokens_per_frame)
+        if err:
+            raise ValueError(err)
         vision: dict
         if int(gen.get("num_beams", 1)) > 1 or int(gen.get("num_return_sequences", 1)) > 1:
             # expanded batches need tensors generate can repeat: re-run the (cheap) projector path
@@ -333,12 +379,14 @@ class VideoQA:
         trace = self.handle.trace if self.handle is not None else None
         answers = []
         nrs = int(gen.get("num_return_sequences", 1))
+        beams = int(gen.get("num_beams", 1))
+        expand = beams if beams > 1 else nrs  # how generate expanded the batch (trace rows per sample)
         for j, (_, enc, q) in enumerate(chunk):
             clip = enc.clip
-            t = trace.select(j * max(1, int(gen.get("num_beams", 1)))) if trace is not None else None
-            ntok = int((new[j * nrs] != self.tokenizer.pad_token_id).sum()) if new.shape[1] else 0
+            t = trace.select(j * expand) if trace is not None else None
+            seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
             answers.append(Answer(
-                text=texts[j * nrs].strip(),
+                text=seqs[0],
                 question=q,
                 video=_video_name(clip),
                 timestamps=[float(x) for x in clip.timestamps],
@@ -348,17 +396,56 @@ class VideoQA:
                 equivalent_tokens=t.equivalent_tokens if t is not None else float(T * self.tokens_per_frame),
                 prefill_seconds=prefill,
                 decode_seconds=decode,
-                new_tokens=ntok,
+                new_tokens=self._content_tokens(new[j * nrs]),
                 trace=t,
                 frames=clip.frames,
+                sequences=seqs,
             ))
         return answers
+
+    def _content_tokens(self, row: Any) -> int:
+        """Generated tokens before the first end-of-sequence (or padding) token."""
+        stop = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        stop.update(eos if isinstance(eos, (list, tuple)) else [eos])
+        stop.discard(None)
+        for k, tok in enumerate(row.tolist()):
+            if tok in stop:
+                return k
+        return int(row.shape[0])
 
     def close(self) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
         self._cache.clear()
+
+
+def prompt_length(tokenizer: Any, question: str, num_frames: int, tokens_per_frame: int,
+                  template: str = DEFAULT_TEMPLATE) -> int:
+    """Tokens of the full prompt: the template's text + ``num_frames x tokens_per_frame`` video tokens."""
+    from videosparse.video import expand_video_prompt
+
+    prompt = expand_video_prompt(template.format(question=question.strip()), num_frames, tokens_per_frame)
+    return len(tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"])
+
+
+def check_prompt(tokenizer: Any, question: str, num_frames: int, tokens_per_frame: int, max_positions: Any,
+                 max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE) -> None:
+    """Everything about a question that can be checked with the tokenizer alone (no model, no video):
+    not empty, mostly known tokens, and prompt + ``max_new_tokens`` within ``max_positions``.
+    Raises ValueError naming the problem (frames, tokens and the limit for an overlong prompt)."""
+    from videosparse.loading import context_error, vocabulary_problem
+
+    _check_question(question)
+    _positive_int(max_new_tokens, "max_new_tokens")
+    problem = vocabulary_problem(tokenizer, question.strip())
+    if problem:
+        raise ValueError(problem)
+    err = context_error(prompt_length(tokenizer, question, num_frames, tokens_per_frame, template),
+                        max_new_tokens, max_positions, num_frames, tokens_per_frame)
+    if err:
+        raise ValueError(err)
 
 
 def _check_question(question: Any) -> None:
@@ -391,7 +478,35 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0] if msg else ''}"
 
 
-def _preprocessor_file(model_id_or_path: str) -> Any:
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int) -> Any:
+    """A preset name -> SparseConfig for the model's depth; any config is checked against the model's
+    depth and the visual tokens of ``num_frames`` frames (ValueError naming the field)."""
+    from videosparse import SparseConfig
+
+    if sparsity is None:
+        return None
+    layers = int(config.text_config.num_hidden_layers)
+    if isinstance(sparsity, str):
+        sparsity = SparseConfig.preset(sparsity, num_layers=layers)
+    if not isinstance(sparsity, SparseConfig):
+        raise ValueError(f"sparsity must be a SparseConfig, a preset name or None, got {type(sparsity).__name__}")
+    sparsity.describe(num_frames * tokens_per_frame(config), layers)  # raises what a run would raise
+    return sparsity
+
+
+def tokens_per_frame(config: Any) -> int:
+    """Visual tokens per frame of a Video-LLaVA config: patches + CLS (257 for a 224 px, 14 px ViT)."""
+    vcfg = config.vision_config
+    return (vcfg.image_size // vcfg.patch_size) ** 2 + 1
+
+
+def _preprocessor_file(model_id_or_path: str, local_files_only: bool = False) -> Any:
     """Local path (or dict) of the checkpoint's preprocessing config; hub ids go through the HF cache."""
     if os.path.isdir(model_id_or_path):
         return model_id_or_path
@@ -399,7 +514,8 @@ def _preprocessor_file(model_id_or_path: str) -> Any:
 
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         try:
-            path = cached_file(model_id_or_path, name, _raise_exceptions_for_missing_entries=False)
+            path = cached_file(model_id_or_path, name, _raise_exceptions_for_missing_entries=False,
+                               local_files_only=local_files_only)
         except OSError:
             path = None
         if path:

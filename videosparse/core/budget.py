@@ -150,3 +150,22 @@ def rank_adaptive_count(num_current: int, rank: torch.Tensor, lam: float, minimu
     prune = torch.round(lam * (num_current - rank.float())).clamp(min=0)
     keep = (num_current - prune).long()
     return int(keep.max().clamp(min=minimum, max=num_current).item())
+
+
+def rank_count_warning(count: int, rank: torch.Tensor, layer: int, num_frames: int, num_visual: int,
+                       lam: float) -> str | None:
+    """Message when a rank-adaptive stage keeps a degenerate count, else None.
+
+    Degenerate: fewer kept tokens than frames, or fewer than 1 % of the visual tokens. The count is
+    still used (it is the rule the user asked for); the message names the count, the rank, the layer
+    and the fix.
+    """
+    if count >= num_frames and count >= 0.01 * num_visual:
+        return None
+    r = int(rank.max().item()) if rank.numel() else 0
+    return (
+        f"videosparse: the rank-adaptive stage at layer {layer} keeps {count} of {num_visual} visual tokens "
+        f"({num_frames} frames): relevance rank {r}, rank_lambda {lam:g} prunes round(lambda x (N - rank)). "
+        f"Use a fixed budget (e.g. budget=0.1 / --budget 0.1) or a smaller rank_lambda (0.5 keeps about "
+        f"half per stage)."
+    )

@@ -32,7 +32,7 @@ from videosparse.core.scores import (
     visual_scores,
 )
 from videosparse.core.select import run_stage
-from videosparse.core.budget import rank_adaptive_count
+from videosparse.core.budget import rank_adaptive_count, rank_count_warning
 from videosparse.core.trace import RetentionTrace, StageRecord
 from videosparse.models.base import ModelAdapter, SparseHandle, check_transformers_version, register_adapter
 from videosparse.baselines import random_scores, uniform_scores
@@ -78,6 +78,7 @@ def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 @register_adapter
 class VideoLlavaAdapter(ModelAdapter):
     name = "video_llava"
+    model_types = ("video_llava",)  # config.json model_type values (videosparse.loading checks before loading)
     description = (
         "transformers VideoLlavaForConditionalGeneration / VideoLlavaModel with a Llama-style decoder "
         "(e.g. LanguageBind/Video-LLaVA-7B-hf)"
@@ -358,6 +359,9 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             if count is None:
                 rank = relevance_rank(probs, rater_valid, vis_local)
                 count = rank_adaptive_count(M, rank, cfg.rank_lambda)
+                msg = rank_count_warning(count, rank, li, T, Nv, cfg.rank_lambda)
+                if msg:
+                    logger.warning(msg)
         elif cfg.method == "fastv":
             k = _stage_keys(layer, cache, li, h_in, cos, sin)
             scores = received_attention(q_rows, k, key_valid, attn.scaling).gather(1, vis_local)
