@@ -38,6 +38,7 @@ CASES = [
     ("audio", NoVideoStreamError, "no video stream"),
     ("truncated_mp4", TruncatedVideoError, "truncated"),
     ("truncated_webm", TruncatedVideoError, "truncated"),
+    ("truncated_moov_end", TruncatedVideoError, "truncated"),
     ("corrupt_mp4", CorruptVideoError, "corrupt"),
     ("huge", ResolutionError, "absurd resolution"),
 ]

@@ -9,6 +9,7 @@ import numpy as np
 
 H, W, N, FPS = 48, 64, 40, 25
 VFR_PTS_MS = [0, 40, 80, 200, 240, 400, 410, 420, 600, 1000, 1040, 1300]
+GIF_DELAYS_MS = [100, 200, 50, 300, 100, 250]
 
 
 def decord_installed() -> bool:

@@ -10,6 +10,40 @@ Readers expose one interface::
 
 ``indices`` for ``get_frames`` may be in any order with repeats; ``iter_frames`` needs them
 non-decreasing. Every PyAV or decord exception is translated into a :class:`VideoError`.
+
+**Which answer wins.** PyAV builds the frame index (how many frames, their presentation times,
+whether the file is truncated) for every backend, because it sees every packet and the decoder's
+real output order. decord is used only to decode pixels, and only when its own index agrees with
+PyAV's: same frame count, finite non-decreasing timestamps equal to PyAV's within half a frame,
+and a file whose container timestamps PyAV found reliable. Otherwise decord's answer is wrong in a
+way decord cannot notice (e.g. DivX AVIs with packed B-frames: decord returns timestamps of
++-3.8e17 s and frames in the wrong order), so :class:`DecordFailure` is raised and
+``backend="auto"`` uses PyAV. The timestamps returned by the decord reader are PyAV's, so both
+backends give identical timestamps.
+
+**Frame index.** Frames are the non-empty video packets (AVI "repeat the previous frame" index
+entries are zero-byte packets: they are not frames; the shown frame simply stays on screen, so
+such a file reads as a variable-frame-rate clip). When the container's timestamps identify the
+frames (present, unique, and the decoder's first output frames carry them in increasing order),
+frames are located by timestamp and seeking is used. When they do not (no timestamps, duplicates,
+or decode-order timestamps written as presentation times: AVI with packed B-frames, MP4s without
+a composition-offset table), the whole stream is decoded once at open and frame ``i`` is the
+decoder's ``i``-th output frame; its time is the ``i``-th smallest container timestamp (or
+``i / fps`` without timestamps).
+
+**libav log lines.** libav's messages never reach stderr. While a file is opened and its packets
+are demuxed (the index pass), PyAV's messages are captured and re-emitted through Python
+``logging`` on loggers ``libav.<component>`` (e.g. ``libav.mov,mp4,m4a,3gp,3g2,mj2``), prefixed
+with the path; libav errors at WARNING, warnings at INFO. They also classify errors (``moov atom
+not found`` plus the file's box layout = a truncated MP4 whose index was at the end). This is done
+by turning PyAV's Python log callback on for that window only, and only when no PyAV log level was
+chosen (``av.logging.get_level() is None``, PyAV's default, which drops all messages); decoding
+runs with PyAV's silent default because routing messages from FFmpeg's decoder threads into Python
+can deadlock (PyAV issue #751). A ``NullHandler`` is added to the ``libav`` logger, so nothing is
+printed unless you configure logging. decord bundles its own FFmpeg, which prints to stderr and
+cannot be routed; the first decord reader sets it to QUIET (``decord.logging.set_level``) since
+PyAV has already reported on the same file. Both settings are process-wide; nothing happens at
+import time.
 """
 
 from __future__ import annotations
@@ -52,6 +86,88 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "decord", "pyav")
 DEFAULT_MAX_SIDE = 8192  # DCI 8K width; anything larger is treated as absurd unless raised explicitly
 _MAX_DECODE_ERRORS = 64  # non-strict mode: give up after this many bitstream errors
+_ORDER_CHECK_FRAMES = 12  # decoder output frames compared against the container timestamps at open
+
+_libav_logger = logging.getLogger("libav")
+_logging_configured = {"av": False, "decord": False}
+# libav level -> Python level used when we re-emit lines captured during open/index. A file-level
+# VideoError (or our own warning in non-strict mode) is the user-facing signal; libav's text is detail.
+_LIBAV_TO_PY = ((16, logging.WARNING), (24, logging.INFO))  # <= ERROR -> WARNING, WARNING -> INFO, else DEBUG
+
+
+class _LibavCapture:
+    """Collect libav's messages while a file is opened and demuxed, then re-emit them through
+    ``logging`` (see :func:`_emit_libav`).
+
+    PyAV's Python log callback is installed only for this window and only when nobody chose a
+    PyAV log level (``av.logging.get_level() is None``, PyAV's default, which drops every libav
+    message). Outside the window PyAV's silent default is restored: routing messages from FFmpeg's
+    *decoder* threads into Python can deadlock when the GIL holder waits for those threads (seek,
+    flush, close; PyAV issue #751), so decoding always runs with the silent callback. The window
+    covers only ``av.open`` and the demux-only index pass, which log from the calling thread.
+    """
+
+    def __init__(self, av, path: str):
+        self.av, self.path, self.messages = av, path, []
+        self._restore = False
+
+    def __enter__(self):
+        av = self.av
+        if not any(isinstance(h, logging.NullHandler) for h in _libav_logger.handlers):
+            _libav_logger.addHandler(logging.NullHandler())  # nothing printed unless logging is configured
+        with _capture_lock:
+            if av.logging.get_level() is None:
+                av.logging.set_level(av.logging.WARNING)
+                self._restore = True
+        self._cap = av.logging.Capture(True)
+        self._logs = self._cap.__enter__()
+        return self
+
+    def flush(self) -> list[str]:
+        msgs = _emit_libav(self.path, list(self._logs))
+        self._logs.clear()
+        self.messages += msgs
+        return msgs
+
+    def __exit__(self, *exc):
+        self._cap.__exit__(*exc)
+        if self._restore:
+            with _capture_lock:
+                self.av.logging.set_level(None)
+        self.flush()
+        return False
+
+
+_capture_lock = __import__("threading").Lock()
+
+
+def _configure_decord_logging(decord) -> None:
+    """decord bundles its own FFmpeg, which prints to stderr; PyAV already reported the same file."""
+    if _logging_configured["decord"]:
+        return
+    _logging_configured["decord"] = True
+    try:
+        decord.logging.set_level(decord.logging.QUIET)
+    except Exception as e:  # pragma: no cover
+        logger.debug("could not silence decord's FFmpeg logging: %s", e)
+
+
+def _emit_libav(path: str, records) -> list[str]:
+    """Re-emit libav log records captured with ``av.logging.Capture`` through ``logging``;
+    returns the messages (for error classification)."""
+    out = []
+    for rec in records or ():
+        try:
+            level, name, message = rec[0], rec[1], rec[2]
+        except Exception:  # pragma: no cover
+            continue
+        message = str(message).strip()
+        if not message:
+            continue
+        out.append(message)
+        py_level = next((pl for lim, pl in _LIBAV_TO_PY if level <= lim), logging.DEBUG)
+        logging.getLogger(f"libav.{name or 'libav'}").log(py_level, "%s: %s", path, message)
+    return out
 
 
 def check_path(path) -> str:
@@ -104,10 +220,14 @@ class _ReaderBase:
     width: int
     height: int
     rotation: int = 0
+    _end: float | None = None
 
     @property
     def duration(self) -> float:
-        """Last timestamp plus one frame interval."""
+        """End of the last frame: its timestamp plus its own display time when the container gives
+        one (GIF delays, VFR), else plus one frame interval (``1 / fps``)."""
+        if self._end is not None and self._end > float(self.timestamps[-1]):
+            return float(self._end)
         return float(self.timestamps[-1]) + 1.0 / self.fps
 
     def get_frames(self, indices) -> np.ndarray:
@@ -159,14 +279,19 @@ class PyAVReader(_ReaderBase):
         self.strict = strict
         self.mode = mode
         self.decode_errors = 0
+        self.index_mode = "unindexed"  # "pts" | "decode-order" once indexed
+        self.libav_messages: list[str] = []
         av = self._av = _import_av(self.path)
+        self._container = None
         try:
-            self._container = av.open(self.path, metadata_errors="ignore")
-        except av.error.FFmpegError as e:
-            raise NotAVideoError(self.path, f"not a recognised video/container format ({_av_msg(e)})") from e
-        except (OSError, UnicodeDecodeError) as e:
-            raise NotAVideoError(self.path, f"cannot be opened as media ({e})") from e
-        try:
+            with _LibavCapture(av, self.path) as cap:
+                try:
+                    self._container = av.open(self.path, metadata_errors="ignore")
+                except av.error.FFmpegError as e:
+                    raise _open_error(self.path, e, cap.flush() + _exc_log(e)) from e
+                except (OSError, UnicodeDecodeError) as e:
+                    raise NotAVideoError(self.path, f"cannot be opened as media ({e})") from e
+            self.libav_messages += cap.messages
             self._probe(max_side)
             self._pts: np.ndarray | None = None
             if index:
@@ -221,36 +346,53 @@ class PyAVReader(_ReaderBase):
         self.decode_errors = 0
 
     def _build_index(self) -> None:
+        """Demux every packet (no decoding) and decide how frames are identified (see module doc)."""
         av = self._av
-        pts, keys, demux_error = [], [], None
-        try:
-            self._container.seek(0)
-            for pkt in self._container.demux(self._stream):
-                if pkt.size == 0:
-                    continue
-                t = pkt.pts if pkt.pts is not None else pkt.dts
-                pts.append(t)
-                keys.append(bool(pkt.is_keyframe))
-        except av.error.FFmpegError as e:
-            demux_error = e
-        n = len(pts)
+        times, durs, keys, demux_error = [], [], [], None
+        self._rewind()  # flushes the decoder: done before libav messages are routed
+        with _LibavCapture(av, self.path) as cap:  # demuxing only: no decoder thread runs here
+            try:
+                for pkt in self._container.demux(self._stream):
+                    if pkt.size == 0:  # flush packet, or an AVI "repeat the previous frame" index entry
+                        continue
+                    times.append(pkt.pts if pkt.pts is not None else pkt.dts)
+                    durs.append(int(pkt.duration or 0))
+                    keys.append(bool(pkt.is_keyframe))
+            except av.error.FFmpegError as e:
+                demux_error = e
+        self.libav_messages += cap.messages
+        n = len(times)
         if n == 0:
             raise NoFramesError(self.path, "the video stream holds zero frames (no packets)")
-        self.has_pts = all(t is not None for t in pts)
-        if self.has_pts:
-            order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-            p = np.asarray(pts, dtype=np.int64)[order]
-            self.has_pts = bool(np.all(np.diff(p) > 0))
-        if self.has_pts:
-            self._pts = p
-            self._pts_to_index = {int(v): i for i, v in enumerate(p)}
-            self._key_pts = sorted(int(v) for v, k in zip(np.asarray(pts, dtype=np.int64), keys) if k) or [int(p[0])]
-            self.timestamps = (p - p[0]).astype(np.float64) * float(self.time_base)
-        else:  # no usable timestamps (some raw/avi streams): count frames, assume constant rate
-            self._pts = None
-            fps = self._declared_fps or 25.0
-            self.timestamps = np.arange(n, dtype=np.float64) / fps
-        self.num_frames = n
+        tb = float(self.time_base)
+        have_times = all(t is not None for t in times)
+        t = np.asarray(times, dtype=np.int64) if have_times else None
+        sorted_t = np.sort(t, kind="stable") if have_times else None
+        unique = have_times and bool(np.all(np.diff(sorted_t) > 0))
+        # where the data ends (for truncation): latest packet end, using each packet's own duration
+        frame_ticks = (1.0 / self._declared_fps / tb) if self._declared_fps > 0 else 0.0
+        if have_times:
+            ends = t + np.where(np.asarray(durs) > 0, np.asarray(durs), frame_ticks)
+            self._covered = float(ends.max() - sorted_t[0]) * tb
+        else:
+            self._covered = None
+        why_not_pts = None
+        if not have_times:
+            why_not_pts = "packets carry no timestamps"
+        elif not unique:
+            why_not_pts = "duplicate packet timestamps"
+        else:
+            why_not_pts = self._decoder_order_problem(sorted_t)
+        if why_not_pts is None:
+            self.index_mode = "pts"
+            self._pts = sorted_t
+            self._pts_to_index = {int(v): i for i, v in enumerate(sorted_t)}
+            self._key_pts = sorted(int(v) for v, k in zip(t, keys) if k) or [int(sorted_t[0])]
+            self.timestamps = (sorted_t - sorted_t[0]).astype(np.float64) * tb
+            self.num_frames = n
+        else:
+            self._index_by_decoding(why_not_pts, n, sorted_t if have_times else None)
+        n = self.num_frames
         span = float(self.timestamps[-1])
         if self._declared_fps > 0:
             self.fps = self._declared_fps
@@ -258,13 +400,71 @@ class PyAVReader(_ReaderBase):
             self.fps = (n - 1) / span
         else:
             self.fps = 1.0
+        if self._covered is not None and self._covered > span:
+            self._end = self._covered  # the last frame stays on screen for its own duration (GIF, VFR)
+        if self.declared_frames > n:
+            logger.debug("%s: %d frames in %d declared frame slots (the others repeat the previous frame)",
+                         self.path, n, self.declared_frames)
         problems = []
         if demux_error is not None:
-            problems.append(f"demuxing stopped with an error after {n} packets ({_av_msg(demux_error)})")
-        problems += _truncation_problems(n, self.duration, self.declared_frames, self.declared_duration, self.fps)
+            problems.append(f"demuxing stopped with an error after {len(times)} packets ({_av_msg(demux_error)})")
+        problems += _truncation_problems(len(times), self._covered, self.declared_frames, self.declared_duration,
+                                         self.fps)
         if problems:
             self._report(TruncatedVideoError, "; ".join(problems))
             self._trim_to_decodable()
+
+    def _decoder_order_problem(self, sorted_t: np.ndarray) -> str | None:
+        """Decode the first frames; their timestamps must be the smallest container timestamps in
+        increasing order. A decoder emits frames in presentation order, so anything else means the
+        container's timestamps are not presentation times (or not attached to the right frames)."""
+        want = min(_ORDER_CHECK_FRAMES, sorted_t.size)
+        got = []
+        saved, self.strict = self.strict, False
+        try:
+            for frame in self._decode_from(None, limit_packets=4 * want + 16):
+                got.append(frame.pts)
+                if len(got) >= want:
+                    break
+        finally:
+            self.strict = saved
+            self.decode_errors = 0
+        if any(p is None for p in got):
+            return "decoded frames carry no timestamps"
+        if not got:
+            return "no frame decoded from the first packets"
+        g = np.asarray(got, dtype=np.int64)
+        if np.any(np.diff(g) <= 0):
+            return (f"decoder output timestamps are out of order ({g[:8].tolist()}...): the container stores "
+                    f"decode-order timestamps (e.g. packed B-frames in AVI)")
+        if not np.array_equal(g, sorted_t[: g.size]):
+            return "decoded frame timestamps do not match the container's packet timestamps"
+        return None
+
+    def _index_by_decoding(self, why: str, packets: int, sorted_t: np.ndarray | None) -> None:
+        """Index by the decoder's output order: decode the whole stream once (no RGB conversion)."""
+        self.index_mode = "decode-order"
+        logger.info("%s: %s; indexing frames in decoder output order (one decoding pass)", self.path, why)
+        count = 0
+        saved, self.strict = self.strict, False
+        try:
+            for _ in self._decode_from(None):
+                count += 1
+        finally:
+            self.strict = saved
+            errors, self.decode_errors = self.decode_errors, 0
+        if count == 0:
+            raise CorruptVideoError(self.path, f"zero decodable frames ({errors} bitstream errors)")
+        if errors:
+            self._report(CorruptVideoError, f"corrupt video stream: {errors} bitstream errors while indexing")
+        if count != packets:
+            logger.info("%s: %d packets decode to %d frames", self.path, packets, count)
+        self._pts = None
+        self.num_frames = count
+        if sorted_t is not None and sorted_t.size >= count:
+            self.timestamps = (sorted_t[:count] - sorted_t[0]).astype(np.float64) * float(self.time_base)
+        else:
+            self.timestamps = np.arange(count, dtype=np.float64) / (self._declared_fps or 25.0)
 
     def _trim_to_decodable(self) -> None:
         """Non-strict truncated file: drop trailing frames whose packets exist but do not decode
@@ -286,6 +486,7 @@ class PyAVReader(_ReaderBase):
                         self._pts = self._pts[:n]
                         self.timestamps = self.timestamps[:n]
                         self.num_frames = n
+                        self._end = None
                     return
         finally:
             self.strict = saved
@@ -297,17 +498,33 @@ class PyAVReader(_ReaderBase):
         logger.warning("%s: %s; using the decodable frames", self.path, reason)
 
     # ------------------------------------------------------------------ decoding
+    def _rewind(self) -> None:
+        """Back to the first packet. Raw elementary streams (``.h264``, ``.m4v``) cannot seek at
+        all (libav: "Operation not permitted"): reopen the file instead."""
+        av = self._av
+        try:
+            self._container.seek(0)
+            return
+        except av.error.FFmpegError as e:
+            logger.debug("%s: cannot seek to the start (%s); reopening", self.path, _av_msg(e))
+        index = self._stream.index
+        self._container.close()
+        self._container = av.open(self.path, metadata_errors="ignore")
+        self._stream = self._container.streams[index]
+        self._stream.thread_type = "AUTO"
+
     def _decode_from(self, seek_pts: int | None, limit_packets: int | None = None):
         """Yield decoded frames starting at the keyframe at or before ``seek_pts`` (None: start)."""
         av = self._av
         c, s = self._container, self._stream
         try:
             if seek_pts is None:
-                c.seek(0)
+                self._rewind()
             else:
                 c.seek(int(seek_pts), stream=s, backward=True, any_frame=False)
         except av.error.FFmpegError as e:
             raise CorruptVideoError(self.path, f"seek failed ({_av_msg(e)})") from e
+        c, s = self._container, self._stream
         it = c.demux(s)
         k = 0
         while True:
@@ -414,12 +631,16 @@ class PyAVReader(_ReaderBase):
 
 
 class DecordReader(_ReaderBase):
-    """decord ``VideoReader`` behind the common interface.
+    """decord ``VideoReader`` behind the common interface, checked against PyAV's index.
 
-    decord errors are raised as :class:`DecordFailure` (a :class:`CorruptVideoError`) so that
-    ``backend="auto"`` can fall back to PyAV. ``probe`` is a light :class:`PyAVReader` used for
-    rotation and declared length; decord itself ignores (and mangles) rotated videos, so rotated
-    files are refused here.
+    ``probe`` is an indexed :class:`PyAVReader` of the same file. decord's own index is accepted
+    only when it agrees with PyAV's (see the module docstring: PyAV wins): the container's
+    timestamps must identify the frames (``probe.index_mode == "pts"``), the frame counts must be
+    equal, and decord's timestamps must be finite, non-decreasing and within half a frame of
+    PyAV's. The reader then reports PyAV's timestamps, fps and duration, so both backends agree
+    exactly. Any disagreement raises :class:`DecordFailure` (a :class:`CorruptVideoError`) naming
+    it, and ``backend="auto"`` falls back to PyAV. decord also ignores (and mangles) rotated videos,
+    so rotated files are refused here.
     """
 
     backend = "decord"
@@ -431,15 +652,20 @@ class DecordReader(_ReaderBase):
         except Exception as e:
             raise BackendUnavailableError(self.path, f"decord cannot be imported ({e})") from e
         self._decord = decord
+        _configure_decord_logging(decord)
         if probe.rotation:
             raise DecordFailure(self.path, f"decord does not handle rotation metadata ({probe.rotation} degrees)")
+        if probe.index_mode != "pts":
+            raise DecordFailure(
+                self.path, "decord locates frames by container timestamps, which do not identify the frames in this "
+                           "file (PyAV indexes it in decoder output order); decord's frames and timestamps would be "
+                           "wrong")
         self.rotation = 0
         try:
             self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=num_threads)
             n = len(self._vr)
             if n == 0:
                 raise NoFramesError(self.path, "the video stream holds zero frames")
-            fps = float(self._vr.get_avg_fps())
             ts = np.asarray(self._vr.get_frame_timestamp(np.arange(n)), dtype=np.float64)[:, 0]
         except VideoError:
             self.close()
@@ -447,17 +673,15 @@ class DecordReader(_ReaderBase):
         except Exception as e:
             self.close()
             raise DecordFailure(self.path, f"decord cannot read the file ({_first_line(e)})") from e
+        problem = _decord_disagreement(n, ts, probe)
+        if problem:
+            self.close()
+            raise DecordFailure(self.path, f"decord's frame index disagrees with the container's ({problem})")
         self.num_frames = n
-        self.fps = fps if fps > 0 else probe._declared_fps or 1.0
-        self.timestamps = ts - ts[0]
+        self.fps = probe.fps
+        self.timestamps = probe.timestamps.copy()
+        self._end = probe._end
         self.width, self.height = probe.width, probe.height
-        problems = _truncation_problems(n, self.duration, probe.declared_frames, probe.declared_duration, self.fps)
-        if problems:
-            reason = "; ".join(problems)
-            if strict:
-                self.close()
-                raise TruncatedVideoError(self.path, reason + " (pass strict=False to use the decodable frames)")
-            logger.warning("%s: %s; using the decodable frames", self.path, reason)
 
     def _batch(self, uniq: np.ndarray) -> np.ndarray:
         try:
@@ -496,16 +720,102 @@ class DecordFailure(CorruptVideoError):
     """decord could not read or decode the file (``backend='auto'`` falls back to PyAV)."""
 
 
-def _truncation_problems(n, duration, declared_frames, declared_duration, fps) -> list[str]:
+def _decord_disagreement(n: int, ts: np.ndarray, probe: PyAVReader) -> str | None:
+    """Why decord's index (``n`` frames at times ``ts``) cannot be trusted, or None."""
+    if n != probe.num_frames:
+        return f"decord counts {n} frames, the stream has {probe.num_frames}"
+    if not np.all(np.isfinite(ts)):
+        return "decord reports non-finite timestamps"
+    rel = ts - ts[0]
+    if np.any(np.diff(rel) < -1e-6):
+        return "decord's timestamps are not in increasing order"
+    tol = 0.5 / probe.fps if probe.fps > 0 else 0.02
+    err = float(np.max(np.abs(rel - probe.timestamps)))
+    if err > tol:
+        return f"decord's timestamps differ from the stream's by up to {err:.3g} s"
+    return None
+
+
+def _truncation_problems(packets, covered, declared_frames, declared_duration, fps) -> list[str]:
+    """Is the data shorter than the container declares?
+
+    Time coverage decides when packet times are known: ``covered`` is the end of the latest packet
+    (its time plus its own duration) relative to the first. Declared frame counts are only used
+    without times, because AVI counts zero-byte "repeat the previous frame" entries as frames
+    (tree.avi declares 444 frames, holds 68 and covers all 29.6 s of its 444 frame slots).
+    """
     out = []
-    if declared_frames and n < declared_frames:
-        out.append(f"truncated: the container declares {declared_frames} frames but only {n} are present")
-    elif declared_duration and fps > 0:
+    if declared_duration and fps > 0 and covered is not None:
         tol = max(3.0 / fps, 0.02 * declared_duration)
-        if duration + tol < declared_duration:
+        if covered + tol < declared_duration:
             out.append(f"truncated: the container declares {declared_duration:.3f} s but frames cover only "
-                       f"{duration:.3f} s")
+                       f"{covered:.3f} s")
+    elif declared_frames and packets < declared_frames:
+        out.append(f"truncated: the container declares {declared_frames} frames but only {packets} are present")
     return out
+
+
+def _exc_log(e: BaseException) -> list[str]:
+    """libav's own message attached to a PyAV exception (``e.log``: (level, name, message))."""
+    log = getattr(e, "log", None)
+    if isinstance(log, tuple) and len(log) >= 3 and log[2]:
+        return [str(log[2]).strip()]
+    return []
+
+
+_TRUNCATED_OPEN_MARKERS = ("moov atom not found", "partial file")
+_MP4_TOP_BOXES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"moof", b"mfra",
+                  b"meta", b"sidx", b"pdin"}
+
+
+def _mp4_layout(path: str) -> tuple[bool, bool, bool]:
+    """Walk the top-level ISO-BMFF boxes: ``(is_mp4, has_moov, cut_inside_a_box)``.
+
+    Cheap (reads 8-16 bytes per box, a handful of boxes) and structural: an MP4/MOV whose boxes
+    are valid up to the end of the data, that has ``ftyp``/``mdat`` but no ``moov`` and whose last
+    box runs past the end of the file was cut short before its index (written last) was stored.
+    """
+    size = os.path.getsize(path)
+    seen, cut, pos = [], False, 0
+    try:
+        with open(path, "rb") as f:
+            while pos + 8 <= size and len(seen) < 64:
+                f.seek(pos)
+                head = f.read(16)
+                box_len, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if kind not in _MP4_TOP_BOXES:
+                    break
+                if box_len == 1 and len(head) >= 16:
+                    box_len = int.from_bytes(head[8:16], "big")
+                elif box_len == 0:
+                    box_len = size - pos
+                if box_len < 8:
+                    break
+                seen.append(kind)
+                if pos + box_len > size:
+                    cut = True
+                    break
+                pos += box_len
+    except OSError:
+        return False, False, False
+    is_mp4 = bool(seen) and seen[0] in (b"ftyp", b"styp", b"wide", b"free", b"skip", b"mdat", b"pnot")
+    return is_mp4, b"moov" in seen, cut
+
+
+def _open_error(path: str, e: BaseException, messages: list[str]) -> VideoError:
+    """Classify a failed ``av.open`` from libav's log lines and the file's structure, not from
+    the exception text: an MP4/MOV whose index (moov atom) is missing and whose data stops inside
+    a box was cut short before the index (written at the end) was stored -- a truncated video, not
+    an unknown format. A text file named ``.mp4`` also makes libav say "moov atom not found", so
+    the box walk decides."""
+    hits = [m for m in dict.fromkeys(messages) if any(k in m.lower() for k in _TRUNCATED_OPEN_MARKERS)]
+    is_mp4, has_moov, cut = _mp4_layout(path)
+    if is_mp4 and not has_moov and (cut or hits):
+        detail = "; ".join(hits) or "no moov box"
+        return TruncatedVideoError(
+            path, f"truncated: the MP4 index (moov atom) is missing ({detail}); the file was cut before its index "
+                  f"was written")
+    return NotAVideoError(path, f"not a recognised video/container format ({_av_msg(e)})")
 
 
 def _av_msg(e: BaseException) -> str:
@@ -520,19 +830,28 @@ def _first_line(e) -> str:
 
 def open_reader(path, backend: str = "auto", *, max_side: int = DEFAULT_MAX_SIDE, strict: bool = True,
                 pyav_mode: str = "seek") -> _ReaderBase:
-    """Open ``path`` with the requested backend (``"auto"``: decord, else PyAV)."""
+    """Open ``path`` with the requested backend (``"auto"``: decord when it agrees with PyAV's
+    index, else PyAV).
+
+    PyAV always opens and indexes the file first (it classifies bad input the same way for every
+    backend and provides the reference index); for decord that reader is then closed, for a
+    fallback it is returned as is (no second open).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pyav" or (backend == "auto" and not decord_available()):
         return PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode)
-    # decord path: light PyAV probe first (classifies bad input the same way for every backend)
-    with PyAVReader(path, max_side=max_side, strict=strict, index=False) as probe:
-        try:
-            return DecordReader(path, probe, strict=strict)
-        except (DecordFailure, BackendUnavailableError) as e:
-            if backend == "decord":
-                if isinstance(e, DecordFailure) and strict and not probe.rotation:
-                    probe._build_index()  # classify: raises TruncatedVideoError when PyAV sees truncation
-                raise
-            logger.info("%s; falling back to PyAV", e)
-    return PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode)
+    pyav = PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode)
+    try:
+        reader = DecordReader(path, pyav, strict=strict)
+    except (DecordFailure, BackendUnavailableError) as e:
+        if backend == "decord":
+            pyav.close()
+            raise
+        logger.info("%s; falling back to PyAV", e)
+        return pyav
+    except BaseException:
+        pyav.close()
+        raise
+    pyav.close()
+    return reader
