@@ -352,3 +352,12 @@ def test_videosparse_never_imports_video_eval_and_cli_demo_are_not_circular():
 
 def test_cli_progress_uses_tqdm():
     assert "tqdm" in open(os.path.join(ROOT, "videosparse", "cli.py")).read()
+
+
+def test_no_virtualenv_or_build_output_is_tracked():
+    if not os.path.isdir(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout (an sdist): nothing is tracked")
+    files = subprocess.run(["git", "-C", ROOT, "ls-files"], capture_output=True, text=True, check=True).stdout.split()
+    bad = [f for f in files if f.startswith((".venv/", ".ci-venv/", "videosparse-demo/")) or "__pycache__" in f
+           or ".egg-info/" in f]
+    assert not bad, bad[:5]
