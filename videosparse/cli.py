@@ -96,13 +96,6 @@ def _parse_budget(text: str | None):
         raise CLIError(f"--budget: expected a token count (194), a fraction (0.1) or 'rank', got {text!r}") from None
 
 
-def testbed_dir() -> str:
-    """Directory of the embedded test-bed checkpoint shipped inside the package."""
-    from videosparse.testbed import path
-
-    return path()
-
-
 BUDGET_HELP = ("visual-token budget: an int = tokens kept after the last stage (video, fastv, random, uniform), "
                "a float in (0, 1] = that fraction, 'rank' = SparseVLM-v1 rank-adaptive; for sparsevlm-v1.5/v2 "
                "192/128/96/64 select the seed's per-stage counts for 576 tokens (64 ends at 17 for v1.5), other "
@@ -333,7 +326,7 @@ def cmd_ask(args, say) -> int:
     say(f"loading model {args.model} ...")
     t0 = time.perf_counter()
     qa = VideoQA.from_pretrained(ckpt, sparsity=sparsity, device=args.device, dtype=args.dtype,
-                                 attn_implementation=args.attn, num_frames=args.frames)
+                                 attn_implementation=args.attn, num_frames=args.frames, tokenizer=tok)
     say(f"model loaded in {time.perf_counter() - t0:.1f}s")
     ans = _answer(qa, clip, args.question, args.max_new_tokens, say)
     # 6. the answer is printed before anything else can fail; heatmaps after it

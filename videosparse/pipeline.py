@@ -140,6 +140,7 @@ class VideoQA:
         dtype: Any = None,
         attn_implementation: str = "sdpa",
         num_frames: int = 8,
+        tokenizer: Any = None,
         **kwargs: Any,
     ) -> "VideoQA":
         """Load a Video-LLaVA checkpoint the normal Hugging Face way, after checking everything that can
@@ -153,6 +154,7 @@ class VideoQA:
             checked against the model's depth and the visual tokens of ``num_frames`` frames.
         device: "cpu" (default), "cuda", "cuda:1", "mps" -- checked to exist here.
         dtype: torch dtype or its name ("float16", "bf16", ...); None = the checkpoint's.
+        tokenizer: an already loaded tokenizer of this checkpoint (None: loaded here).
         """
         from videosparse.loading import resolve_checkpoint, resolve_device, resolve_dtype
 
@@ -164,13 +166,13 @@ class VideoQA:
             raise ValueError(f"attn_implementation must be eager, sdpa or flash_attention_2, got {attn_implementation!r}")
         config = ckpt.load_config()
         sparsity = _resolve_sparsity(sparsity, config, nf)
-        import torch  # noqa: F401  (after the cheap checks)
         from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
 
         from videosparse.video import VideoProcessorSpec
 
         local = {"local_files_only": True} if ckpt.local_files_only else {}
-        tokenizer = AutoTokenizer.from_pretrained(ckpt.source, **local)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(ckpt.source, **local)
         spec = VideoProcessorSpec.from_pretrained(_preprocessor_file(ckpt.source, ckpt.local_files_only))
         load_kw: dict = {"attn_implementation": attn_implementation, "config": config, **local}
         if dtype is not None:
