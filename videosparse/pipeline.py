@@ -216,11 +216,16 @@ class VideoQA:
         return Clip.from_array(arr)
 
     def encode(self, video: Any) -> EncodedVideo:
-        """Decode (if needed) and run the vision tower + projector once; cached per video."""
+        """Decode (if needed) and run the vision tower + projector once; cached per video.
+
+        An EncodedVideo is returned as it is, so a caller that encoded a video once (e.g. the
+        evaluation runner, for several sparsity configs) can pass it to ``ask``/``ask_many``."""
         import torch
 
         from videosparse.video import preprocess_frames
 
+        if isinstance(video, EncodedVideo):
+            return video
         key = _video_key(video, self.num_frames, self.frame_strategy)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
@@ -305,6 +310,8 @@ class VideoQA:
         """Frames the video will contribute: known without decoding for paths (uniform/segments)."""
         from videosparse.video import Clip
 
+        if isinstance(video, EncodedVideo):
+            return int(video.features.shape[0])
         if isinstance(video, Clip):
             return video.num_frames
         if isinstance(video, (str, os.PathLike)):
@@ -469,6 +476,8 @@ def _video_key(video: Any, num_frames: int, strategy: str) -> str | None:
 
 
 def _video_name(video: Any) -> str:
+    if isinstance(video, EncodedVideo):
+        video = video.clip
     if isinstance(video, (str, os.PathLike)):
         return os.fspath(video)
     path = getattr(video, "path", None)

@@ -1,0 +1,286 @@
+"""``python -m video_eval {check,run,merge,judge,report}``.
+
+Errors are one line on stderr and exit code 2 (``--debug`` shows the traceback); nothing heavy is
+imported before the arguments are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "LanguageBind/Video-LLaVA-7B-hf"
+DEFAULT_CONFIGS = "full,video"
+DATASET_NAMES = ("msvd", "msrvtt", "activitynet", "tgif")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _add_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True,
+                   help=f"dataset name: {', '.join(DATASET_NAMES)} (its file layout, see the README)")
+    p.add_argument("--root", required=True, help="the dataset directory (e.g. .../GPT_Zero_Shot_QA/MSVD_Zero_Shot_QA)")
+    p.add_argument("--questions", default=None, help="question file (default: the release's name under --root)")
+    p.add_argument("--answers", default=None, help="answer file (default: the release's name under --root)")
+    p.add_argument("--videos", default=None, help="video directory (default: the release's under --root)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="only the first N questions (the pruning literature's first-1000 protocol); default: all")
+
+
+def _add_judge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge", choices=["offline", "openai"], default="offline",
+                   help="offline: normalised exact/contains match (NOT comparable with GPT-judge numbers); "
+                        "openai: any OpenAI-compatible chat-completions server")
+    p.add_argument("--judge-base-url", default="https://api.openai.com/v1",
+                   help="server URL, e.g. http://127.0.0.1:8000/v1 for a local vLLM / SGLang server")
+    p.add_argument("--judge-model", default=None, help="judge model name as the server knows it (required for openai)")
+    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+                   help="NAME of the environment variable holding the API key (the key is never written anywhere); "
+                        "'none' for a server without authentication")
+    p.add_argument("--judge-template", default=None, help="prompt template file (default: the shipped Video-ChatGPT one)")
+    p.add_argument("--judge-concurrency", type=_positive_int, default=8, help="parallel requests (default 8)")
+    p.add_argument("--judge-retries", type=_nonneg_int, default=5, help="retries per request (default 5)")
+    p.add_argument("--judge-timeout", type=_positive_float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--judge-cache", default=None,
+                   help="sqlite response cache (default ~/.cache/videosparse/judge-cache.sqlite); 'none' to disable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="video_eval", description="Video-QA evaluation of videosparse configs (MSVD, MSRVTT, "
+                                                 "ActivityNet, TGIF) in the Video-LLaVA / Video-ChatGPT format.")
+    sub = ap.add_subparsers(dest="cmd", metavar="{check,run,merge,judge,report}", parser_class=_Parser)
+
+    c = sub.add_parser("check", help="validate a dataset directory before a long run")
+    _add_dataset(c)
+    c.add_argument("--no-probe", dest="probe", action="store_false", help="do not open the video files")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    r = sub.add_parser("run", help="answer every question for every config (resumable, accelerate-sharded)")
+    _add_dataset(r)
+    r.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id, local checkpoint directory, or 'testbed' (default {DEFAULT_MODEL})")
+    r.add_argument("--configs", default=DEFAULT_CONFIGS,
+                   help="comma-separated: full and <preset>[@<budget>], e.g. full,video@0.1,video@0.05,fastv@0.1 "
+                        f"(default {DEFAULT_CONFIGS})")
+    r.add_argument("--out", required=True, help="run directory (created; re-running the same command resumes)")
+    r.add_argument("--frames", type=_positive_int, default=8, help="frames per video, uniformly sampled (default 8)")
+    r.add_argument("--batch-size", type=_positive_int, default=4, help="questions per forward pass (default 4)")
+    r.add_argument("--max-new-tokens", type=_positive_int, default=128, help="answer length limit (default 128)")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the accelerate process's device)")
+    r.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's)")
+    r.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"])
+    r.add_argument("--prefetch", type=_nonneg_int, default=2,
+                   help="units of videos decoded ahead in background threads (0: no overlap; default 2)")
+    r.add_argument("--workers", type=_positive_int, default=2, help="decoding threads (default 2)")
+    r.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads per process")
+    r.add_argument("--seed", type=int, default=0, help="seed (the random baseline; recorded)")
+    r.add_argument("--no-strict", dest="strict", action="store_false",
+                   help="use the decodable frames of truncated videos instead of recording an error")
+    r.add_argument("--retry-errors", action="store_true", help="recompute pairs recorded with an error")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.add_argument("--log-every", type=_positive_float, default=30.0,
+                   help="seconds between progress lines when stderr is not a terminal (default 30)")
+    r.add_argument("--then-judge", action="store_true", help="judge the merged predictions when the run is complete")
+    _add_judge(r)
+
+    m = sub.add_parser("merge", help="merge the per-rank prediction files of a run")
+    m.add_argument("run", help="run directory")
+
+    j = sub.add_parser("judge", help="judge a run's merged predictions and write its results JSON")
+    j.add_argument("run", help="run directory")
+    _add_judge(j)
+
+    p = sub.add_parser("report", help="markdown table + accuracy/equivalent-tokens plot of one or more runs")
+    p.add_argument("results", nargs="+", help="results JSON files or run directories (all their results.*.json)")
+    p.add_argument("--out", required=True, help="output directory for report.md and report.png")
+    p.add_argument("--title", default=None)
+
+    for s in (c, r, m, j, p):
+        s.add_argument("--debug", action="store_true", help="show tracebacks")
+    return ap
+
+
+def main(argv: list | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd is None:
+        build_parser().print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"check": cmd_check, "run": cmd_run, "merge": cmd_merge, "judge": cmd_judge,
+                "report": cmd_report}[args.cmd](args)
+    except KeyboardInterrupt:
+        print("video_eval: interrupted (finished batches are saved; re-run the same command to resume)",
+              file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, OSError) as e:
+        if getattr(args, "debug", False):
+            raise
+        msg = str(e).strip().splitlines()
+        print(f"video_eval: error: {msg[0] if msg else type(e).__name__}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------- commands
+def _load_dataset(args: argparse.Namespace) -> Any:
+    from video_eval.datasets import load_dataset
+
+    return load_dataset(args.dataset, args.root, questions=args.questions, answers=args.answers,
+                        videos=args.videos, limit=args.limit)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from video_eval.datasets import check
+
+    report = check(args.dataset, args.root, questions=args.questions, answers=args.answers, videos=args.videos,
+                   limit=args.limit, probe=args.probe)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.text())
+    return 0 if report.ok else 1
+
+
+def _judge_from_args(args: argparse.Namespace) -> Any:
+    from video_eval import judges
+
+    if args.judge == "offline":
+        return judges.OfflineJudge()
+    if not args.judge_model:
+        raise CLIError("--judge openai needs --judge-model (the model name the server serves)")
+    key_env = None if str(args.judge_api_key_env).lower() == "none" else args.judge_api_key_env
+    cache = args.judge_cache
+    if cache is None:
+        cache = str(Path.home() / ".cache" / "videosparse" / "judge-cache.sqlite")
+    elif cache.lower() == "none":
+        cache = None
+    return judges.OpenAIJudge(base_url=args.judge_base_url, model=args.judge_model, api_key_env=key_env,
+                              template=args.judge_template, concurrency=args.judge_concurrency,
+                              max_retries=args.judge_retries, timeout=args.judge_timeout, cache=cache)
+
+
+def _check_judge_args(args: argparse.Namespace) -> None:
+    """What can be refused before a long run starts."""
+    if args.judge == "openai" and not args.judge_model:
+        raise CLIError("--judge openai needs --judge-model (the model name the server serves)")
+    if args.judge_template is not None and not os.path.isfile(args.judge_template):
+        raise CLIError(f"--judge-template: no such file {args.judge_template}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from video_eval.runner import RunOptions, parse_configs, run
+
+    configs = parse_configs(args.configs)
+    if args.then_judge:
+        _check_judge_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a directory")
+    dataset = _load_dataset(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    opts = RunOptions(model=args.model, configs=configs, num_frames=args.frames, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
+                      attn_implementation=args.attn, prefetch=args.prefetch, workers=args.workers, seed=args.seed,
+                      strict=args.strict, retry_errors=args.retry_errors, progress=not args.quiet,
+                      log_every=args.log_every)
+    s = run(dataset, opts, out)
+    who = f"rank {s.rank}/{s.world}: " if s.world > 1 else ""
+    print(f"{who}{s.computed} answered now ({s.errors} with errors), {s.skipped} already done; "
+          f"{s.wall_seconds:.1f} s", file=sys.stderr)
+    if s.merged is not None:
+        print(f"predictions: {s.merged.path} ({s.merged.records} records, {s.merged.errors} errors)")
+        if args.then_judge:
+            return _judge_run(out, args)
+    elif s.world == 1:
+        print("the run is incomplete: re-run the same command to finish it", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from video_eval.runner import merge
+
+    s = merge(args.run, partial=True)
+    print(f"{s.path}: {s.records} of {s.expected} (question, config) pairs"
+          + (f", {s.missing} missing (re-run the run command to finish)" if s.missing else "")
+          + (f", {s.duplicates} duplicate lines resolved" if s.duplicates else ""))
+    return 0 if s.complete else 1
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    _check_judge_args(args)
+    return _judge_run(Path(args.run), args)
+
+
+def _judge_run(run_dir: Path, args: argparse.Namespace) -> int:
+    from video_eval.evaluate import judge_run
+
+    judge = _judge_from_args(args)
+    res = judge_run(run_dir, judge, progress=True)
+    print(res.summary_text())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from video_eval.report import write_report
+
+    paths: list = []
+    for r in args.results:
+        p = Path(r)
+        if p.is_dir():
+            found = sorted(p.glob("results.*.json"))
+            if not found:
+                raise CLIError(f"{p}: no results.*.json (judge the run first: python -m video_eval judge {p})")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise CLIError(f"no such results file or run directory: {p}")
+    md, png = write_report([str(p) for p in paths], args.out, title=args.title)
+    print(f"wrote {md}\nwrote {png}")
+    return 0

@@ -1,0 +1,92 @@
+"""Judge a run: merged predictions -> ``judged.<judge>.jsonl`` + ``results.<judge>.json``.
+
+Judging never changes the predictions; several judges can be applied to one run side by side (each
+writes its own files, named by its label). Re-judging is cheap: answered judgements come from the
+cache and only earlier judge failures are sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JudgeResult:
+    label: str
+    judged_path: str
+    results_path: str
+    results: dict
+    complete: bool
+    missing: int
+    stats: Any = None
+
+    def summary_text(self) -> str:
+        judge = self.results.get("judge", {})
+        head = f"judge: {judge.get('model')} ({judge.get('kind')})"
+        if judge.get("kind") == "offline":
+            head += " -- normalised exact/contains match, NOT comparable with GPT-judge numbers"
+        elif judge.get("template_sha256"):
+            head += f", template {str(judge['template_sha256'])[:12]}"
+        lines = [head]
+        for label, m in self.results.get("metrics", {}).items():
+            acc = "n/a" if m.get("accuracy") is None else f"{100 * m['accuracy']:.1f}%"
+            score = "n/a" if m.get("mean_score") is None else f"{m['mean_score']:.2f}"
+            eq = m.get("mean_equivalent_tokens")
+            eq_s = "n/a" if eq is None else f"{eq:.1f}"
+            lines.append(f"  {label:<22} accuracy {acc:>6}  score {score:>4}  equivalent tokens {eq_s:>7}  "
+                         f"judged {m.get('judged')}/{m.get('answered')}  errored {m.get('errored')}  "
+                         f"judge failures {m.get('judge_failures')}")
+        if any(m.get("judge_failures") for m in self.results.get("metrics", {}).values()):
+            lines.append("judge failures are not counted as wrong; run the same judge command again to retry them "
+                         "(everything else comes from the cache)")
+        if not self.complete:
+            lines.append(f"WARNING: the run is incomplete ({self.missing} (question, config) pairs missing); "
+                         f"these numbers cover the finished part only")
+        lines.append(f"wrote {self.judged_path}\nwrote {self.results_path}")
+        return "\n".join(lines)
+
+
+def _stale(merged: Path, run_dir: Path) -> bool:
+    if not merged.exists():
+        return True
+    t = merged.stat().st_mtime_ns
+    return any(p.stat().st_mtime_ns > t for p in run_dir.glob("predictions.rank*.jsonl"))
+
+
+def judge_run(run_dir: str | os.PathLike, judge: Any, progress: bool = True) -> JudgeResult:
+    """Judge every prediction of a run with ``judge`` (an OfflineJudge or OpenAIJudge)."""
+    from video_eval import judges
+    from video_eval.metrics import compute_results, results_document, write_results
+    from video_eval.runner import MERGED_FILE, _atomic_write, load_spec, merge
+
+    run_dir = Path(run_dir)
+    spec = load_spec(run_dir)
+    merged_path = run_dir / MERGED_FILE
+    ms = merge(run_dir, partial=True) if _stale(merged_path, run_dir) else None
+    records = [json.loads(line) for line in merged_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    expected = int(spec["dataset"]["size"]) * len(spec["configs"])
+    missing = ms.missing if ms is not None else expected - len(records)
+    if not records:
+        raise ValueError(f"{run_dir}: no predictions to judge yet (run `python -m video_eval run ...` first)")
+    if missing:
+        logger.warning("%s: judging an incomplete run (%d pairs missing)", run_dir, missing)
+    judged, stats = judges.judge_records(records, judge, progress=progress)
+    label = judge.label
+    judged_path = run_dir / f"judged.{label}.jsonl"
+    _atomic_write(judged_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in judged))
+    metrics = compute_results(judged, config_order=[c for c in spec["configs"]
+                                                    if any(r["config"] == c for r in records)])
+    doc = results_document(spec, judge.info(), metrics)
+    doc["complete"] = missing == 0
+    doc["missing_pairs"] = missing
+    doc["judge_stats"] = stats.to_dict() if hasattr(stats, "to_dict") else stats
+    results_path = run_dir / f"results.{label}.json"
+    write_results(results_path, doc)
+    return JudgeResult(label, str(judged_path), str(results_path), doc, missing == 0, missing, stats)

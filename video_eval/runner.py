@@ -1,0 +1,705 @@
+"""The evaluation runner: one dataset x several sparsity configs -> predictions as JSON lines.
+
+* Work is cut into **units** (consecutive videos of the dataset, at least ``batch_size`` questions) and
+  each unit into fixed **batches** per config. The cut depends only on the dataset, the limit and the
+  batch size, never on the number of processes or on what is already done, so a resumed or sharded run
+  computes every batch exactly as an uninterrupted single-process run does.
+* Each video is decoded and run through the vision tower once; every config reuses its features.
+  Decoding of the next units runs in background threads (a bounded prefetch) while the model works.
+* Predictions are appended to ``predictions.rank<R>.jsonl`` one batch at a time (one write, flush,
+  fsync). A re-run skips finished (question, config) pairs; a torn last line (a kill mid-write) is
+  dropped on resume and its batch recomputed.
+* Under ``accelerate launch`` units are dealt to ranks round-robin; the last rank to finish (or the
+  ``merge`` command) writes ``predictions.jsonl`` in the canonical order: dataset order, then config order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+MERGED_FILE = "predictions.jsonl"
+RANK_PATTERN = "predictions.rank{rank}.jsonl"
+FULL = "full"
+
+# run.json fields a resumed run must match (anything else may change between invocations)
+INVARIANT = ("dataset", "model", "num_frames", "frame_strategy", "max_new_tokens", "prompt_template", "dtype",
+             "batch_size", "seed")
+
+
+class RunError(ValueError):
+    """A run cannot start or continue (bad configs, a run directory made by a different command, ...)."""
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class RunConfig:
+    """One entry of ``--configs``: ``full`` or ``<preset>[@<budget>]``."""
+
+    label: str
+    preset: str | None  # None: the full model
+    budget: Any = None  # None: the preset's default
+
+    def sparsity(self, model_config: Any, num_frames: int) -> Any:
+        """The SparseConfig for this model (None for full), checked against its depth and input."""
+        from videosparse import SparseConfig
+        from videosparse.pipeline import _resolve_sparsity
+
+        if self.preset is None:
+            return None
+        layers = int(model_config.text_config.num_hidden_layers)
+        try:
+            cfg = SparseConfig.preset(self.preset, budget=self.budget, num_layers=layers)
+            return _resolve_sparsity(cfg, model_config, num_frames)
+        except ValueError as e:
+            raise RunError(f"--configs {self.label}: {e}") from None
+
+
+def parse_budget(text: str, label: str) -> Any:
+    t = text.strip()
+    if t == "rank":
+        return "rank"
+    try:
+        return int(t) if t.lstrip("-").isdigit() else float(t)
+    except ValueError:
+        raise RunError(f"--configs {label}: budget {text!r} is not a token count (194), a fraction (0.1) "
+                       f"or 'rank'") from None
+
+
+def parse_configs(text: str | Iterable[str]) -> list:
+    """``"full,video@0.1,fastv@0.1"`` -> [RunConfig]. Checked without a model: preset names, budget
+    syntax and range, duplicates. Labels are normalised (``video@.1`` -> ``video@0.1``)."""
+    from videosparse.config import PRESETS, SparseConfig
+
+    parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
+    if not parts or any(not p for p in parts):
+        raise RunError(f"--configs: expected a comma-separated list like full,video@0.1,fastv@0.1, got {text!r}")
+    out: list = []
+    for p in parts:
+        name, _, budget_text = p.partition("@")
+        name = name.strip()
+        if name in ("full", "none"):
+            if budget_text:
+                raise RunError(f"--configs {p}: the full model takes no budget")
+            rc = RunConfig(FULL, None)
+        else:
+            if name not in PRESETS:
+                raise RunError(f"--configs {p}: unknown preset {name!r}; known: full, {', '.join(sorted(PRESETS))}")
+            budget = parse_budget(budget_text, p) if budget_text else None
+            if budget is not None:
+                try:
+                    SparseConfig._validate_budget(budget)
+                except ValueError as e:
+                    raise RunError(f"--configs {p}: {str(e).replace('SparseConfig.budget: ', '')}") from None
+            label = name if budget is None else f"{name}@{budget}"
+            rc = RunConfig(label, name, budget)
+        if any(o.label == rc.label for o in out):
+            raise RunError(f"--configs: {rc.label} is listed twice")
+        out.append(rc)
+    return out
+
+
+# ----------------------------------------------------------------------------- work units
+@dataclass
+class Unit:
+    """Consecutive videos of the dataset and all their questions (items in dataset order)."""
+
+    index: int
+    videos: list
+    items: list
+
+
+def make_units(items: list, batch_size: int) -> list:
+    """Group items by video (in order of first appearance) and pack consecutive videos into units of at
+    least ``batch_size`` questions. Depends only on the items and the batch size."""
+    by_video: dict = {}
+    for it in items:
+        by_video.setdefault(it.video_name, []).append(it)
+    units: list = []
+    cur_v: list = []
+    cur_i: list = []
+    for v, its in by_video.items():
+        cur_v.append(v)
+        cur_i.extend(its)
+        if len(cur_i) >= batch_size:
+            units.append(Unit(len(units), cur_v, sorted(cur_i, key=lambda x: x.index)))
+            cur_v, cur_i = [], []
+    if cur_i:
+        units.append(Unit(len(units), cur_v, sorted(cur_i, key=lambda x: x.index)))
+    return units
+
+
+def batches_of(unit: Unit, batch_size: int) -> list:
+    """The fixed batches of a unit (per config): its items in dataset order, cut every batch_size."""
+    return [unit.items[s : s + batch_size] for s in range(0, len(unit.items), batch_size)]
+
+
+def shard(units: list, rank: int, world: int) -> list:
+    """Units of one rank: round-robin, so ranks get similar amounts of work."""
+    return [u for u in units if u.index % world == rank]
+
+
+# ----------------------------------------------------------------------------- prediction files
+def _parse_lines(path: Path, repair: bool) -> list:
+    """Records of a predictions file. A last line without its newline or not valid JSON is a torn
+    write: dropped (and, with ``repair``, cut from the file). Any other bad line is an error."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records: list = []
+    pos = 0
+    lines = data.split(b"\n")
+    for k, raw in enumerate(lines):
+        last = k == len(lines) - 1
+        if last and raw == b"":
+            break
+        try:
+            rec = json.loads(raw) if not last else None  # no newline after it: torn by definition
+        except json.JSONDecodeError:
+            rec = None
+            if k < len(lines) - 2:
+                raise RunError(f"{path}:{k + 1}: not a JSON line (the file was edited or is not a predictions "
+                               f"file); fix or remove that line") from None
+        if rec is None:
+            logger.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", path, len(raw))
+            if repair:
+                with open(path, "r+b") as f:
+                    f.truncate(pos)
+                    f.flush()
+                    os.fsync(f.fileno())
+            break
+        if not isinstance(rec, dict) or "question_id" not in rec or "config" not in rec:
+            raise RunError(f"{path}:{k + 1}: not a prediction record")
+        records.append(rec)
+        pos += len(raw) + 1
+    return records
+
+
+def read_predictions(run_dir: str | os.PathLike, repair_rank: int | None = None) -> list:
+    """Every record of every rank file of a run (torn last lines ignored; repaired for ``repair_rank``)."""
+    run_dir = Path(run_dir)
+    out: list = []
+    for p in sorted(run_dir.glob("predictions.rank*.jsonl")):
+        own = repair_rank is not None and p.name == RANK_PATTERN.format(rank=repair_rank)
+        out.extend(_parse_lines(p, repair=own))
+    return out
+
+
+class PredictionWriter:
+    """Appends records as JSON lines: one write per batch, flushed and fsync'd before returning."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "ab")
+
+    def write(self, records: list) -> None:
+        if not records:
+            return
+        blob = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
+        self._f.write(blob)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def record_key(rec: dict) -> tuple:
+    return (str(rec["question_id"]), rec["config"])
+
+
+# ----------------------------------------------------------------------------- run spec
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True, timeout=5)
+    return out.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    v = {"python": platform.python_version()}
+    for pkg in ("videosparse", "torch", "transformers", "accelerate", "av", "decord"):
+        try:
+            v[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            v[pkg] = None
+    return v
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the run directory (ranks of one machine update run.json / merge in turn)."""
+    import fcntl
+
+    with open(run_dir / ".lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    from video_eval.fileio import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def load_spec(run_dir: str | os.PathLike) -> dict:
+    p = Path(run_dir) / RUN_FILE
+    if not p.is_file():
+        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE}); start one with `python -m video_eval run`")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{p}: not valid JSON ({e})") from None
+
+
+def _open_spec(run_dir: Path, spec: dict) -> dict:
+    """Create run.json, or check that the existing one was made by the same command (configs may be
+    added: the recorded list is the union, in order of first use)."""
+    with _locked(run_dir):
+        path = run_dir / RUN_FILE
+        if path.exists():
+            old = load_spec(run_dir)
+            for k in INVARIANT:
+                if old.get(k) != spec.get(k):
+                    raise RunError(
+                        f"{run_dir} holds a run with a different {k} ({_short(old.get(k))} vs now {_short(spec.get(k))}); "
+                        f"resume with the same command or choose another --out")
+            merged = dict(spec)
+            merged["configs"] = list(old.get("configs", [])) + [c for c in spec["configs"] if c not in old.get("configs", [])]
+            merged["created"] = old.get("created", spec["created"])
+            spec = merged
+        _atomic_write(path, json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+    return spec
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+# ----------------------------------------------------------------------------- prefetch
+class Prefetcher:
+    """Decodes the videos of upcoming units in background threads, at most ``depth`` units ahead.
+
+    ``depth=0`` decodes in the caller's thread when a unit is reached (no overlap; for comparison)."""
+
+    def __init__(self, units: list, decode: Callable[[str], Any], depth: int = 2, workers: int = 2) -> None:
+        self.units = units
+        self.decode = decode
+        self.depth = max(0, int(depth))
+        self.workers = max(1, int(workers))
+
+    def _decode_safely(self, name: str) -> Any:
+        try:
+            return self.decode(name)
+        except Exception as e:  # recorded per question by the runner
+            return e
+
+    def __iter__(self) -> Iterator[tuple]:
+        if self.depth == 0:
+            for u in self.units:
+                yield u, {v: self._decode_safely(v) for v in u.videos}
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending: deque = deque()
+        it = iter(self.units)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="video-prefetch") as pool:
+            def submit_next() -> bool:
+                u = next(it, None)
+                if u is None:
+                    return False
+                pending.append((u, {v: pool.submit(self._decode_safely, v) for v in u.videos}))
+                return True
+
+            for _ in range(self.depth + 1):
+                if not submit_next():
+                    break
+            while pending:
+                u, futs = pending.popleft()
+                clips = {v: f.result() for v, f in futs.items()}
+                submit_next()
+                yield u, clips
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass
+class RunOptions:
+    """Everything about a run except the dataset."""
+
+    model: str
+    configs: list  # [RunConfig]
+    num_frames: int = 8
+    frame_strategy: str = "uniform"
+    batch_size: int = 4
+    max_new_tokens: int = 128
+    prompt_template: str | None = None  # None: videosparse's Video-LLaVA template
+    device: str | None = None
+    dtype: str | None = None
+    attn_implementation: str = "sdpa"
+    prefetch: int = 2
+    workers: int = 2
+    seed: int = 0
+    strict: bool = True
+    retry_errors: bool = False
+    progress: bool = True
+    log_every: float = 30.0
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    rank: int
+    world: int
+    computed: int = 0  # (question, config) pairs written by this process now
+    skipped: int = 0  # pairs already done
+    errors: int = 0
+    units: int = 0
+    decode_seconds: float = 0.0
+    vision_seconds: float = 0.0
+    generate_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    merged: Any = None  # MergeSummary when this process wrote the merged file
+    extra: dict = field(default_factory=dict)
+
+
+def dist_info(device: str | None = None) -> tuple:
+    """(rank, world size, device) from accelerate when it is installed (one process otherwise)."""
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        return 0, 1, device
+    import torch
+
+    # on a machine without CUDA (or with --device cpu) the ranks talk over gloo
+    cpu = (device or "").startswith("cpu") or (device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    dev = device
+    if dev is None and state.device.type != "cpu":
+        dev = str(state.device)
+    return int(state.process_index), int(state.num_processes), dev
+
+
+def build_spec(dataset: Any, opts: RunOptions, world: int) -> dict:
+    from videosparse.pipeline import DEFAULT_TEMPLATE
+
+    ds = dataset.to_dict()
+    return {
+        "schema": 1,
+        "dataset": {k: ds.get(k) for k in ("name", "split", "limit", "size", "total")},
+        "dataset_root": ds.get("root"),
+        "model": opts.model,
+        "configs": [c.label for c in opts.configs],
+        "num_frames": opts.num_frames,
+        "frame_strategy": opts.frame_strategy,
+        "max_new_tokens": opts.max_new_tokens,
+        "decoding": "greedy",
+        "prompt_template": opts.prompt_template or DEFAULT_TEMPLATE,
+        "dtype": opts.dtype,
+        "batch_size": opts.batch_size,
+        "seed": opts.seed,
+        "world_size": world,
+        "versions": versions(),
+        "git_commit": _git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any = None,
+        rank: int | None = None, world: int | None = None) -> RunSummary:
+    """Run ``dataset`` for every config of ``opts``; resumable; sharded over accelerate ranks.
+
+    qa: an already loaded VideoQA (tests, benchmarks); loaded from ``opts.model`` otherwise.
+    rank/world: override the accelerate state (tests)."""
+    t_start = time.perf_counter()
+    if opts.batch_size < 1:
+        raise RunError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    if not opts.configs:
+        raise RunError("--configs: nothing to run")
+    device = opts.device
+    if rank is None or world is None:
+        rank, world, device = dist_info(opts.device)
+    run_dir = Path(out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} is a file, not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = _open_spec(run_dir, build_spec(dataset, opts, world))
+    summary = RunSummary(run_dir=str(run_dir), rank=rank, world=world)
+
+    existing = read_predictions(run_dir, repair_rank=rank)
+    done = {record_key(r) for r in existing if not (opts.retry_errors and r.get("error"))}
+    units = shard(make_units(list(dataset.items), opts.batch_size), rank, world)
+    labels = [c.label for c in opts.configs]
+    todo = []
+    total_pairs = 0
+    for u in units:
+        missing = sum(1 for it in u.items for lab in labels if (it.question_id, lab) not in done)
+        total_pairs += len(u.items) * len(labels)
+        if missing:
+            todo.append(u)
+    summary.skipped = total_pairs - sum(
+        1 for u in todo for it in u.items for lab in labels if (it.question_id, lab) not in done)
+    to_compute = total_pairs - summary.skipped
+
+    if todo:
+        if qa is None:
+            from videosparse import VideoQA
+
+            qa = VideoQA.from_pretrained(opts.model, sparsity=None, device=device, dtype=opts.dtype,
+                                         attn_implementation=opts.attn_implementation, num_frames=opts.num_frames,
+                                         frame_strategy=opts.frame_strategy,
+                                         **({"prompt_template": opts.prompt_template} if opts.prompt_template else {}))
+        sparsities = {c.label: c.sparsity(qa.model.config, opts.num_frames) for c in opts.configs}
+        _seed(opts.seed)
+        writer = PredictionWriter(run_dir / RANK_PATTERN.format(rank=rank))
+        progress = _Progress(to_compute, rank, world, opts.progress, opts.log_every)
+        try:
+            _run_units(qa, dataset, todo, opts, sparsities, done, writer, progress, summary)
+        finally:
+            writer.close()
+            progress.close()
+    summary.merged = try_merge(run_dir)
+    summary.wall_seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities: dict, done: set,
+               writer: PredictionWriter, progress: "_Progress", summary: RunSummary) -> None:
+    from videosparse.video import load_video
+
+    first = {}
+    for u in units:
+        for it in u.items:
+            first.setdefault(it.video_name, it)
+
+    def decode(name: str) -> Any:
+        path = dataset.video_path(first[name])
+        if path is None:
+            raise FileNotFoundError(f"video {name!r} not found in {dataset.video_dir}")
+        t0 = time.perf_counter()
+        clip = load_video(path, num_frames=opts.num_frames, strategy=opts.frame_strategy, strict=opts.strict)
+        return clip, time.perf_counter() - t0
+
+    for unit, decoded in Prefetcher(units, decode, opts.prefetch, opts.workers):
+        summary.units += 1
+        encoded: dict = {}
+        for v, res in decoded.items():
+            if isinstance(res, BaseException):
+                encoded[v] = _one_line(res)
+                continue
+            clip, secs = res
+            summary.decode_seconds += secs
+            t0 = time.perf_counter()
+            try:
+                encoded[v] = qa.encode(clip)
+            except Exception as e:  # a failing video is recorded and the run goes on
+                encoded[v] = _one_line(e)
+            summary.vision_seconds += time.perf_counter() - t0
+        for c in opts.configs:
+            batches = [b for b in batches_of(unit, opts.batch_size)
+                       if any((it.question_id, c.label) not in done for it in b)]
+            if not batches:
+                continue
+            qa.set_sparsity(sparsities[c.label])
+            for batch in batches:
+                t0 = time.perf_counter()
+                records = _answer_batch(qa, batch, encoded, c.label, opts)
+                summary.generate_seconds += time.perf_counter() - t0
+                new = [r for r in records if (r["question_id"], c.label) not in done]
+                writer.write(new)
+                for r in new:
+                    done.add((r["question_id"], c.label))
+                summary.computed += len(new)
+                summary.errors += sum(1 for r in new if r["error"])
+                progress.update(len(new))
+    qa.set_sparsity(None)
+
+
+def _answer_batch(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions) -> list:
+    """Records of one fixed batch (errors recorded per question)."""
+    pairs, slots = [], []
+    records: list = [None] * len(batch)
+    for k, it in enumerate(batch):
+        enc = encoded.get(it.video_name)
+        if isinstance(enc, str):
+            records[k] = _record(it, label, error=enc)
+        else:
+            pairs.append((enc, it.question))
+            slots.append(k)
+    if pairs:
+        try:
+            answers = qa.ask_many(pairs, batch_size=len(pairs), on_error="record",
+                                  max_new_tokens=opts.max_new_tokens, do_sample=False)
+        except Exception as e:  # e.g. out of memory: the batch is recorded as failed, the run goes on
+            msg = _one_line(e)
+            answers = [None] * len(pairs)
+            for k in slots:
+                records[k] = _record(batch[k], label, error=msg)
+            return records
+        n_ok = max(1, sum(1 for a in answers if a.error is None))
+        for k, a in zip(slots, answers):
+            if a.error:
+                records[k] = _record(batch[k], label, error=a.error)
+            else:
+                # prefill/decode wall time of the batch, amortised over its questions
+                records[k] = _record(batch[k], label, answer=a, share=n_ok)
+    return records
+
+
+def _record(it: Any, label: str, answer: Any = None, error: str | None = None, share: int = 1) -> dict:
+    rec = {
+        "index": it.index,
+        "question_id": it.question_id,
+        "video_name": it.video_name,
+        "question": it.question,
+        "answer": it.answer,
+        "type": it.type,
+        "config": label,
+        "prediction": answer.text if answer is not None else "",
+        "error": error,
+        "visual_tokens": int(answer.visual_tokens) if answer is not None else 0,
+        "counts": [int(c) for c in answer.counts] if answer is not None else [],
+        "equivalent_tokens": round(float(answer.equivalent_tokens), 4) if answer is not None else 0.0,
+        "new_tokens": int(answer.new_tokens) if answer is not None else 0,
+        "prefill_seconds": round(answer.prefill_seconds / share, 6) if answer is not None else 0.0,
+        "decode_seconds": round(answer.decode_seconds / share, 6) if answer is not None else 0.0,
+    }
+    return rec
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"
+
+
+# ----------------------------------------------------------------------------- merge
+@dataclass
+class MergeSummary:
+    path: str | None
+    records: int
+    expected: int
+    missing: int
+    duplicates: int
+    errors: int
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+
+TIMING_FIELDS = ("prefill_seconds", "decode_seconds")
+
+
+def merge(run_dir: str | os.PathLike, partial: bool = True) -> MergeSummary:
+    """Write ``predictions.jsonl``: every rank's records, one per (question, config), in dataset order
+    then config order. A key present twice (``--retry-errors``) keeps its answered record, else the
+    last. With ``partial=False`` nothing is written until every pair is present."""
+    run_dir = Path(run_dir)
+    spec = load_spec(run_dir)
+    configs = spec["configs"]
+    order = {c: k for k, c in enumerate(configs)}
+    best: dict = {}
+    dup = 0
+    for rec in read_predictions(run_dir):
+        key = record_key(rec)
+        if key in best:
+            dup += 1
+            if rec.get("error") and not best[key].get("error"):
+                continue
+        best[key] = rec
+    recs = [r for r in best.values() if r["config"] in order]
+    recs.sort(key=lambda r: (int(r.get("index", 0)), order[r["config"]]))
+    expected = int(spec["dataset"]["size"]) * len(configs)
+    missing = expected - len(recs)
+    summary = MergeSummary(None, len(recs), expected, missing, dup, sum(1 for r in recs if r.get("error")))
+    if missing and not partial:
+        return summary
+    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    _atomic_write(run_dir / MERGED_FILE, blob)
+    summary.path = str(run_dir / MERGED_FILE)
+    return summary
+
+
+def try_merge(run_dir: Path) -> MergeSummary | None:
+    """Merge when every pair is present (the last rank to finish does it); None otherwise."""
+    with _locked(Path(run_dir)):
+        s = merge(run_dir, partial=False)
+    return s if s.complete else None
+
+
+# ----------------------------------------------------------------------------- progress
+class _Progress:
+    """A tqdm bar (questions/s, ETA) on a terminal; a plain line every ``log_every`` seconds otherwise."""
+
+    def __init__(self, total: int, rank: int, world: int, enabled: bool, log_every: float) -> None:
+        self.total, self.rank, self.world = total, rank, world
+        self.done = 0
+        self.t0 = self.last = time.perf_counter()
+        self.log_every = log_every
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty() and rank == 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="q", desc="answering" + (f" (rank 0 of {world})" if world > 1 else ""),
+                            dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if self.enabled and (now - self.last >= self.log_every or self.done == self.total):
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            who = f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
+            print(f"{who}{self.done}/{self.total} answered, {rate:.2f} q/s, ETA {_hms(eta)}", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hms(s: float) -> str:
+    if s == float("inf"):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
