@@ -29,34 +29,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def _at_least(cast: type, low: float, strict: bool, what: str):
+    """An argparse type: ``cast(text)`` that must be > low (strict) or >= low."""
+
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v != v or v < low or (strict and v == low):  # v != v: NaN
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
+_positive_int = _at_least(int, 1, False, "a positive integer")
+_nonneg_int = _at_least(int, 0, False, "an integer >= 0")
+_positive_float = _at_least(float, 0.0, True, "a positive number")
 
 
 def _add_dataset(p: argparse.ArgumentParser) -> None:
@@ -89,6 +79,7 @@ def _add_judge(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m video_eval``."""
     ap = _Parser(prog="video_eval", description="Video-QA evaluation of videosparse configs (MSVD, MSRVTT, "
                                                  "ActivityNet, TGIF) in the Video-LLaVA / Video-ChatGPT format.")
     sub = ap.add_subparsers(dest="cmd", metavar="{check,run,merge,judge,report}", parser_class=_Parser)
@@ -144,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list | None = None) -> int:
+    """Entry point: run one command; user errors are one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     if args.cmd is None:
         build_parser().print_help()
@@ -173,6 +165,7 @@ def _load_dataset(args: argparse.Namespace) -> Any:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """``check``: exit 0 when the dataset is usable, 1 otherwise."""
     from video_eval.datasets import check
 
     report = check(args.dataset, args.root, questions=args.questions, answers=args.answers, videos=args.videos,
@@ -211,6 +204,7 @@ def _check_judge_args(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``run``: answer (question, config) pairs; merges (and judges, with --then-judge) when complete."""
     from video_eval.runner import RunOptions, parse_configs, run
 
     configs = parse_configs(args.configs)
@@ -243,6 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    """``merge``: write predictions.jsonl from the rank files; exit 1 while pairs are missing."""
     from video_eval.runner import merge
 
     s = merge(args.run, partial=True)
@@ -253,6 +248,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
+    """``judge``: judge the merged predictions, write judged.<judge>.jsonl and results.<judge>.json."""
     _check_judge_args(args)
     return _judge_run(Path(args.run), args)
 
@@ -267,6 +263,7 @@ def _judge_run(run_dir: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``report``: report.md and report.png of results files or run directories."""
     from video_eval.report import write_report
 
     paths: list = []

@@ -361,16 +361,35 @@ class Dataset:
         }
 
 
+def _shape_problem(i: int, row: Any, keys: tuple) -> str | None:
+    """Why entry ``i`` is not an object with ``keys`` (None when it is)."""
+    if not isinstance(row, dict):
+        return f"entry {i} is a JSON {type(row).__name__}, not an object"
+    missing = [k for k in keys if k not in row]
+    if missing:
+        return f"entry {i} has no {' / '.join(repr(k) for k in missing)} key"
+    return None
+
+
+def _report_bad(bad: list, what: str, path: Path, fix: str, kind: str, problems: list | None) -> None:
+    """Raise (strict, ``problems is None``) or record the bad entries of one file."""
+    if not bad:
+        return
+    msg = f"{what} file {path}: {len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'}: " + "; ".join(bad[:SHOW])
+    if len(bad) > SHOW:
+        msg += f"; ... ({len(bad) - SHOW} more)"
+    if problems is None:
+        raise DatasetError(f"{msg}; {fix}")
+    problems.append(Problem(kind, msg, fix))
+
+
 def _parse_questions(rows: list, path: Path, problems: list | None) -> list[tuple]:
     """[(qid, video_name, question)] in file order; bad entries raise (strict) or are reported."""
     out, bad = [], []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            bad.append(f"entry {i} is a JSON {type(row).__name__}, not an object")
-            continue
-        missing = [k for k in ("question_id", "video_name", "question") if k not in row]
-        if missing:
-            bad.append(f"entry {i} has no {' / '.join(repr(k) for k in missing)} key")
+        shape = _shape_problem(i, row, ("question_id", "video_name", "question"))
+        if shape:
+            bad.append(shape)
             continue
         qid, video, question = _scalar_str(row["question_id"]), _scalar_str(row["video_name"]), row["question"]
         if qid is None:
@@ -381,14 +400,9 @@ def _parse_questions(rows: list, path: Path, problems: list | None) -> list[tupl
             bad.append(f"entry {i}: 'question' must be a string, got {question!r}")
         else:
             out.append((qid, video, question))
-    if bad:
-        msg = f"question file {path}: {len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'}: " + "; ".join(bad[:SHOW])
-        if len(bad) > SHOW:
-            msg += f"; ... ({len(bad) - SHOW} more)"
-        fix = "each entry needs \"video_name\", \"question_id\" and \"question\"; fix or re-download the file"
-        if problems is None:
-            raise DatasetError(f"{msg}; {fix}")
-        problems.append(Problem("invalid_question_entries", msg, fix))
+    _report_bad(bad, "question", path,
+                "each entry needs \"video_name\", \"question_id\" and \"question\"; fix or re-download the file",
+                "invalid_question_entries", problems)
     return out
 
 
@@ -396,12 +410,9 @@ def _parse_answers(rows: list, path: Path, problems: list | None) -> list[tuple]
     """[(qid, answer, type)] in file order."""
     out, bad = [], []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            bad.append(f"entry {i} is a JSON {type(row).__name__}, not an object")
-            continue
-        missing = [k for k in ("question_id", "answer") if k not in row]
-        if missing:
-            bad.append(f"entry {i} has no {' / '.join(repr(k) for k in missing)} key")
+        shape = _shape_problem(i, row, ("question_id", "answer"))
+        if shape:
+            bad.append(shape)
             continue
         qid = _scalar_str(row["question_id"])
         ans = row["answer"]
@@ -412,18 +423,13 @@ def _parse_answers(rows: list, path: Path, problems: list | None) -> list[tuple]
             bad.append(f"entry {i}: 'question_id' must be a string or an integer, got {row['question_id']!r}")
         elif not isinstance(ans, str):
             bad.append(f"entry {i}: 'answer' must be a string, got {row['answer']!r}")
-        elif typ is not None and (isinstance(typ, (dict, list))):
+        elif isinstance(typ, (dict, list)):
             bad.append(f"entry {i}: 'type' must be a string or an integer, got {typ!r}")
         else:
             out.append((qid, ans, None if typ is None else str(typ)))
-    if bad:
-        msg = f"answer file {path}: {len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'}: " + "; ".join(bad[:SHOW])
-        if len(bad) > SHOW:
-            msg += f"; ... ({len(bad) - SHOW} more)"
-        fix = "each entry needs \"question_id\" and \"answer\" (\"type\" is optional); fix or re-download the file"
-        if problems is None:
-            raise DatasetError(f"{msg}; {fix}")
-        problems.append(Problem("invalid_answer_entries", msg, fix))
+    _report_bad(bad, "answer", path,
+                "each entry needs \"question_id\" and \"answer\" (\"type\" is optional); fix or re-download the file",
+                "invalid_answer_entries", problems)
     return out
 
 

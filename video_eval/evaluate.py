@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class JudgeResult:
+    """What ``judge_run`` wrote: file paths, the results document, completeness of the run and judge stats."""
     label: str
     judged_path: str
     results_path: str
@@ -28,6 +29,7 @@ class JudgeResult:
     stats: Any = None
 
     def summary_text(self) -> str:
+        """Per-config accuracy/score lines for the terminal, with the judge named and caveats."""
         judge = self.results.get("judge", {})
         head = f"judge: {judge.get('model')} ({judge.get('kind')})"
         if judge.get("kind") == "offline":
@@ -81,8 +83,8 @@ def judge_run(run_dir: str | os.PathLike, judge: Any, progress: bool = True) -> 
     label = judge.label
     judged_path = run_dir / f"judged.{label}.jsonl"
     _atomic_write(judged_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in judged))
-    metrics = compute_results(judged, config_order=[c for c in spec["configs"]
-                                                    if any(r["config"] == c for r in records)])
+    present = {r["config"] for r in records}
+    metrics = compute_results(judged, config_order=[c for c in spec["configs"] if c in present])
     doc = results_document(spec, judge.info(), metrics)
     doc["complete"] = missing == 0
     doc["missing_pairs"] = missing

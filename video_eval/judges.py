@@ -303,43 +303,13 @@ class JudgeStats:
                 f"{self.errored} errored predictions not sent; {self.requests} requests, {self.retries} retries")
 
 
-class _Progress:
+def _progress(progress: ProgressArg, total: int, desc: str) -> Any:
     """Progress over ``total`` items: a user callable ``(done, total)``, a tqdm bar on a terminal, or a
-    plain stderr line every 10 s."""
+    plain stderr line every 10 s; nothing when ``progress`` is falsy."""
+    from video_eval.progress import Progress
 
-    def __init__(self, progress: ProgressArg, total: int, desc: str) -> None:
-        self.total, self.done, self.desc = total, 0, desc
-        self.fn = progress if callable(progress) else None
-        self.enabled = bool(progress) and total > 0
-        self.bar = None
-        self.t0 = self.last = time.monotonic()
-        self._lock = threading.Lock()
-        if self.enabled and self.fn is None and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="q", desc=desc, dynamic_ncols=True, file=sys.stderr)
-            except ImportError:
-                self.bar = None
-
-    def update(self, n: int = 1) -> None:
-        if not self.enabled or n <= 0:
-            return
-        with self._lock:
-            self.done += n
-            if self.fn is not None:
-                self.fn(self.done, self.total)
-            elif self.bar is not None:
-                self.bar.update(n)
-            else:
-                now = time.monotonic()
-                if now - self.last >= 10.0 or self.done == self.total:
-                    self.last = now
-                    print(f"{self.desc}: {self.done}/{self.total}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    return Progress(total, desc, enabled=bool(progress), callback=progress if callable(progress) else None,
+                    log_every=10.0, noun="judged")
 
 
 # ============================================================================ offline judge
@@ -387,7 +357,7 @@ class OfflineJudge:
     def judge_many(self, items: Sequence[tuple[str, str, str]], stats: JudgeStats | None = None,
                    progress: ProgressArg = None) -> list[Verdict]:
         """Verdicts for ``(question, answer, prediction)`` triples, in order."""
-        bar = _Progress(progress, len(items), "judging (offline)")
+        bar = _progress(progress, len(items), "judging (offline)")
         out = []
         for q, a, p in items:
             out.append(Verdict(*self.judge(q, a, p)))
@@ -713,7 +683,7 @@ class OpenAIJudge:
         """
         stats = stats if stats is not None else JudgeStats()
         out: list[Verdict | None] = [None] * len(items)
-        bar = _Progress(progress, len(items), f"judging ({self.model})")
+        bar = _progress(progress, len(items), f"judging ({self.model})")
         groups: dict[str, list[int]] = {}
         for i, (q, a, p) in enumerate(items):
             key = self._cache_key(q, a, p)

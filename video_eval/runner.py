@@ -21,12 +21,13 @@ import logging
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+from videosparse.pipeline import _one_line
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +69,10 @@ class RunConfig:
             raise RunError(f"--configs {self.label}: {e}") from None
 
 
-def parse_budget(text: str, label: str) -> Any:
-    t = text.strip()
-    if t == "rank":
-        return "rank"
-    try:
-        return int(t) if t.lstrip("-").isdigit() else float(t)
-    except ValueError:
-        raise RunError(f"--configs {label}: budget {text!r} is not a token count (194), a fraction (0.1) "
-                       f"or 'rank'") from None
-
-
 def parse_configs(text: str | Iterable[str]) -> list:
     """``"full,video@0.1,fastv@0.1"`` -> [RunConfig]. Checked without a model: preset names, budget
     syntax and range, duplicates. Labels are normalised (``video@.1`` -> ``video@0.1``)."""
-    from videosparse.config import PRESETS, SparseConfig
+    from videosparse.config import PRESETS, SparseConfig, parse_budget
 
     parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
     if not parts or any(not p for p in parts):
@@ -98,12 +88,13 @@ def parse_configs(text: str | Iterable[str]) -> list:
         else:
             if name not in PRESETS:
                 raise RunError(f"--configs {p}: unknown preset {name!r}; known: full, {', '.join(sorted(PRESETS))}")
-            budget = parse_budget(budget_text, p) if budget_text else None
-            if budget is not None:
+            budget = None
+            if budget_text:
                 try:
+                    budget = parse_budget(budget_text)
                     SparseConfig._validate_budget(budget)
                 except ValueError as e:
-                    raise RunError(f"--configs {p}: {str(e).replace('SparseConfig.budget: ', '')}") from None
+                    raise RunError(f"--configs {p}: budget {str(e).replace('SparseConfig.budget: ', '')}") from None
             label = name if budget is None else f"{name}@{budget}"
             rc = RunConfig(label, name, budget)
         if any(o.label == rc.label for o in out):
@@ -206,6 +197,7 @@ class PredictionWriter:
         self._f = open(path, "ab")
 
     def write(self, records: list) -> None:
+        """Append ``records`` (one line each) in one write, then flush and fsync."""
         if not records:
             return
         blob = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
@@ -218,6 +210,7 @@ class PredictionWriter:
 
 
 def record_key(rec: dict) -> tuple:
+    """The resume key of a prediction record: (question id, config label)."""
     return (str(rec["question_id"]), rec["config"])
 
 
@@ -236,6 +229,7 @@ def _git_commit() -> str | None:
 
 
 def versions() -> dict:
+    """Python and package versions recorded in run.json (None for a package that is not installed)."""
     import importlib.metadata as md
 
     v = {"python": platform.python_version()}
@@ -267,6 +261,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def load_spec(run_dir: str | os.PathLike) -> dict:
+    """The run.json of a run directory (RunError when missing or not JSON)."""
     p = Path(run_dir) / RUN_FILE
     if not p.is_file():
         raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE}); start one with `python -m video_eval run`")
@@ -372,6 +367,7 @@ class RunOptions:
 
 @dataclass
 class RunSummary:
+    """What one process did in ``run``: pairs computed/skipped/errored and seconds per phase (decode is summed over prefetch threads)."""
     run_dir: str
     rank: int
     world: int
@@ -384,7 +380,6 @@ class RunSummary:
     generate_seconds: float = 0.0
     wall_seconds: float = 0.0
     merged: Any = None  # MergeSummary when this process wrote the merged file
-    extra: dict = field(default_factory=dict)
 
 
 def dist_info(device: str | None = None) -> tuple:
@@ -405,6 +400,7 @@ def dist_info(device: str | None = None) -> tuple:
 
 
 def build_spec(dataset: Any, opts: RunOptions, world: int) -> dict:
+    """The run.json document: dataset, model, configs, generation settings, seed, versions, git commit."""
     from videosparse.pipeline import DEFAULT_TEMPLATE
 
     ds = dataset.to_dict()
@@ -455,15 +451,13 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
     units = shard(make_units(list(dataset.items), opts.batch_size), rank, world)
     labels = [c.label for c in opts.configs]
     todo = []
-    total_pairs = 0
+    to_compute = 0
     for u in units:
         missing = sum(1 for it in u.items for lab in labels if (it.question_id, lab) not in done)
-        total_pairs += len(u.items) * len(labels)
+        summary.skipped += len(u.items) * len(labels) - missing
+        to_compute += missing
         if missing:
             todo.append(u)
-    summary.skipped = total_pairs - sum(
-        1 for u in todo for it in u.items for lab in labels if (it.question_id, lab) not in done)
-    to_compute = total_pairs - summary.skipped
 
     if todo:
         if qa is None:
@@ -476,7 +470,11 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
         sparsities = {c.label: c.sparsity(qa.model.config, opts.num_frames) for c in opts.configs}
         _seed(opts.seed)
         writer = PredictionWriter(run_dir / RANK_PATTERN.format(rank=rank))
-        progress = _Progress(to_compute, rank, world, opts.progress, opts.log_every)
+        from video_eval.progress import Progress
+
+        progress = Progress(to_compute, "answering" + (f" (rank 0 of {world})" if world > 1 else ""),
+                            enabled=opts.progress, log_every=opts.log_every, bar=rank == 0, noun="answered",
+                            prefix=f"[rank {rank}/{world}] " if world > 1 else "")
         try:
             _run_units(qa, dataset, todo, opts, sparsities, done, writer, progress, summary)
         finally:
@@ -499,10 +497,10 @@ def _seed(seed: int) -> None:
 
 
 def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities: dict, done: set,
-               writer: PredictionWriter, progress: "_Progress", summary: RunSummary) -> None:
+               writer: PredictionWriter, progress: Any, summary: RunSummary) -> None:
     from videosparse.video import load_video
 
-    first = {}
+    first: dict = {}
     for u in units:
         for it in u.items:
             first.setdefault(it.video_name, it)
@@ -567,7 +565,6 @@ def _answer_batch(qa: Any, batch: list, encoded: dict, label: str, opts: RunOpti
                                   max_new_tokens=opts.max_new_tokens, do_sample=False)
         except Exception as e:  # e.g. out of memory: the batch is recorded as failed, the run goes on
             msg = _one_line(e)
-            answers = [None] * len(pairs)
             for k in slots:
                 records[k] = _record(batch[k], label, error=msg)
             return records
@@ -602,14 +599,10 @@ def _record(it: Any, label: str, answer: Any = None, error: str | None = None, s
     return rec
 
 
-def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"
-
-
 # ----------------------------------------------------------------------------- merge
 @dataclass
 class MergeSummary:
+    """Result of ``merge``: the merged file (None when not written), records, expected, missing, duplicate lines, errors."""
     path: str | None
     records: int
     expected: int
@@ -660,46 +653,3 @@ def try_merge(run_dir: Path) -> MergeSummary | None:
     with _locked(Path(run_dir)):
         s = merge(run_dir, partial=False)
     return s if s.complete else None
-
-
-# ----------------------------------------------------------------------------- progress
-class _Progress:
-    """A tqdm bar (questions/s, ETA) on a terminal; a plain line every ``log_every`` seconds otherwise."""
-
-    def __init__(self, total: int, rank: int, world: int, enabled: bool, log_every: float) -> None:
-        self.total, self.rank, self.world = total, rank, world
-        self.done = 0
-        self.t0 = self.last = time.perf_counter()
-        self.log_every = log_every
-        self.enabled = enabled
-        self.bar = None
-        if enabled and sys.stderr.isatty() and rank == 0:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="q", desc="answering" + (f" (rank 0 of {world})" if world > 1 else ""),
-                            dynamic_ncols=True, file=sys.stderr)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.perf_counter()
-        if self.enabled and (now - self.last >= self.log_every or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            who = f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
-            print(f"{who}{self.done}/{self.total} answered, {rate:.2f} q/s, ETA {_hms(eta)}", file=sys.stderr,
-                  flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _hms(s: float) -> str:
-    if s == float("inf"):
-        return "?"
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -83,15 +83,12 @@ def _dtype_name(text: str) -> str:
 
 
 def _parse_budget(text: str | None):
+    from videosparse.config import parse_budget
+
     if text is None:
         return None
-    t = text.strip()
-    if t == "rank":
-        return "rank"
     try:
-        if t.isdigit() or (t.startswith("-") and t[1:].isdigit()):
-            return int(t)
-        return float(t)
+        return parse_budget(text)
     except ValueError:
         raise CLIError(f"--budget: expected a token count (194), a fraction (0.1) or 'rank', got {text!r}") from None
 

@@ -383,6 +383,19 @@ class SparseConfig:
         return cls(budget=budget, layers=layers, name=name, **spec)
 
 
+def parse_budget(text: str) -> Any:
+    """A budget as typed on a command line: ``"194"`` -> 194 (tokens), ``"0.1"`` -> 0.1 (fraction),
+    ``"rank"`` -> ``"rank"``. Only the syntax is checked here (ranges: ``SparseConfig``).
+    Raises ValueError: ``'abc' is not a token count (194), a fraction (0.1) or 'rank'``."""
+    t = str(text).strip()
+    if t == "rank":
+        return "rank"
+    try:
+        return int(t) if t.lstrip("-").isdigit() else float(t)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a token count (194), a fraction (0.1) or 'rank'") from None
+
+
 def _resolve_count(c: Any, num_visual: int) -> int:
     if isinstance(c, float):
         return max(1, int(round(c * num_visual)))
