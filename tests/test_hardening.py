@@ -126,7 +126,10 @@ BAD_ARGS = [
     (["--dtype", "foo"], "--dtype: unknown dtype 'foo'"),
     (["--dtype", "nn"], "--dtype: unknown dtype 'nn'"),
     (["--frames", "-3"], "--frames: must be a positive integer, got -3"),
-    (["--frames", "64"], "64 frames x 37 visual tokens"),
+    (["--frames", "64", "--pre-budget", "2368"], "64 frames x 37 visual tokens"),
+    (["--frames", "64", "--pre-budget", "2000"], "--pre-budget=2000 visual tokens (picked from 64 frames x 37 tokens)"),
+    (["--fps", "0"], "--fps: expected a number > 0"),
+    (["--frames", "512", "--budget", "400"], "400 tokens requested but the input has only 296"),
     (["--preset", "none", "--budget", "0.1"], "--budget given with --preset none"),
 ]
 
@@ -227,10 +230,19 @@ def test_testbed_by_name_from_the_api(qa, sample):
 def test_prompt_too_long_is_refused_before_any_compute(qa, monkeypatch):
     frames = np.zeros((64, 48, 48, 3), np.uint8)
     monkeypatch.setattr(qa, "encode", lambda *a, **k: pytest.fail("encoded a video whose prompt cannot fit"))
+    monkeypatch.setattr(qa, "_encode_long", lambda *a, **k: pytest.fail("encoded a video whose prompt cannot fit"))
+    # whole frames (a pool large enough to hold all 64 frames: the short path)
     with pytest.raises(ValueError) as ei:
-        qa.ask(frames, "where is the red object", max_new_tokens=8)
+        qa.ask(frames, "where is the red object", max_new_tokens=8, pre_budget=64 * 37)
     msg = str(ei.value)
     assert "64 frames x 37 visual tokens = 2368" in msg and "1024" in msg and "use at most 27 frames" in msg
+    # the long path: the pool is what must fit
+    with pytest.raises(ValueError) as ei:
+        qa.ask(frames, "where is the red object", max_new_tokens=8, pre_budget=2000)
+    msg = str(ei.value)
+    assert "pre_budget=2000 visual tokens (picked from 64 frames x 37 tokens)" in msg and "1024" in msg
+    text = qa.prompt_length("where is the red object", 1) - 37  # text tokens of the prompt
+    assert f"use pre_budget <= {1024 - text - 8}" in msg
     # exactly at the limit passes the check, one more token fails it
     n = qa.prompt_length("where is the red object", 27)
     assert loading.context_error(n, 1024 - n, 1024, 27, 37) is None
@@ -253,7 +265,7 @@ def test_question_of_unknown_words_is_refused(qa, sample, caplog):
 def test_ask_many_records_context_errors_and_goes_on(qa, sample):
     long = np.zeros((64, 48, 48, 3), np.uint8)
     out = qa.ask_many([(long, "where is the red object"), (sample.frames, sample.question)],
-                      on_error="record", max_new_tokens=4)
+                      on_error="record", max_new_tokens=4, pre_budget=64 * 37)
     assert out[0].error and "context" in out[0].error
     assert out[1].error is None and out[1].text == sample.answer
 

@@ -74,6 +74,18 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
 def _dtype_name(text: str) -> str:
     from videosparse.loading import DTYPES
 
@@ -106,7 +118,15 @@ def _add_common(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--preset", default="video", help="sparsity preset: video, sparsevlm-v1, sparsevlm-v1.5, "
                                                      "sparsevlm-v2, fastv, random, uniform, or 'none' (full model)")
     p.add_argument("--budget", default=None, help=BUDGET_HELP)
-    p.add_argument("--frames", type=_positive_int, default=8, help="frames sampled uniformly from the video (default 8)")
+    p.add_argument("--frames", type=_positive_int, default=None,
+                   help="frames sampled uniformly from the video (default 8); more than 8 frames' worth of tokens "
+                        "(see --pre-budget) runs the long-video path: chunked decoding and a question-guided pool "
+                        "before the decoder. With --fps: the most frames taken (default: no cap)")
+    p.add_argument("--fps", type=_positive_float, default=None,
+                   help="sample R frames per second of video instead (never repeats a frame; long-video path)")
+    p.add_argument("--pre-budget", dest="pre_budget", type=_positive_int, default=None,
+                   help="long videos: the most visual tokens entering the decoder (default: 8 frames' worth, "
+                        "8 x 257 = 2056 on Video-LLaVA)")
     p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N, mps")
     p.add_argument("--dtype", default=None, type=_dtype_name,
                    help="float32, float16 or bfloat16 (default: checkpoint's)")
@@ -187,7 +207,8 @@ def _flagged(msg: str) -> str:
     """Library messages name Python fields/arguments; the CLI user knows flags."""
     for old, new in (("SparseConfig.budget: ", "--budget: "), ("SparseConfig.preset: ", "--preset: "),
                      ("SparseConfig.layers: ", "--preset/--budget: "), ("strict=False", "--no-strict"),
-                     ("num_frames", "--frames"), ("max_new_tokens", "--max-new-tokens")):
+                     ("num_frames", "--frames"), ("max_new_tokens", "--max-new-tokens"),
+                     ("SparseConfig.pre_budget: ", "--pre-budget: "), ("pre_budget", "--pre-budget")):
         msg = msg.replace(old, new)
     return msg
 
@@ -234,6 +255,22 @@ def _answer(qa, video, question, max_new_tokens, say):
     return ans
 
 
+def _answer_long(qa, args, frames, pre_budget, say):
+    say("decoding, encoding and pre-selecting in chunks ...")
+    bar = _Bar("generating", enabled=say is not None and getattr(say, "enabled", True))
+    qa.on_step = bar
+    try:
+        ans = qa.ask(args.video, args.question, num_frames=frames, fps=args.fps, pre_budget=pre_budget,
+                     max_new_tokens=args.max_new_tokens)
+    finally:
+        bar.close()
+        qa.on_step = None
+    say(f"{len(ans.timestamps)} frames: decode {ans.video_decode_seconds:.2f}s, vision {ans.vision_seconds:.2f}s, "
+        f"pre-selection {ans.preselect_seconds:.2f}s; prefill {ans.prefill_seconds:.3f}s, "
+        f"decode {ans.decode_seconds:.3f}s ({ans.new_tokens} tokens)")
+    return ans
+
+
 def _print_answer(ans, as_json: bool, heat: dict | None, heat_error: str | None = None) -> None:
     if as_json:
         d = ans.to_dict()
@@ -250,8 +287,13 @@ def _print_answer(ans, as_json: bool, heat: dict | None, heat_error: str | None 
     if ans.trace is not None:
         P = ans.trace.tokens_per_frame
         stages = " -> ".join(f"{c} after layer {s.layer}" for c, s in zip(ans.counts, ans.trace.stages))
-        print(f"visual tokens {ans.visual_tokens} -> {stages}; equivalent tokens {ans.equivalent_tokens:.1f}")
-        for t, k in enumerate(ans.trace.kept_per_frame()[0].tolist()):
+        pool = f"pool {ans.pool_tokens} (pre-selected before the decoder) -> " if ans.pool_tokens else ""
+        print(f"visual tokens {ans.visual_tokens} -> {pool}{stages}; equivalent tokens {ans.equivalent_tokens:.1f}")
+        per_frame = ans.trace.kept_per_frame()[0].tolist()
+        shown = [(t, k) for t, k in enumerate(per_frame) if k or not ans.pool_tokens]
+        if ans.pool_tokens:
+            print(f"  kept tokens in {len(shown)} of {len(per_frame)} frames:")
+        for t, k in shown:
             print(f"  frame {t} ({_time_label(ans.timestamps, t)}): kept {k:3d}/{P}")
     else:
         print(f"visual tokens {ans.visual_tokens} (full model, no pruning)")
@@ -297,35 +339,54 @@ def cmd_ask(args, say) -> int:
 
     P = tokens_per_frame(config)
     layers = int(config.text_config.num_hidden_layers)
-    sparsity = _sparsity(args.preset, budget, layers, args.frames * P)
+    frames = args.frames if args.frames is not None else (None if args.fps else 8)
+    pre_budget = args.pre_budget if args.pre_budget is not None else 8 * P
+    long = args.fps is not None or frames * P > pre_budget
+    decoder_tokens = pre_budget if long else frames * P
+    sparsity = _sparsity(args.preset, budget, layers, decoder_tokens)
+    if sparsity is not None and args.pre_budget is not None:
+        sparsity = sparsity.replace(pre_budget=args.pre_budget)
     resolve_device(args.device)
     if sparsity is not None:
-        say(sparsity.describe(args.frames * P, layers))
+        say(sparsity.describe(decoder_tokens, layers))
     # 3. the video (a bad file fails before the model loads)
-    from videosparse.video import load_video
+    from videosparse.video import load_video, probe_video
 
-    say(f"decoding {args.frames} frames of {args.video} ...")
-    t0 = time.perf_counter()
-    clip = load_video(args.video, num_frames=args.frames, strict=args.strict)
-    say(f"decoded in {time.perf_counter() - t0:.2f}s ({clip.frames.shape[2]}x{clip.frames.shape[1]}, "
-        f"{clip.backend})")
+    if long:
+        info = probe_video(args.video, strict=args.strict)
+        what = f"{args.fps:g} frames/s" + (f" (at most {frames})" if frames else "") if args.fps else f"{frames} frames"
+        say(f"long video: {info.num_frames} frames, {info.duration:.1f}s; sampling {what}, decoded in chunks, "
+            f"a pool of {pre_budget} tokens enters the decoder")
+        clip = None
+    else:
+        say(f"decoding {frames} frames of {args.video} ...")
+        t0 = time.perf_counter()
+        clip = load_video(args.video, num_frames=frames, strict=args.strict)
+        say(f"decoded in {time.perf_counter() - t0:.2f}s ({clip.frames.shape[2]}x{clip.frames.shape[1]}, "
+            f"{clip.backend})")
     # 4. the prompt against the tokenizer and the model's context
     from transformers import AutoTokenizer
 
-    from videosparse.pipeline import check_prompt
+    from videosparse.pipeline import check_pool_prompt, check_prompt
 
     tok = AutoTokenizer.from_pretrained(ckpt.source, local_files_only=ckpt.local_files_only)
-    check_prompt(tok, args.question, clip.num_frames, P, getattr(config.text_config, "max_position_embeddings", None),
-                 args.max_new_tokens)
+    limit = getattr(config.text_config, "max_position_embeddings", None)
+    if long:
+        check_pool_prompt(tok, args.question, pre_budget, frames or 0, P, limit, args.max_new_tokens)
+    else:
+        check_prompt(tok, args.question, clip.num_frames, P, limit, args.max_new_tokens)
     # 5. the model
     from videosparse.pipeline import VideoQA
 
     say(f"loading model {args.model} ...")
     t0 = time.perf_counter()
     qa = VideoQA.from_pretrained(ckpt, sparsity=sparsity, device=args.device, dtype=args.dtype,
-                                 attn_implementation=args.attn, num_frames=args.frames, tokenizer=tok)
+                                 attn_implementation=args.attn, num_frames=8 if long else frames, tokenizer=tok)
     say(f"model loaded in {time.perf_counter() - t0:.1f}s")
-    ans = _answer(qa, clip, args.question, args.max_new_tokens, say)
+    if long:
+        ans = _answer_long(qa, args, frames, pre_budget, say)
+    else:
+        ans = _answer(qa, clip, args.question, args.max_new_tokens, say)
     # 6. the answer is printed before anything else can fail; heatmaps after it
     if not args.json:
         _print_answer(ans, False, None)

@@ -18,6 +18,8 @@ RATERS = ("sparsevlm", "last", "all")
 HEAD_AGG = ("mean", "priority")
 POSITIONS = ("original", "renumber")
 TEMPORAL_MODES = ("discount", "merge")
+PRE_METHODS = ("relevance", "random")
+PRE_POSITIONS = ("time", "compact")
 
 # Depth the published layer schedules were written for (Video-LLaVA-7B / LLaVA-1.5-7B).
 REFERENCE_LAYERS = 32
@@ -119,6 +121,51 @@ class SparseConfig:
         "rows",
     )
     positions: str = _f("'original' RoPE positions for kept tokens, or 'renumber' them 0..k-1 (v1).", "original")
+    pre_budget: int | None = _f(
+        "Long videos: the most visual tokens that enter the decoder. When the sampled frames hold more "
+        "tokens than this, frames are decoded and encoded in chunks and a question-guided pre-selection "
+        "keeps a running pool of at most pre_budget tokens (frame-major, temporal order) before the "
+        "decoder; the in-decoder stages then prune the pool to `budget`. None = 8 frames' worth of the "
+        "model's tokens (Video-LLaVA: 8 x 257 = 2056), what the model was trained on.",
+        None,
+    )
+    pre_method: str = _f(
+        "Long-video pre-selection score: 'relevance' (each projected visual token's affinity to the question "
+        "tokens' input embeddings, standardised per text token over the visual tokens seen so far, max over "
+        "the text tokens) or 'random' (seeded; a baseline).",
+        "relevance",
+    )
+    pre_temporal_tau: float | None = _f(
+        "Long videos: cosine similarity (projected features) above which a token repeats the same spatial "
+        "token of the previous sampled frame; its pre-selection score is lowered by pre_temporal_penalty. "
+        "None disables.",
+        0.9,
+    )
+    pre_temporal_penalty: float = _f(
+        "Long videos: amount (in standard deviations of the relevance score) subtracted from a temporally "
+        "redundant token's pre-selection score.",
+        1.0,
+    )
+    pre_frame_floor: int = _f(
+        "Long videos: tokens each sampled frame keeps in the pool at least (its best ones), so the timeline "
+        "keeps coverage. When frames x floor would exceed pre_floor_share of pre_budget, consecutive frames are "
+        "grouped into equal windows and each window keeps one token instead.",
+        1,
+    )
+    pre_floor_share: float = _f("Long videos: share of pre_budget the per-frame (or per-window) floor may use.", 0.25)
+    pre_positions: str = _f(
+        "Long videos: RoPE positions of the pooled tokens. 'time': each pooled token takes the position it "
+        "would have in a clip of pool_size / tokens_per_frame frames spanning the same time (frame slot from "
+        "its timestamp, in-frame offset kept), so positions stay inside the range the model was trained on and "
+        "still encode when and where in the frame a token was; 'compact': consecutive positions in temporal "
+        "order (the sequence index; the default).",
+        "compact",
+    )
+    chunk_frames: int = _f(
+        "Long videos: frames decoded and run through the vision tower at a time (bounds the memory of "
+        "decoded pixels and vision activations).",
+        32,
+    )
     seed: int = _f("Seed of the 'random' method.", 0)
     trace: bool = _f("Record a RetentionTrace (kept tokens, scores, raters, clusters) on every prefill.", True)
     name: str = _f("Preset name this config came from (informational).", "custom")
@@ -174,6 +221,24 @@ class SparseConfig:
                 raise ValueError(f"SparseConfig.{name}: must be in [0, 1], got {v}")
         if self.recycle_knn < 1:
             raise ValueError(f"SparseConfig.recycle_knn: must be >= 1, got {self.recycle_knn}")
+        if self.pre_budget is not None and (isinstance(self.pre_budget, bool) or not isinstance(self.pre_budget, int)
+                                            or self.pre_budget < 1):
+            raise ValueError(f"SparseConfig.pre_budget: must be a positive int or None, got {self.pre_budget!r}")
+        if self.pre_method not in PRE_METHODS:
+            raise ValueError(f"SparseConfig.pre_method: {self.pre_method!r} is not one of {list(PRE_METHODS)}")
+        if self.pre_temporal_tau is not None and not (-1.0 <= self.pre_temporal_tau <= 1.0):
+            raise ValueError(
+                f"SparseConfig.pre_temporal_tau: must be a cosine in [-1, 1] or None, got {self.pre_temporal_tau}")
+        if not (self.pre_temporal_penalty >= 0.0) or math.isinf(self.pre_temporal_penalty):
+            raise ValueError(f"SparseConfig.pre_temporal_penalty: must be finite and >= 0, got {self.pre_temporal_penalty}")
+        if isinstance(self.pre_frame_floor, bool) or not isinstance(self.pre_frame_floor, int) or self.pre_frame_floor < 0:
+            raise ValueError(f"SparseConfig.pre_frame_floor: must be an int >= 0, got {self.pre_frame_floor!r}")
+        if not (0.0 <= self.pre_floor_share <= 1.0):
+            raise ValueError(f"SparseConfig.pre_floor_share: must be in [0, 1], got {self.pre_floor_share}")
+        if self.pre_positions not in PRE_POSITIONS:
+            raise ValueError(f"SparseConfig.pre_positions: {self.pre_positions!r} is not one of {list(PRE_POSITIONS)}")
+        if isinstance(self.chunk_frames, bool) or not isinstance(self.chunk_frames, int) or self.chunk_frames < 1:
+            raise ValueError(f"SparseConfig.chunk_frames: must be a positive int, got {self.chunk_frames!r}")
         if not (self.rank_lambda > 0):
             raise ValueError(f"SparseConfig.rank_lambda: must be > 0, got {self.rank_lambda}")
 

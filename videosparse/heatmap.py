@@ -5,14 +5,19 @@
   recycled (merged) tokens outlined in magenta, the CLS token's fate as a corner badge, and the
   frame timestamp plus kept count under every frame.
 * `write_video`  -> an overlay MP4 of the same, one frame of the grid per sampled frame.
+* `render_timeline` / `timeline_data` -> a PNG of WHEN the model looked over the whole video: kept (and,
+  on the long-video path, pooled) tokens per sampled frame and the max pre-selection score per frame,
+  over seconds (matplotlib, Agg). Long traces (more than GRID_MAX_FRAMES frames) show in the grid and
+  the MP4 only the frames that hold kept tokens (`grid_frames`).
 * `token_table` / `write_json` / `write_npz` -> one row per visual token: frame, row, col, score,
-  kept, stage, cluster.
+  kept, stage, cluster (+ pooled, pool_score on the long-video path).
 * `trace_from_json` -> the trace back from a JSON written by `write_json` (lossless: the JSON carries
   every stage record of the sample), for re-rendering.
 * `summary_text` / `wrap_text` -> the PNG's header text (token counts per stage, wrapped title).
 
 Pillow draws (with a scalable TrueType font, so spaces and non-ASCII text render); PyAV writes the
-MP4. Nothing here imports torch at module import.
+MP4; matplotlib (object API on an Agg canvas, no pyplot state) draws the timeline. Nothing here imports
+torch or matplotlib at module import.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ log = logging.getLogger(__name__)
 
 # timestamps beyond this (seconds, ~115 days) are treated as garbage, like NaN / inf
 MAX_TIMESTAMP = 1e7
+# traces with more sampled frames than this show in the grid / MP4 only the frames holding kept tokens
+GRID_MAX_FRAMES = 64
+# write_all draws the timeline for traces with more sampled frames than this (or with a pre-decoder pool)
+TIMELINE_MIN_FRAMES = 16
+# side (px) of the long-video path's model-view thumbnails (videosparse.longvideo.THUMBNAIL_SIDE)
+THUMBNAIL_SIDE = 96
 
 # perceptual colour ramp (dark purple -> orange -> light yellow, "inferno"-like anchors)
 _RAMP = np.array(
@@ -49,13 +60,59 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (_RAMP[lo] * (1 - w) + _RAMP[hi] * w).round().astype(np.uint8)
 
 
+def _trace_timestamps(trace: Any, timestamps: Sequence | None) -> Sequence | None:
+    """`timestamps` when given, else the trace's own (`RetentionTrace.timestamps`, set by the pipeline)."""
+    return timestamps if timestamps is not None else getattr(trace, "timestamps", None)
+
+
+def _token_arrays(trace: Any, sample: int = 0) -> dict:
+    """The per-token columns of `token_table` as numpy arrays (score NaN when never scored; pooled and
+    pool_score only with a pool)."""
+    T, P = trace.num_frames, trace.tokens_per_frame
+    Nv = T * P
+    score = np.full(Nv, np.nan)
+    stage = np.full(Nv, -1)
+    cluster = np.full(Nv, -1)
+    alive = np.ones(Nv, dtype=bool)
+    merged = np.zeros(Nv, dtype=bool)
+    out: dict = {}
+    pool = getattr(trace, "pool", None)
+    if pool is not None:
+        alive = np.zeros(Nv, dtype=bool)
+        alive[pool.kept[sample].detach().cpu().numpy()] = True
+        stage[~alive] = -2
+        out["pooled"] = alive.copy()
+        out["pool_score"] = pool.scores[sample].detach().cpu().float().numpy().astype(np.float64)
+    for si, st in enumerate(trace.stages):
+        sc = st.scores[sample].detach().cpu().float().numpy()
+        has = ~np.isnan(sc)
+        score[has] = sc[has]
+        kept_ids = st.kept[sample].detach().cpu().numpy()
+        kept_now = np.zeros(Nv, dtype=bool)
+        kept_now[kept_ids] = True
+        pruned_here = alive & ~kept_now
+        stage[pruned_here] = si
+        if st.clusters is not None:
+            cl = st.clusters[sample].detach().cpu().numpy()
+            cluster[pruned_here] = cl[pruned_here]
+        alive = kept_now
+        merged = np.zeros(Nv, dtype=bool)
+        merged[kept_ids[st.merged[sample].detach().cpu().numpy()]] = True
+    out.update(score=score, kept=alive, stage=stage, cluster=cluster, merged=merged)
+    return out
+
+
 def token_table(trace: Any, sample: int = 0, timestamps: Sequence | None = None) -> dict:
     """One entry per visual token of `sample`, as parallel lists.
 
     frame, token (in-frame index; 0 = CLS when has_cls), row/col (-1 for CLS), score (last stage
     that scored it; NaN if never), kept (alive after the last stage), stage (index of the stage
-    that pruned it; -1 if kept to the end), cluster (recycled cluster's kept slot at the stage that
-    pruned it, or -1), merged (kept token is a recycled cluster), time (seconds, when given).
+    that pruned it; -1 if kept to the end; -2 if the pre-decoder pool dropped it), cluster (recycled
+    cluster's kept slot at the stage that pruned it, or -1), merged (kept token is a recycled
+    cluster), time (seconds; from `timestamps`, else the trace's timestamps, when either is present).
+    With a pre-decoder pool (`trace.pool`, long-video path) also: pooled (the token entered the
+    decoder; `kept` is then a subset of it) and pool_score (its pre-selection score; None when not
+    scored).
     """
     T, P = trace.num_frames, trace.tokens_per_frame
     rows, cols = trace.grid
@@ -66,30 +123,16 @@ def token_table(trace: Any, sample: int = 0, timestamps: Sequence | None = None)
     patch = tok - off
     row = np.where(patch >= 0, patch // cols, -1)
     col = np.where(patch >= 0, patch % cols, -1)
-    score = np.full(Nv, np.nan)
-    stage = np.full(Nv, -1)
-    cluster = np.full(Nv, -1)
-    alive = np.ones(Nv, dtype=bool)
-    merged = np.zeros(Nv, dtype=bool)
-    for si, st in enumerate(trace.stages):
-        sc = st.scores[sample].float().numpy()
-        has = ~np.isnan(sc)
-        score[has] = sc[has]
-        kept_now = np.zeros(Nv, dtype=bool)
-        kept_now[st.kept[sample].numpy()] = True
-        pruned_here = alive & ~kept_now
-        stage[pruned_here] = si
-        if st.clusters is not None:
-            cl = st.clusters[sample].numpy()
-            cluster[pruned_here] = cl[pruned_here]
-        alive = kept_now
-        merged = np.zeros(Nv, dtype=bool)
-        merged[st.kept[sample].numpy()[st.merged[sample].numpy()]] = True
+    arr = _token_arrays(trace, sample)
     out = {
         "frame": frame.tolist(), "token": tok.tolist(), "row": row.tolist(), "col": col.tolist(),
-        "score": [None if math.isnan(x) else float(x) for x in score], "kept": alive.tolist(),
-        "stage": stage.tolist(), "cluster": cluster.tolist(), "merged": merged.tolist(),
+        "score": [None if math.isnan(x) else float(x) for x in arr["score"]], "kept": arr["kept"].tolist(),
+        "stage": arr["stage"].tolist(), "cluster": arr["cluster"].tolist(), "merged": arr["merged"].tolist(),
     }
+    if "pooled" in arr:
+        out["pooled"] = arr["pooled"].tolist()
+        out["pool_score"] = [None if math.isnan(x) else float(x) for x in arr["pool_score"]]
+    timestamps = _trace_timestamps(trace, timestamps)
     if timestamps is not None:
         ts = [clean_time(t) for t in timestamps]
         out["time"] = [ts[f] if f < len(ts) else None for f in frame.tolist()]
@@ -142,9 +185,14 @@ def write_json(trace: Any, path: str, sample: int = 0, timestamps: Sequence | No
                meta: dict | None = None) -> str:
     """JSON: {"meta", "num_frames", "tokens_per_frame", "grid", "num_layers", "counts", "equivalent_tokens",
     "timestamps", "tokens": token_table(...), "stages": every stage record of `sample` (kept, merged,
-    scores, raters, clusters, redundant), "raters_text_positions"}.
+    scores, raters, clusters, redundant), "raters_text_positions", "decoder_visual", "pool": the
+    pre-decoder pool's record (layer -1; long-video path) or null}.
 
-    Timestamps that are missing, non-finite or absurd are written as null."""
+    `timestamps` default to the trace's own. Timestamps that are missing, non-finite or absurd are
+    written as null."""
+    timestamps = _trace_timestamps(trace, timestamps)
+    pool = getattr(trace, "pool", None)
+    dv = getattr(trace, "decoder_visual", None)
     doc = {
         "meta": meta or {},
         "num_frames": trace.num_frames,
@@ -161,6 +209,8 @@ def write_json(trace: Any, path: str, sample: int = 0, timestamps: Sequence | No
         "stages": [_stage_doc(st, sample) for st in trace.stages],
         "raters_text_positions": (None if getattr(trace, "raters_text_positions", None) is None
                                   else trace.raters_text_positions[sample].tolist()),
+        "decoder_visual": None if dv is None else int(dv),
+        "pool": None if pool is None else _stage_doc(pool, sample),
     }
     with open(path, "w") as f:
         json.dump(doc, f)
@@ -168,9 +218,21 @@ def write_json(trace: Any, path: str, sample: int = 0, timestamps: Sequence | No
 
 
 def write_npz(trace: Any, path: str, sample: int = 0, timestamps: Sequence | None = None) -> str:
+    """NPZ: the token table's columns (None -> NaN), counts, grid; with timestamps (given or the
+    trace's) `timestamps` per frame (NaN when unusable); with a pool `decoder_visual` and `pool_kept`."""
+    timestamps = _trace_timestamps(trace, timestamps)
     tab = token_table(trace, sample, timestamps)
     arrays = {k: np.asarray([np.nan if v is None else v for v in vals]) for k, vals in tab.items()}
-    np.savez_compressed(path, **arrays, counts=np.asarray(trace.counts), grid=np.asarray(trace.grid))
+    arrays.update(counts=np.asarray(trace.counts), grid=np.asarray(trace.grid))
+    if timestamps is not None:
+        arrays["timestamps"] = np.asarray([np.nan if (v := clean_time(t)) is None else v for t in timestamps],
+                                          dtype=np.float64)
+    pool = getattr(trace, "pool", None)
+    if pool is not None:
+        arrays["pool_kept"] = pool.kept[sample].detach().cpu().numpy()
+    if getattr(trace, "decoder_visual", None) is not None:
+        arrays["decoder_visual"] = np.asarray(int(trace.decoder_visual))
+    np.savez_compressed(path, **arrays)
     return path
 
 
@@ -347,14 +409,22 @@ def fit_text(options: Sequence, font: Any, max_width: float) -> str:
 
 def summary_text(trace: Any) -> str:
     """The PNG subtitle: token counts through the stages, e.g.
-    "296 visual tokens -> 30 kept after layer 1 (decoder layers 0-3); 10.1% kept; equivalent tokens 163.0".
-    Layers are 0-based decoder layer indices; equivalent tokens = mean visual tokens per decoder layer."""
+    "296 visual tokens -> 30 kept after layer 1 (decoder layers 0-3); 10.1% kept; equivalent tokens 163.0",
+    or on the long-video path "3552 visual tokens -> 296 pooled before the decoder -> 30 kept after layer 1
+    (...)". Layers are 0-based decoder layer indices; equivalent tokens = mean visual tokens per decoder layer."""
     nv, nl = trace.num_visual, trace.num_layers
     layers = f"decoder layers 0-{nl - 1}" if nl > 1 else "decoder layer 0"
     eq = f"equivalent tokens {trace.equivalent_tokens:.1f}"
+    pool = getattr(trace, "pool", None)
+    if pool is not None and not trace.stages:
+        pct = 100.0 * pool.count / max(nv, 1)
+        return (f"{nv} visual tokens -> {pool.count} pooled before the decoder, none pruned in it ({layers}); "
+                f"{pct:.3g}% kept; {eq}")
     if not trace.stages:
         return f"{nv} visual tokens, none pruned ({layers}); {eq}"
     steps = [f"{nv} visual tokens"]
+    if pool is not None:
+        steps.append(f"{pool.count} pooled before the decoder")
     last = len(trace.stages) - 1
     for i, st in enumerate(trace.stages):
         steps.append(f"{st.count}{' kept' if i == last else ''} after layer {st.layer}")
@@ -376,27 +446,68 @@ def frame_label(t: int, n_kept: int, per_frame: int, timestamp: Any = None, has_
     return fit_text(options, font, max_width)
 
 
+def _normalise_linear(score: np.ndarray) -> np.ndarray:
+    """Scores that may be negative (pre-selection z-scores) to [0, 1]: linear between the 2nd and
+    99.5th percentile of the finite ones (NaN -> 0)."""
+    s = np.array(score, dtype=np.float64)
+    ok = np.isfinite(s)
+    out = np.zeros_like(s)
+    if ok.any():
+        lo, hi = np.percentile(s[ok], 2), np.percentile(s[ok], 99.5)
+        out[ok] = (s[ok] - lo) / max(hi - lo, 1e-12)
+    return np.clip(out, 0, 1)
+
+
+def _colour_values(arr: dict) -> np.ndarray:
+    """[0, 1] colour value of every token: the in-decoder scores (log scale over the clip); on the
+    long-video path without in-decoder scores for the kept tokens, their pre-selection scores."""
+    score, kept = arr["score"], arr["kept"]
+    if "pool_score" in arr and not np.isfinite(score[kept]).any():
+        return _normalise_linear(np.where(arr["pooled"], arr["pool_score"], np.nan))
+    return _normalise_scores(score)
+
+
+def _is_model_view(frames: np.ndarray, trace: Any) -> bool:
+    """The long-video path keeps small model-view thumbnails (square, center-cropped already,
+    <= THUMBNAIL_SIDE px): they are shown as they are, not resized and cropped again."""
+    return (getattr(trace, "pool", None) is not None and frames.ndim == 4
+            and frames.shape[1] == frames.shape[2] <= THUMBNAIL_SIDE)
+
+
+def _view(frames: Any, trace: Any, spec: Any, indices: Sequence) -> np.ndarray:
+    sub = np.asarray(frames)[list(indices)]
+    return sub if _is_model_view(sub, trace) else model_view(sub, spec)
+
+
 def render_frames(frames: np.ndarray, trace: Any, sample: int = 0, cell: int = 224, spec: Any = None,
-                  timestamps: Sequence | None = None) -> list:
-    """Annotated frames (list of uint8 (cell + label, cell, 3) arrays), one per sampled frame."""
+                  timestamps: Sequence | None = None, indices: Sequence | None = None) -> list:
+    """Annotated frames (list of uint8 (cell + label, cell, 3) arrays), one per sampled frame, or one per
+    sampled frame in `indices` (labelled with its real frame number and timestamp).
+
+    `frames` holds all the trace's sampled frames (full frames, or the long-video path's model-view
+    thumbnails); `timestamps` default to the trace's own."""
     from PIL import Image, ImageDraw
 
     T = trace.num_frames
     if len(frames) != T:
         raise ValueError(f"heatmap: {len(frames)} frames given but the trace has {T}")
-    view = model_view(frames, spec)
-    tab = token_table(trace, sample, timestamps)
+    idx = list(range(T)) if indices is None else [int(i) for i in indices]
+    if any(not 0 <= t < T for t in idx):
+        raise ValueError(f"heatmap: frame indices must lie in [0, {T})")
+    timestamps = _trace_timestamps(trace, timestamps)
+    view = _view(frames, trace, spec, idx)
+    arr = _token_arrays(trace, sample)
     rows, cols = trace.grid
     P = trace.tokens_per_frame
     off = 1 if trace.has_cls else 0
-    norm = _normalise_scores(np.array([np.nan if v is None else v for v in tab["score"]]))
-    kept = np.array(tab["kept"])
-    merged = np.array(tab["merged"])
+    norm = _colour_values(arr)
+    kept = arr["kept"]
+    merged = arr["merged"]
     label_h = max(14, cell // 9)
     font = get_font(int(min(14, max(10, label_h - 4))))
     out = []
-    for t in range(T):
-        src = view[t]
+    for j, t in enumerate(idx):
+        src = view[j]
         # small inputs (e.g. 48 px test-bed frames) are enlarged with nearest so patches stay crisp
         filt = Image.NEAREST if cell >= 2 * src.shape[0] else Image.BICUBIC
         img = Image.fromarray(src).resize((cell, cell), filt)
@@ -439,26 +550,71 @@ def render_frames(frames: np.ndarray, trace: Any, sample: int = 0, cell: int = 2
     return out
 
 
+def grid_frames(trace: Any, sample: int = 0, limit: int | None = None) -> list:
+    """The sampled frames the grid and the MP4 show, in temporal order.
+
+    All of them when there are at most `limit` (default GRID_MAX_FRAMES); else the frames holding tokens
+    kept after the last stage (the pool's when there is no stage), at most `limit`: those with the most
+    kept tokens, ties spread evenly over time. When no frame holds a kept token, `limit` evenly spaced
+    frames."""
+    limit = GRID_MAX_FRAMES if limit is None else int(limit)
+    T = trace.num_frames
+    if T <= limit:
+        return list(range(T))
+    per = trace.kept_mask()[sample].sum(dim=-1).cpu().numpy()
+    chosen: list = []
+    for n in sorted({int(v) for v in per if v > 0}, reverse=True):
+        group = np.nonzero(per == n)[0]
+        need = limit - len(chosen)
+        if len(group) > need:
+            group = group[np.unique(np.linspace(0, len(group) - 1, need).round().astype(int))]
+        chosen.extend(int(t) for t in group)
+        if len(chosen) >= limit:
+            break
+    if not chosen:
+        chosen = sorted({int(t) for t in np.linspace(0, T - 1, limit).round()})
+    return sorted(chosen)
+
+
+def grid_note(trace: Any, sample: int, indices: Sequence) -> str:
+    """The grid header's note when it shows only `indices` of the sampled frames ("Only N of T ...")."""
+    T, n = trace.num_frames, len(indices)
+    m = int((trace.kept_mask()[sample].sum(dim=-1) > 0).sum())
+    if m == 0:
+        return f"Only {n} of {T} sampled frames are shown (evenly spaced; no frame holds a kept token)."
+    which = (f"the {n} holding kept tokens" if n >= m
+             else f"the {n} with the most kept tokens of the {m} holding kept tokens")
+    return f"Only {n} of {T} sampled frames are shown: {which}, in temporal order (real frame numbers and times)."
+
+
 def render_grid(frames: np.ndarray, trace: Any, path: str, sample: int = 0, spec: Any = None,
                 timestamps: Sequence | None = None, title: str | None = None, cell: int | None = None,
-                columns: int | None = None) -> str:
+                columns: int | None = None, indices: Sequence | None = None) -> str:
     """Write the PNG grid. Cell size shrinks with many frames (64+ frames stay legible: >= 96 px).
 
-    Header: `title` word-wrapped (at most 3 lines, then an ellipsis) and `summary_text(trace)`."""
+    Header: `title` word-wrapped (at most 3 lines, then an ellipsis) and `summary_text(trace)`.
+    `indices`: show only these sampled frames (see `grid_frames`); the header then says that only N of
+    the T sampled frames are shown."""
     from PIL import Image, ImageDraw
 
     T = trace.num_frames
-    columns = columns or max(1, min(T, int(math.ceil(math.sqrt(T * 1.6)))))
+    n = T if indices is None else len(indices)
+    if n == 0:
+        raise ValueError("heatmap: no frame to show")
+    columns = columns or max(1, min(n, int(math.ceil(math.sqrt(n * 1.6)))))
     if cell is None:
         cell = int(max(96, min(224, 2400 // columns)))
-    tiles = render_frames(frames, trace, sample, cell, spec, timestamps)
+    tiles = render_frames(frames, trace, sample, cell, spec, timestamps, indices)
     th, tw = tiles[0].shape[:2]
     gap = 4
-    nrows = int(math.ceil(T / columns))
+    nrows = int(math.ceil(n / columns))
     W = columns * (tw + gap) + gap
     title_font, small = get_font(13), get_font(11)
     title_lines = wrap_text(title, title_font, W - 2 * gap, max_lines=3) if title else []
-    summary_lines = wrap_text(summary_text(trace), small, W - 2 * gap)
+    summary = summary_text(trace)
+    if indices is not None and n < T:
+        summary = f"{summary}. {grid_note(trace, sample, indices)}"
+    summary_lines = wrap_text(summary, small, W - 2 * gap)
     ramp_w = 120
     legend_lines = wrap_text(LEGEND, small, max(40, W - 2 * gap - ramp_w - 5))
     lt, ls = line_height(title_font), line_height(small)
@@ -489,11 +645,13 @@ def render_grid(frames: np.ndarray, trace: Any, path: str, sample: int = 0, spec
 
 
 def write_video(frames: np.ndarray, trace: Any, path: str, sample: int = 0, spec: Any = None,
-                timestamps: Sequence | None = None, fps: float = 2.0, cell: int = 224) -> str:
-    """Overlay MP4 (H.264 when available, else MPEG-4), one annotated frame per sampled frame."""
+                timestamps: Sequence | None = None, fps: float = 2.0, cell: int = 224,
+                indices: Sequence | None = None) -> str:
+    """Overlay MP4 (H.264 when available, else MPEG-4), one annotated frame per sampled frame (or per
+    sampled frame in `indices`)."""
     import av
 
-    tiles = render_frames(frames, trace, sample, cell, spec, timestamps)
+    tiles = render_frames(frames, trace, sample, cell, spec, timestamps, indices)
     h, w = tiles[0].shape[:2]
     h2, w2 = h + (h % 2), w + (w % 2)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -513,23 +671,237 @@ def write_video(frames: np.ndarray, trace: Any, path: str, sample: int = 0, spec
     return path
 
 
+# ---------------------------------------------------------------- timeline: when did the model look
+
+
+def _timeline_times(timestamps: Sequence | None, T: int) -> tuple:
+    """(seconds (T,) float array, None) when `timestamps` are usable for an x axis (T of them, all finite
+    and sane, strictly increasing), else (None, why not)."""
+    if timestamps is None:
+        return None, None
+    ts = list(timestamps)
+    if len(ts) != T:
+        return None, f"{len(ts)} timestamps for {T} sampled frames"
+    clean = [clean_time(t) for t in ts]
+    bad = sum(v is None for v in clean)
+    if bad:
+        return None, f"{bad} of {T} timestamps are missing, not finite or beyond {MAX_TIMESTAMP:g} s"
+    x = np.asarray(clean, dtype=np.float64)
+    if T > 1 and not (np.diff(x) > 0).all():
+        return None, "timestamps are not strictly increasing"
+    return x, None
+
+
+def _edges(x: np.ndarray) -> np.ndarray:
+    """Bar edges around the centres `x` (increasing): midpoints, the ends mirrored."""
+    if len(x) == 1:
+        return np.array([x[0] - 0.5, x[0] + 0.5])
+    mid = (x[:-1] + x[1:]) / 2
+    return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
+
+
+def _frame_max(scores: Any, T: int, P: int) -> np.ndarray:
+    """(T,) max over each frame's P scores ignoring NaN; NaN for a frame with no score."""
+    s = scores.detach().cpu().float().numpy().astype(np.float64).reshape(T, P)
+    ok = ~np.isnan(s)
+    m = np.where(ok, s, -np.inf).max(axis=1)
+    m[~ok.any(axis=1)] = np.nan
+    return m
+
+
+def timeline_data(trace: Any, sample: int = 0, timestamps: Sequence | None = None) -> dict:
+    """What `render_timeline` draws, per sampled frame (numpy arrays of length T):
+
+    frame (0..T-1); kept: tokens alive after the last in-decoder stage (the pool, else every token, when
+    there is no stage); pooled: tokens in the pre-decoder pool (None without a pool); score: max
+    pre-selection score of the frame's tokens (the pool's; without a pool the last stage's; NaN ignored,
+    NaN for a frame with none); time: seconds (None when the timestamps, given or the trace's, are
+    unusable); x / edges: bar centres / T + 1 edges on the x axis (seconds, else frame index); x_label;
+    time_note: why the timestamps were not used (None when used or absent); kept_label / score_label:
+    what the bars / the line are."""
+    T, P = trace.num_frames, trace.tokens_per_frame
+    pool = getattr(trace, "pool", None)
+    kept = trace.kept_mask()[sample].sum(dim=-1).cpu().numpy().astype(np.int64)
+    pooled = None
+    if pool is not None:
+        pm = np.zeros(T * P, dtype=bool)
+        pm[pool.kept[sample].detach().cpu().numpy()] = True
+        pooled = pm.reshape(T, P).sum(axis=1).astype(np.int64)
+    if pool is not None:
+        score, score_label = _frame_max(pool.scores[sample], T, P), "pre-selection score (pool)"
+    elif trace.stages:
+        last = trace.stages[-1]
+        score, score_label = _frame_max(last.scores[sample], T, P), f"score at layer {last.layer}"
+    else:
+        score, score_label = np.full(T, np.nan), "no scores"
+    if trace.stages:
+        kept_label = f"kept after layer {trace.stages[-1].layer}"
+    elif pool is not None:
+        kept_label = "kept (the pool; no in-decoder pruning)"
+    else:
+        kept_label = "kept (no pruning)"
+    time, note = _timeline_times(_trace_timestamps(trace, timestamps), T)
+    x = time if time is not None else np.arange(T, dtype=np.float64)
+    return {
+        "frame": np.arange(T), "kept": kept, "pooled": pooled, "score": score, "time": time, "x": x,
+        "edges": _edges(x), "x_label": "time (s)" if time is not None else "sampled frame",
+        "time_note": note, "kept_label": kept_label, "score_label": score_label,
+    }
+
+
+def _plain(text: Any) -> str:
+    """One line of plain text (control characters -> spaces, runs of spaces squeezed)."""
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+    return " ".join(text.split())
+
+
+def _wrap_chars(text: str, width: int, max_lines: int | None = None) -> list:
+    import textwrap
+
+    lines = textwrap.wrap(_plain(text), width=width, break_long_words=True, break_on_hyphens=False)
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(0, width - 1)].rstrip() + "\u2026"
+    return lines
+
+
+def _clock(seconds: float, hours: bool = False) -> str:
+    """"m:ss", or "h:mm:ss" when `hours` (or the time is an hour or more)."""
+    s = int(round(seconds))
+    sign, s = ("-" if s < 0 else ""), abs(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{sign}{h}:{m:02d}:{sec:02d}" if h or hours else f"{sign}{m}:{sec:02d}"
+
+
+# tick steps (seconds) of a clock axis: the first giving at most 8 ticks over the span is used
+_CLOCK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def _clock_step(span: float) -> float:
+    for step in _CLOCK_STEPS:
+        if span / step <= 8:
+            return float(step)
+    return float(math.ceil(span / 8 / 86400) * 86400)
+
+
+def render_timeline(trace: Any, path: str, sample: int = 0, timestamps: Sequence | None = None,
+                    title: str | None = None) -> str:
+    """Write a PNG of WHEN the model looked, over the whole sampled video (x = seconds when the
+    timestamps, given or the trace's, are usable, else the sampled-frame index, with a warning):
+
+    top panel: tokens per frame kept after the last in-decoder stage (dark bars) in front of the tokens
+    per frame in the pre-decoder pool (light bars, long-video path); bottom panel: the max pre-selection
+    score per frame (the last stage's scores without a pool), dots on the frames that hold kept tokens.
+    Title: `title` wrapped (at most 3 lines) over `summary_text(trace)`. Drawn with matplotlib's object
+    API on an Agg canvas (no pyplot state); the data is `timeline_data(...)`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
+
+    data = timeline_data(trace, sample, timestamps)
+    if data["time_note"]:
+        log.warning("heatmap timeline: %s; x axis = sampled frame index", data["time_note"])
+    T = trace.num_frames
+    x, edges, kept, pooled, score = data["x"], data["edges"], data["kept"], data["pooled"], data["score"]
+    title_lines = _wrap_chars(title, 120, max_lines=3) if title else []
+    summary_lines = _wrap_chars(summary_text(trace), 150)
+    head = [(line, 11, "black") for line in title_lines] + [(line, 9, "#444444") for line in summary_lines]
+    width_in, panels_in, line_in = 12.0, 5.4, 0.22
+    height_in = panels_in + line_in * len(head) + 0.25
+    fig = Figure(figsize=(width_in, height_in), dpi=100)
+    FigureCanvasAgg(fig)
+    top = 1 - (line_in * len(head) + 0.35) / height_in
+    gs = fig.add_gridspec(2, 1, height_ratios=[3, 2], hspace=0.1, left=0.08, right=0.985, top=top, bottom=0.09)
+    ax1 = fig.add_subplot(gs[0])
+    ax2 = fig.add_subplot(gs[1], sharex=ax1)
+    y = 1 - 0.12 / height_in
+    for line, size, colour in head:
+        fig.text(0.01, y, line, ha="left", va="top", fontsize=size, color=colour, parse_math=False)
+        y -= line_in / height_in
+    dark, light, line_c = "#08519c", "#9ecae1", "#d94801"
+    # bars narrower than ~2 px vanish: draw the frames that hold tokens as lines of at least 1 px too
+    thin = T > 300
+    if pooled is not None:
+        ax1.stairs(pooled, edges, fill=True, color=light,
+                   label=f"pooled before the decoder ({int(pooled.sum())} tokens)")
+        if thin and (pooled > 0).any():
+            m = pooled > 0
+            ax1.vlines(x[m], 0, pooled[m], colors=light, linewidth=0.8)
+    ax1.stairs(kept, edges, fill=True, color=dark, label=f"{data['kept_label']} ({int(kept.sum())} tokens)")
+    if thin and (kept > 0).any():
+        m = kept > 0
+        ax1.vlines(x[m], 0, kept[m], colors=dark, linewidth=1.0)
+    ymax = max(int(kept.max(initial=0)), int(pooled.max(initial=0)) if pooled is not None else 0, 1)
+    ax1.set_ylim(0, ymax * 1.15)
+    ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.set_ylabel("tokens per frame")
+    ax1.grid(axis="y", alpha=0.3)
+    ax1.legend(loc="upper right", fontsize=9, framealpha=0.9)
+    ax1.tick_params(labelbottom=False)
+    ok = np.isfinite(score)
+    if ok.any():
+        ax2.plot(x, score, color=line_c, linewidth=1.0 if T <= 2000 else 0.6, label=f"max {data['score_label']}")
+        if T == 1 or ok.sum() == 1:
+            ax2.plot(x[ok], score[ok], "o", color=line_c, markersize=3)
+        m = ok & (kept > 0)
+        if m.any():
+            ax2.plot(x[m], score[m], "o", color=dark, markersize=3, label="frames holding kept tokens")
+        ax2.legend(loc="upper right", fontsize=9, framealpha=0.9)
+        ax2.grid(axis="y", alpha=0.3)
+    else:
+        ax2.text(0.5, 0.5, "no scores recorded", transform=ax2.transAxes, ha="center", va="center",
+                 color="#666", parse_math=False)
+        ax2.set_yticks([])
+    ax2.set_ylabel("max score per frame\n(pre-selection)" if pooled is not None else "max score per frame")
+    ax2.set_xlim(edges[0], edges[-1])
+    if data["time"] is not None and edges[-1] - edges[0] > 120:
+        hours = max(abs(edges[0]), abs(edges[-1])) >= 3600
+        ax2.xaxis.set_major_locator(MultipleLocator(_clock_step(edges[-1] - edges[0])))
+        ax2.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _clock(v, hours)))
+        ax2.set_xlabel("time (h:mm:ss)" if hours else "time (m:ss)")
+    else:
+        if data["time"] is None:
+            ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax2.set_xlabel(data["x_label"] if data["time"] is not None else
+                       f"sampled frame (of {T}){'; timestamps unusable' if data['time_note'] else ''}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100, facecolor="white")
+    return path
+
+
 def write_all(frames: np.ndarray, trace: Any, out_dir: str, sample: int = 0, spec: Any = None,
               timestamps: Sequence | None = None, title: str | None = None, stem: str = "retention",
               video: bool = True, meta: dict | None = None) -> dict:
-    """PNG grid + MP4 overlay + JSON + NPZ into `out_dir`; returns {kind: path}."""
+    """PNG grid + timeline PNG + MP4 overlay + JSON + NPZ into `out_dir`; returns {kind: path}.
+
+    `timestamps` default to the trace's own. The timeline (`{stem}_timeline.png`, key "timeline") is
+    written for traces with more than TIMELINE_MIN_FRAMES frames or a pre-decoder pool (skipped with a
+    warning when matplotlib is not installed). With more than GRID_MAX_FRAMES frames the grid and the MP4
+    show only the frames holding kept tokens (`grid_frames`)."""
     os.makedirs(out_dir, exist_ok=True)
+    timestamps = _trace_timestamps(trace, timestamps)
     if timestamps is not None:
         bad = sum(clean_time(t) is None for t in timestamps)
         if bad:
             log.warning("heatmap: %d of %d frame timestamps are missing, not finite or beyond %g s; "
                         "labelled t=?", bad, len(timestamps), MAX_TIMESTAMP)
-    paths = {
-        "png": render_grid(frames, trace, os.path.join(out_dir, f"{stem}.png"), sample, spec, timestamps, title),
-        "json": write_json(trace, os.path.join(out_dir, f"{stem}.json"), sample, timestamps, meta),
-        "npz": write_npz(trace, os.path.join(out_dir, f"{stem}.npz"), sample, timestamps),
-    }
+    indices = None if trace.num_frames <= GRID_MAX_FRAMES else grid_frames(trace, sample)
+    paths = {"png": render_grid(frames, trace, os.path.join(out_dir, f"{stem}.png"), sample, spec, timestamps,
+                                title, indices=indices)}
+    if trace.num_frames > TIMELINE_MIN_FRAMES or getattr(trace, "pool", None) is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            log.warning("heatmap: matplotlib is not installed; no timeline written (pip install matplotlib)")
+        else:
+            paths["timeline"] = render_timeline(trace, os.path.join(out_dir, f"{stem}_timeline.png"), sample,
+                                                timestamps, title)
+    paths["json"] = write_json(trace, os.path.join(out_dir, f"{stem}.json"), sample, timestamps, meta)
+    paths["npz"] = write_npz(trace, os.path.join(out_dir, f"{stem}.npz"), sample, timestamps)
     if video:
-        paths["mp4"] = write_video(frames, trace, os.path.join(out_dir, f"{stem}.mp4"), sample, spec, timestamps)
+        paths["mp4"] = write_video(frames, trace, os.path.join(out_dir, f"{stem}.mp4"), sample, spec, timestamps,
+                                   indices=indices)
     return paths
 
 
@@ -537,7 +909,8 @@ def trace_from_json(path: str) -> Any:
     """Rebuild a single-sample RetentionTrace from a JSON written by `write_json` (for re-rendering).
 
     Returns (trace, doc). The stage records stored in the JSON are restored exactly (kept, merged,
-    scores, raters, clusters, redundant), so `token_table` of the result equals that of the original
+    scores, raters, clusters, redundant), and so are the pre-decoder pool, `decoder_visual` and the
+    timestamps (unusable ones as NaN), so `token_table` of the result equals that of the original
     sample. JSONs without stage records (older files) are rebuilt from the token table: kept sets,
     stages, clusters, final scores and merged flags are restored; raters and redundancy are not.
     """
@@ -561,6 +934,15 @@ def trace_from_json(path: str) -> Any:
     trace = RetentionTrace(T, P, bool(doc.get("has_cls", True)), tuple(doc["grid"]),
                            int(doc["num_layers"]), 1, stages, doc.get("config") or {},
                            torch.tensor(rtp, dtype=torch.long)[None] if rtp is not None else None)
+    if doc.get("pool") is not None:
+        trace.pool = _stage_from_doc(doc["pool"], Nv, path, torch, StageRecord)
+    if doc.get("decoder_visual") is not None:
+        trace.decoder_visual = int(doc["decoder_visual"])
+    ts = doc.get("timestamps")
+    if ts is not None:
+        if len(ts) != T:
+            raise ValueError(f"{path}: {len(ts)} timestamps for {T} frames")
+        trace.timestamps = [float("nan") if v is None else float(v) for v in ts]
     counts = doc.get("counts")
     if counts is not None and list(counts) != trace.counts:
         raise ValueError(f"{path}: stage records keep {trace.counts} tokens but the JSON says {counts}")

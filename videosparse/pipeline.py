@@ -54,6 +54,16 @@ class Answer:
     error: str | None = None
     sequences: list = field(default_factory=list)  # every returned sequence (num_return_sequences), best first
     frames: Any = None  # the decoded frames (uint8 (T, H, W, 3)), for heatmaps; not serialised
+    pool_tokens: int = 0  # long-video path: visual tokens that entered the decoder (the pool); 0 = whole frames
+    video_decode_seconds: float = 0.0  # decoding the frames (shared by the questions of one video)
+    vision_seconds: float = 0.0  # vision tower + projector (shared likewise)
+    preselect_seconds: float = 0.0  # long-video pre-selection (0 on the short path)
+
+    @property
+    def kept_timestamps(self) -> list:
+        """Seconds of the source video of every visual token the decoder kept to the end (the pool when
+        unpruned), in token order; empty without a trace."""
+        return self.trace.kept_timestamps() if self.trace is not None else []
 
     def to_dict(self) -> dict:
         return {
@@ -70,6 +80,10 @@ class Answer:
             "new_tokens": self.new_tokens,
             "sequences": list(self.sequences),
             "error": self.error,
+            "pool_tokens": self.pool_tokens,
+            "video_decode_seconds": self.video_decode_seconds,
+            "vision_seconds": self.vision_seconds,
+            "preselect_seconds": self.preselect_seconds,
         }
 
 
@@ -84,6 +98,19 @@ class EncodedVideo:
     features: Any
     key: str
     source: Any = None  # keeps an in-memory video alive while it is cached (its id is the key)
+    seconds: dict = field(default_factory=dict)  # video_decode / vision wall time
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames of a video are used: ``num_frames`` (None: no cap, for ``fps``), ``strategy``
+    (uniform / fps / segments / all), ``fps`` (frames per second for strategy ``fps``), time window."""
+
+    num_frames: int | None = 8
+    strategy: str = "uniform"
+    fps: float = 1.0
+    start: float | None = None
+    end: float | None = None
 
 
 class VideoQA:
@@ -184,27 +211,31 @@ class VideoQA:
 
     def set_sparsity(self, sparsity: Any) -> None:
         """Switch the pruning config (None = full model). Removes the previous patch first."""
-        from videosparse import SparseConfig, sparsify
+        from videosparse import sparsify
 
+        if sparsity is not None:  # checked before the current patch is touched: a bad config changes nothing
+            sparsity = _resolve_sparsity(sparsity, self.model.config, self.num_frames)
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
         if sparsity is None:
             self.sparsity = None
             return
-        sparsity = _resolve_sparsity(sparsity, self.model.config, self.num_frames)
         self.sparsity = sparsity
         self.handle = sparsify(self.model, sparsity)
 
     # ------------------------------------------------------------------ video
-    def load(self, video: Any) -> Any:
-        """A Clip from a path, a Clip, or a uint8 frame array (T, H, W, 3)."""
+    def load(self, video: Any, sampling: "Sampling | None" = None) -> Any:
+        """A Clip from a path (frames chosen by ``sampling``, default the instance's), a Clip, or a uint8
+        frame array (T, H, W, 3)."""
         from videosparse.video import Clip, load_video
 
         if isinstance(video, Clip):
             return video
         if isinstance(video, (str, os.PathLike)):
-            return load_video(video, num_frames=self.num_frames, strategy=self.frame_strategy)
+            sp = sampling or self._default_sampling()
+            return load_video(video, num_frames=sp.num_frames, strategy=sp.strategy, start=sp.start, end=sp.end,
+                              sample_fps=sp.fps)
         arr = video
         if hasattr(arr, "detach"):
             arr = arr.detach().cpu().numpy()
@@ -215,26 +246,31 @@ class VideoQA:
             raise ValueError(f"a frame array must be uint8 RGB, got {arr.dtype}")
         return Clip.from_array(arr)
 
-    def encode(self, video: Any) -> EncodedVideo:
+    def encode(self, video: Any, sampling: "Sampling | None" = None) -> EncodedVideo:
         """Decode (if needed) and run the vision tower + projector once; cached per video.
 
         An EncodedVideo is returned as it is, so a caller that encoded a video once (e.g. the
-        evaluation runner, for several sparsity configs) can pass it to ``ask``/``ask_many``."""
+        evaluation runner, for several sparsity configs) can pass it to ``ask``/``ask_many``.
+        sampling: which frames of a video file (default: the instance's ``num_frames`` / ``frame_strategy``)."""
         import torch
 
         from videosparse.video import preprocess_frames
 
         if isinstance(video, EncodedVideo):
             return video
-        key = _video_key(video, self.num_frames, self.frame_strategy)
+        sampling = sampling or self._default_sampling()
+        key = _video_key(video, sampling)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        clip = self.load(video)
+        t0 = time.perf_counter()
+        clip = self.load(video, sampling)
+        t1 = time.perf_counter()
         pv = preprocess_frames(clip.frames, self.spec).to(self.model.device, self.model.dtype)
         with torch.no_grad():
             feats = self.model.model.get_video_features(pixel_values_videos=pv[None]).pooler_output
-        enc = EncodedVideo(clip=clip, features=feats, key=key or "", source=video)
+        enc = EncodedVideo(clip=clip, features=feats, key=key or "", source=video,
+                           seconds={"video_decode": t1 - t0, "vision": time.perf_counter() - t1})
         if key is not None:
             self._cache[key] = enc
             while len(self._cache) > self._cache_size:
@@ -242,10 +278,20 @@ class VideoQA:
         return enc
 
     # ------------------------------------------------------------------ questions
-    def ask(self, video: Any, question: str, **generation: Any) -> Answer:
+    def ask(self, video: Any, question: str, *, num_frames: int | None = None, strategy: str | None = None,
+            fps: float | None = None, start: float | None = None, end: float | None = None,
+            pre_budget: int | None = None, keep_frames: bool = True, **generation: Any) -> Answer:
         """Answer one question about one video. Generation kwargs go to `model.generate`
-        (default: greedy, max_new_tokens=64)."""
-        return self.ask_many([(video, question)], batch_size=1, on_error="raise", **generation)[0]
+        (default: greedy, max_new_tokens=64).
+
+        num_frames / strategy / fps / start / end: which frames (default: the instance's ``num_frames``
+        uniform frames). When they hold more visual tokens than ``pre_budget`` (default: the sparsity
+        config's, else 8 frames' worth), or with ``strategy="fps"``, the long-video path runs: frames are
+        decoded and encoded in chunks and a question-guided pool of at most ``pre_budget`` tokens enters the
+        decoder. keep_frames: keep frames for heatmaps (long path: small thumbnails)."""
+        return self.ask_many([(video, question)], batch_size=1, on_error="raise", num_frames=num_frames,
+                             strategy=strategy, fps=fps, start=start, end=end, pre_budget=pre_budget,
+                             keep_frames=keep_frames, **generation)[0]
 
     def ask_many(
         self,
@@ -253,12 +299,21 @@ class VideoQA:
         batch_size: int = 4,
         on_error: str = "raise",
         progress: Callable | None = None,
+        *,
+        num_frames: int | None = None,
+        strategy: str | None = None,
+        fps: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        pre_budget: int | None = None,
+        keep_frames: bool = True,
         **generation: Any,
     ) -> list:
         """Answer (video, question) pairs in batches with left padding.
 
         on_error: "raise" (default) or "record": a failing video or question becomes an Answer with
-        `error` set and the run goes on. progress: optional callable(done, total).
+        `error` set and the run goes on. progress: optional callable(done, total). Frame sampling and
+        ``pre_budget`` as in `ask`; the questions of one long video share one chunked pass over it.
         """
         from videosparse.video import VideoError
 
@@ -267,34 +322,225 @@ class VideoQA:
             raise ValueError("on_error must be 'raise' or 'record'")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sampling = self._sampling(num_frames, strategy, fps, start, end)
+        capacity = self._pre_budget(pre_budget)
         results: list = [None] * len(pairs)
-        ready: list = []
+        short: list = []
+        long: "OrderedDict[Any, list]" = OrderedDict()  # video -> [(i, question)], one pass per video
         max_new = int(generation.get("max_new_tokens", 64))
+        _positive_int(max_new, "max_new_tokens")
+
+        def fail(i: int, video: Any, question: Any, e: BaseException) -> None:
+            if on_error == "raise":
+                raise e
+            results[i] = Answer(text="", question=str(question), video=_video_name(video), error=_one_line(e))
+
         for i, (video, question) in enumerate(pairs):
             try:
                 _check_question(question)
-                self.check_prompt(question, self._expected_frames(video), max_new)  # before any compute
-                ready.append((i, self.encode(video), question))
+                if self._is_long(video, sampling, capacity):
+                    # the prompt holds at most `capacity` pooled tokens: check it (and the budget against the
+                    # pool) before anything is decoded
+                    self._check_long(question, capacity, max_new, self._expected_frames(video, sampling))
+                    long.setdefault(_group_key(video, sampling), []).append((i, video, question))
+                else:
+                    self.check_prompt(question, self._expected_frames(video, sampling), max_new)  # before any compute
+                    short.append((i, video, question))
             except (VideoError, ValueError, OSError) as e:
-                if on_error == "raise":
-                    raise
-                results[i] = Answer(text="", question=str(question), video=_video_name(video), error=_one_line(e))
-        done = len(pairs) - len(ready)
-        for s in range(0, len(ready), batch_size):
-            chunk = ready[s : s + batch_size]
+                fail(i, video, question, e)
+        ready: list = []  # (batch key, index, encoded or pooled, question)
+        for i, video, question in short:
             try:
-                answers = self._generate(chunk, generation)
-            except ValueError as e:
-                if on_error == "raise":
-                    raise
-                answers = [Answer(text="", question=q, video=_video_name(enc.clip), error=_one_line(e))
-                           for _, enc, q in chunk]
-            for (i, _, _), a in zip(chunk, answers):
-                results[i] = a
-            done += len(chunk)
-            if progress is not None:
-                progress(done, len(pairs))
+                enc = self.encode(video, sampling)
+                ready.append((("short", int(enc.features.shape[0])), i, enc, question))
+            except (VideoError, ValueError, OSError) as e:
+                fail(i, video, question, e)
+        for items in long.values():
+            video = items[0][1]
+            try:
+                pools = self._encode_long(video, [q for _, _, q in items], sampling, capacity, keep_frames)
+            except (VideoError, ValueError, OSError) as e:
+                for i, _, question in items:
+                    fail(i, video, question, e)
+                continue
+            for (i, _, question), pool in zip(items, pools):
+                ready.append((("long", pool.num_tokens, pool.num_frames), i, pool, question))
+        groups: "OrderedDict[Any, list]" = OrderedDict()
+        for key, i, enc, question in ready:
+            groups.setdefault(key, []).append((i, enc, question))
+        done = len(pairs) - len(ready)
+        for key, items in groups.items():
+            for s in range(0, len(items), batch_size):
+                chunk = items[s : s + batch_size]
+                try:
+                    if key[0] == "short":
+                        answers = self._generate(chunk, generation)
+                    else:
+                        answers = self._generate_pooled(chunk, generation, keep_frames)
+                except ValueError as e:
+                    if on_error == "raise":
+                        raise
+                    answers = [Answer(text="", question=q, video=_video_name(enc), error=_one_line(e))
+                               for _, enc, q in chunk]
+                for (i, _, _), a in zip(chunk, answers):
+                    results[i] = a
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(pairs))
         return results
+
+    # ------------------------------------------------------------------ long videos
+    def _default_sampling(self) -> Sampling:
+        return Sampling(num_frames=self.num_frames, strategy=self.frame_strategy)
+
+    def _sampling(self, num_frames: Any, strategy: Any, fps: Any, start: Any, end: Any) -> Sampling:
+        """The call's frame sampling, validated (ValueError naming the argument)."""
+        from videosparse.longvideo import MAX_FRAMES
+        from videosparse.video import STRATEGIES
+
+        if strategy is None:
+            strategy = "fps" if fps is not None else self.frame_strategy
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+        if num_frames is None:
+            num_frames = None if strategy in ("fps", "all") else self.num_frames
+        else:
+            num_frames = _positive_int(num_frames, "num_frames")
+        if num_frames is not None and num_frames > MAX_FRAMES:
+            raise ValueError(f"num_frames={num_frames} is more than the {MAX_FRAMES} frames videosparse samples from "
+                             f"one video; sample fewer frames (or strategy='fps' with a lower fps)")
+        if fps is None:
+            fps = 1.0
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0:
+            raise ValueError(f"fps must be a number > 0, got {fps!r}")
+        for name, v in (("start", start), ("end", end)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {v!r}")
+        if start is not None and end is not None and end <= start:
+            raise ValueError(f"the time window is empty: end={end} <= start={start}")
+        return Sampling(num_frames=num_frames, strategy=strategy, fps=float(fps), start=start, end=end)
+
+    def _pre_config(self) -> Any:
+        from videosparse import SparseConfig
+
+        return self.sparsity if self.sparsity is not None else SparseConfig()
+
+    def _pre_budget(self, pre_budget: Any) -> int:
+        """The pool size: the call's, else the sparsity config's, else 8 frames' worth of tokens."""
+        if pre_budget is None:
+            pre_budget = self._pre_config().pre_budget
+        if pre_budget is None:
+            return 8 * self.tokens_per_frame
+        return _positive_int(pre_budget, "pre_budget")
+
+    def _is_long(self, video: Any, sampling: Sampling, capacity: int) -> bool:
+        """Long path: fps sampling, or more sampled tokens than the pool holds (never for an EncodedVideo)."""
+        if isinstance(video, EncodedVideo):
+            return False
+        if sampling.strategy in ("fps", "all"):
+            return True
+        return self._expected_frames(video, sampling) * self.tokens_per_frame > capacity
+
+    def _check_long(self, question: str, capacity: int, max_new: int, frames: int) -> None:
+        """Prompt and budget checks of the long path, before any decoding: text + pool + new tokens must fit
+        the context, and the in-decoder budget must fit the pool."""
+        check_pool_prompt(self.tokenizer, question, capacity, frames, self.tokens_per_frame, self.max_positions,
+                          max_new, self.prompt_template)
+        if self.sparsity is not None:
+            try:
+                self.sparsity.describe(capacity, int(self.model.config.text_config.num_hidden_layers))
+            except ValueError as e:
+                raise ValueError(f"{e} (the decoder sees a pool of pre_budget={capacity} tokens)") from None
+
+    def _encode_long(self, video: Any, questions: list, sampling: Sampling, capacity: int,
+                     keep_frames: bool) -> list:
+        """One chunked pass over the video: one PooledVideo per question."""
+        from videosparse.longvideo import MAX_FRAMES, build_pools, question_text_tokens, thumbnails
+        from videosparse.video import Clip, iter_chunks, preprocess_frames
+        from videosparse.video.backends import open_reader
+        from videosparse.video.sampling import sample_indices
+
+        cfg = self._pre_config()
+        if isinstance(video, (str, os.PathLike)):
+            with open_reader(video) as reader:
+                idx = sample_indices(reader.timestamps, sampling.num_frames, sampling.strategy, start=sampling.start,
+                                     end=sampling.end, sample_fps=sampling.fps, path=reader.path)
+            idx = np.unique(idx)  # the long path never repeats a frame (a short video gives fewer frames)
+            if sampling.num_frames is not None and idx.size < sampling.num_frames:
+                logger.info("%s: %d distinct frames sampled (%d asked for)", os.fspath(video), idx.size,
+                            sampling.num_frames)
+            chunks = iter_chunks(video, cfg.chunk_frames, indices=idx)
+        else:
+            clip = video if isinstance(video, Clip) else self.load(video)
+            idx = np.arange(clip.num_frames)
+            chunks = _clip_chunks(clip, cfg.chunk_frames)
+        T = int(idx.size)
+        if T > MAX_FRAMES:
+            raise ValueError(f"{_video_name(video)}: {T} frames sampled, more than the {MAX_FRAMES} videosparse "
+                             f"accepts from one video; lower fps or pass num_frames")
+        import torch
+
+        dev, dtype = self.model.device, self.model.dtype
+
+        def encode(frames: np.ndarray) -> Any:
+            pv = preprocess_frames(frames, self.spec).to(dev, dtype)
+            return self.model.model.get_video_features(pixel_values_videos=pv[None]).pooler_output
+
+        text, valid = question_text_tokens(self.tokenizer, self.prompt_template, questions,
+                                           self.model.get_input_embeddings())
+        with torch.no_grad():
+            return build_pools(chunks, encode, text.to(dev), valid.to(dev), T, self.tokens_per_frame, capacity, cfg,
+                               thumbnail=(lambda f: thumbnails(f, self.spec)) if keep_frames else None)
+
+    def _generate_pooled(self, chunk: list, generation: dict, keep_frames: bool) -> list:
+        """Generate for questions whose video tokens are pools (the same pool size and frame count)."""
+        import torch
+
+        from videosparse.core.trace import RetentionTrace, StageRecord
+
+        K = chunk[0][1].num_tokens
+        T = chunk[0][1].num_frames
+        feats = torch.stack([pv.features for _, pv, _ in chunk]).to(self.model.device, self.model.dtype)
+        ids = torch.stack([pv.ids for _, pv, _ in chunk])
+        gen = self._generation_kwargs(generation)
+        expand = self._expansion(gen)
+        import contextlib
+
+        offsets = None
+        if self._pre_config().pre_positions == "time":
+            from videosparse.core.pool import time_positions
+
+            offsets = time_positions(ids, T, self.tokens_per_frame, K)
+        ctx = self.handle.pooled(ids, T) if self.handle is not None else contextlib.nullcontext()
+        with ctx:
+            texts, new, prefill, decode, trace = self._run_generate(
+                [q for _, _, q in chunk], 1, K, feats.repeat_interleave(expand, dim=0), gen, visual_offsets=offsets)
+        nrs = int(gen.get("num_return_sequences", 1))
+        vcfg = self.model.config.vision_config
+        grid = (vcfg.image_size // vcfg.patch_size,) * 2
+        answers = []
+        for j, (_, pv, q) in enumerate(chunk):
+            pool = StageRecord(layer=-1, kept=pv.ids[None].clone(), merged=torch.zeros(1, K, dtype=torch.bool),
+                               scores=pv.scores[None].clone(), redundant=pv.redundant[None].clone())
+            if trace is not None:
+                t = trace.select(j * expand)
+            else:
+                t = RetentionTrace(num_frames=T, tokens_per_frame=self.tokens_per_frame, has_cls=True, grid=grid,
+                                   num_layers=int(self.model.config.text_config.num_hidden_layers), batch_size=1,
+                                   decoder_visual=K)
+            t.pool = pool
+            t.timestamps = [float(x) for x in pv.timestamps]
+            seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
+            answers.append(Answer(
+                text=seqs[0], question=q, video=pv.video,
+                timestamps=[float(x) for x in pv.timestamps], frame_indices=[int(x) for x in pv.frame_indices],
+                visual_tokens=T * self.tokens_per_frame, counts=t.counts, equivalent_tokens=t.equivalent_tokens,
+                prefill_seconds=prefill, decode_seconds=decode, new_tokens=self._content_tokens(new[j * nrs]),
+                trace=t, frames=pv.thumbnails if keep_frames else None, sequences=seqs, pool_tokens=K,
+                video_decode_seconds=pv.seconds.get("video_decode", 0.0), vision_seconds=pv.seconds.get("vision", 0.0),
+                preselect_seconds=pv.seconds.get("preselect", 0.0),
+            ))
+        return answers
 
     def prompt_length(self, question: str, num_frames: int) -> int:
         """Tokens of the full prompt (text + ``num_frames`` x ``tokens_per_frame`` visual tokens)."""
@@ -306,93 +552,46 @@ class VideoQA:
         check_prompt(self.tokenizer, question, num_frames, self.tokens_per_frame, self.max_positions,
                      max_new_tokens, self.prompt_template)
 
-    def _expected_frames(self, video: Any) -> int:
-        """Frames the video will contribute: known without decoding for paths (uniform/segments)."""
+    def _expected_frames(self, video: Any, sampling: "Sampling | None" = None) -> int:
+        """Frames the video will contribute: known without decoding for paths (uniform/segments; for fps
+        sampling the cap, or the instance's num_frames when uncapped)."""
         from videosparse.video import Clip
 
         if isinstance(video, EncodedVideo):
             return int(video.features.shape[0])
         if isinstance(video, Clip):
             return video.num_frames
+        sp = sampling or self._default_sampling()
         if isinstance(video, (str, os.PathLike)):
-            return self.num_frames
+            return sp.num_frames or self.num_frames
         shape = getattr(video, "shape", None)
-        return int(shape[0]) if shape is not None and len(shape) == 4 else self.num_frames
+        return int(shape[0]) if shape is not None and len(shape) == 4 else (sp.num_frames or self.num_frames)
 
     def _generate(self, chunk: list, generation: dict) -> list:
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        from videosparse.video import expand_video_prompt
 
         frames = {enc.features.shape[0] for _, enc, _ in chunk}
         if len(frames) != 1:
             raise ValueError(f"videos in one batch must have the same number of frames, got {sorted(frames)}")
         T = frames.pop()
-        prompts = [
-            expand_video_prompt(self.prompt_template.format(question=q.strip()), T, self.tokens_per_frame)
-            for _, _, q in chunk
-        ]
-        # verbose=False: the length is checked against the model's context below, not the tokenizer's
-        enc_in = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True, verbose=False)
-        dev = self.model.device
-        input_ids = enc_in["input_ids"].to(dev)
-        attention_mask = enc_in["attention_mask"].to(dev)
         feats = torch.cat([enc.features for _, enc, _ in chunk], dim=0)
-        gen = {"max_new_tokens": 64, "do_sample": False}
-        gen.update(generation)
-        if not gen.get("do_sample"):
-            for k in ("temperature", "top_p", "top_k"):
-                gen.pop(k, None)
-        if gen.get("pad_token_id") is None:
-            gen["pad_token_id"] = self.tokenizer.pad_token_id
-        from videosparse.loading import context_error
-
-        err = context_error(int(input_ids.shape[1]), int(gen["max_new_tokens"]), self.max_positions, T,
-                            self.tokens_per_frame)
-        if err:
-            raise ValueError(err)
-        vision: dict
-        if int(gen.get("num_beams", 1)) > 1 or int(gen.get("num_return_sequences", 1)) > 1:
+        gen = self._generation_kwargs(generation)
+        pixels = None
+        if self._expansion(gen) > 1:
             # expanded batches need tensors generate can repeat: re-run the (cheap) projector path
             from videosparse.video import preprocess_frames
 
-            pv = torch.stack([preprocess_frames(enc.clip.frames, self.spec) for _, enc, _ in chunk]).to(dev, self.model.dtype)
-            vision = {"pixel_values_videos": pv}
-        else:
-            vision = {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=feats)}}
-        times: list = []
-        on_step = getattr(self, "on_step", None)  # optional callable(step, max_new_tokens), e.g. a progress bar
-
-        def pre(mod: Any, args: Any, kwargs: Any) -> None:
-            times.append([time.perf_counter(), None])
-
-        def post(mod: Any, args: Any, kwargs: Any, out: Any) -> None:
-            times[-1][1] = time.perf_counter()
-            if on_step is not None:
-                on_step(len(times), int(gen.get("max_new_tokens", 0)))
-
-        h1 = self.model.register_forward_pre_hook(pre, with_kwargs=True)
-        h2 = self.model.register_forward_hook(post, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **vision, **gen)
-        finally:
-            h1.remove()
-            h2.remove()
-        new = out[:, input_ids.shape[1]:]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        durations = [t1 - t0 for t0, t1 in times if t1 is not None]
-        prefill = durations[0] if durations else 0.0
-        decode = float(sum(durations[1:]))
-        trace = self.handle.trace if self.handle is not None else None
+            pixels = torch.stack([preprocess_frames(enc.clip.frames, self.spec) for _, enc, _ in chunk])
+        texts, new, prefill, decode, trace = self._run_generate([q for _, _, q in chunk], T, self.tokens_per_frame,
+                                                                feats, gen, pixels)
         answers = []
         nrs = int(gen.get("num_return_sequences", 1))
-        beams = int(gen.get("num_beams", 1))
-        expand = beams if beams > 1 else nrs  # how generate expanded the batch (trace rows per sample)
+        expand = self._expansion(gen)  # how generate expanded the batch (trace rows per sample)
         for j, (_, enc, q) in enumerate(chunk):
             clip = enc.clip
             t = trace.select(j * expand) if trace is not None else None
+            if t is not None:
+                t.timestamps = [float(x) for x in clip.timestamps]
             seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
             answers.append(Answer(
                 text=seqs[0],
@@ -409,8 +608,89 @@ class VideoQA:
                 trace=t,
                 frames=clip.frames,
                 sequences=seqs,
+                video_decode_seconds=enc.seconds.get("video_decode", 0.0),
+                vision_seconds=enc.seconds.get("vision", 0.0),
             ))
         return answers
+
+    def _generation_kwargs(self, generation: dict) -> dict:
+        gen = {"max_new_tokens": 64, "do_sample": False}
+        gen.update(generation)
+        if not gen.get("do_sample"):
+            for k in ("temperature", "top_p", "top_k"):
+                gen.pop(k, None)
+        if gen.get("pad_token_id") is None:
+            gen["pad_token_id"] = self.tokenizer.pad_token_id
+        return gen
+
+    @staticmethod
+    def _expansion(gen: dict) -> int:
+        """Rows `generate` makes of each sample: beams, else returned sequences."""
+        beams = int(gen.get("num_beams", 1))
+        return beams if beams > 1 else int(gen.get("num_return_sequences", 1))
+
+    def _run_generate(self, questions: list, T: int, P: int, feats: Any, gen: dict, pixels: Any = None,
+                      visual_offsets: Any = None) -> tuple:
+        """Tokenize the prompts (T x P video tokens each), run `generate` with the given visual features
+        (or pixels), time prefill and decode steps. Returns (texts, new ids, prefill s, decode s, trace).
+
+        visual_offsets: optional (B, T*P) long RoPE position offsets of the video tokens from the first one
+        (the long path's time-aligned layout); other tokens keep their sequence index."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        from videosparse.loading import context_error
+        from videosparse.video import expand_video_prompt
+
+        prompts = [expand_video_prompt(self.prompt_template.format(question=q.strip()), T, P) for q in questions]
+        # verbose=False: the length is checked against the model's context below, not the tokenizer's
+        enc_in = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True, verbose=False)
+        dev = self.model.device
+        input_ids = enc_in["input_ids"].to(dev)
+        attention_mask = enc_in["attention_mask"].to(dev)
+        err = context_error(int(input_ids.shape[1]), int(gen["max_new_tokens"]), self.max_positions, T, P)
+        if err:
+            raise ValueError(err)
+        if pixels is not None:
+            vision = {"pixel_values_videos": pixels.to(dev, self.model.dtype)}
+        else:
+            vision = {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=feats)}}
+        extra: dict = {}
+        if visual_offsets is not None:
+            vm = input_ids == self.model.config.video_token_id
+            N = input_ids.shape[1]
+            pos = torch.arange(N, device=dev).expand(input_ids.shape[0], N).clone()
+            start = vm.float().argmax(dim=1)
+            offs = visual_offsets.to(dev)
+            rows = torch.arange(input_ids.shape[0], device=dev)[:, None]
+            pos[rows, start[:, None] + torch.arange(offs.shape[1], device=dev)[None]] = start[:, None] + offs
+            extra["position_ids"] = pos
+        times: list = []
+        on_step = getattr(self, "on_step", None)  # optional callable(step, max_new_tokens), e.g. a progress bar
+
+        def pre(mod: Any, args: Any, kwargs: Any) -> None:
+            times.append([time.perf_counter(), None])
+
+        def post(mod: Any, args: Any, kwargs: Any, out: Any) -> None:
+            times[-1][1] = time.perf_counter()
+            if on_step is not None:
+                on_step(len(times), int(gen.get("max_new_tokens", 0)))
+
+        h1 = self.model.register_forward_pre_hook(pre, with_kwargs=True)
+        h2 = self.model.register_forward_hook(post, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **vision, **extra, **gen)
+        finally:
+            h1.remove()
+            h2.remove()
+        new = out[:, input_ids.shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        durations = [t1 - t0 for t0, t1 in times if t1 is not None]
+        prefill = durations[0] if durations else 0.0
+        decode = float(sum(durations[1:]))
+        trace = self.handle.trace if self.handle is not None else None
+        return texts, new, prefill, decode, trace
 
     def _content_tokens(self, row: Any) -> int:
         """Generated tokens before the first end-of-sequence (or padding) token."""
@@ -457,27 +737,72 @@ def check_prompt(tokenizer: Any, question: str, num_frames: int, tokens_per_fram
         raise ValueError(err)
 
 
+def check_pool_prompt(tokenizer: Any, question: str, capacity: int, frames: int, tokens_per_frame: int,
+                      max_positions: Any, max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE) -> None:
+    """`check_prompt` for the long-video path: the decoder sees a pool of at most ``capacity`` visual tokens
+    picked from ``frames`` frames. Raises ValueError naming frames, tokens and the context size."""
+    from videosparse.loading import vocabulary_problem
+
+    _check_question(question)
+    _positive_int(max_new_tokens, "max_new_tokens")
+    problem = vocabulary_problem(tokenizer, question.strip())
+    if problem:
+        raise ValueError(problem)
+    n = prompt_length(tokenizer, question, 1, capacity, template)
+    if max_positions and n + max_new_tokens > max_positions:
+        text = n - capacity
+        room = max_positions - text - max_new_tokens
+        raise ValueError(
+            f"the prompt does not fit the model's context: a pool of pre_budget={capacity} visual tokens "
+            f"(picked from {frames} frames x {tokens_per_frame} tokens) + {text} text tokens + {max_new_tokens} new "
+            f"tokens = {n + max_new_tokens} positions, but the model has {max_positions} (max_position_embeddings); "
+            + (f"use pre_budget <= {room}" if room >= 1 else "shorten the question or lower max_new_tokens"))
+
+
 def _check_question(question: Any) -> None:
     if not isinstance(question, str) or not question.strip():
         raise ValueError("the question is empty")
 
 
-def _video_key(video: Any, num_frames: int, strategy: str) -> str | None:
+def _video_key(video: Any, sampling: Sampling) -> str | None:
+    sp = sampling
+    where = f"{sp.num_frames}|{sp.strategy}" + ("" if (sp.start, sp.end, sp.strategy) == (None, None, "uniform")
+                                                 else f"|{sp.fps}|{sp.start}|{sp.end}")
     if isinstance(video, (str, os.PathLike)):
         p = os.fspath(video)
         try:
             st = os.stat(p)
         except OSError:
             return None
-        return f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}|{num_frames}|{strategy}"
+        return f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}|{where}"
     # a Clip or an array: the same object asked about again reuses its features (the cache entry
     # holds a reference, so the id cannot be recycled while cached)
-    return f"obj:{id(video)}|{num_frames}|{strategy}"
+    return f"obj:{id(video)}|{where}"
+
+
+def _group_key(video: Any, sampling: Sampling) -> Any:
+    """Questions about the same long video share one chunked pass."""
+    if isinstance(video, (str, os.PathLike)):
+        return ("path", os.path.abspath(os.fspath(video)))
+    return ("obj", id(video))
+
+
+def _clip_chunks(clip: Any, chunk_frames: int) -> Iterable:
+    """Chunks of an in-memory Clip (for the long path on arrays / Clips)."""
+    from videosparse.video import Clip
+
+    for s in range(0, clip.num_frames, chunk_frames):
+        sl = slice(s, s + chunk_frames)
+        yield Clip(frames=clip.frames[sl], indices=np.asarray(clip.indices)[sl],
+                   timestamps=np.asarray(clip.timestamps)[sl], fps=clip.fps, num_source_frames=clip.num_source_frames,
+                   duration=clip.duration, backend=clip.backend, path=clip.path, rotation=clip.rotation)
 
 
 def _video_name(video: Any) -> str:
     if isinstance(video, EncodedVideo):
         video = video.clip
+    if hasattr(video, "capacity") and hasattr(video, "video"):  # a PooledVideo
+        return str(video.video)
     if isinstance(video, (str, os.PathLike)):
         return os.fspath(video)
     path = getattr(video, "path", None)
@@ -507,8 +832,15 @@ def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int) -> Any:
         sparsity = SparseConfig.preset(sparsity, num_layers=layers)
     if not isinstance(sparsity, SparseConfig):
         raise ValueError(f"sparsity must be a SparseConfig, a preset name or None, got {type(sparsity).__name__}")
-    sparsity.describe(num_frames * tokens_per_frame(config), layers)  # raises what a run would raise
+    sparsity.describe(decoder_visual_tokens(config, num_frames, sparsity.pre_budget), layers)  # as a run would
     return sparsity
+
+
+def decoder_visual_tokens(config: Any, num_frames: int, pre_budget: int | None = None) -> int:
+    """Visual tokens the decoder sees for ``num_frames`` frames: all of them, or the long-video pool
+    (``pre_budget``, default 8 frames' worth) when they are more."""
+    P = tokens_per_frame(config)
+    return min(num_frames * P, pre_budget if pre_budget is not None else 8 * P)
 
 
 def tokens_per_frame(config: Any) -> int:

@@ -58,6 +58,12 @@ class RetentionTrace:
     stages: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
     raters_text_positions: torch.Tensor | None = None  # (B, Nt) positions of the candidate text tokens
+    # long-video path: visual tokens that entered the decoder (the pool), else None (= num_visual)
+    decoder_visual: int | None = None
+    # long-video path: the pre-selection before the decoder (layer -1; kept = the pool, scores = the
+    # pre-selection scores of every sampled token, redundant = temporal-redundancy flags)
+    pool: StageRecord | None = None
+    timestamps: list | None = None  # seconds of each of the num_frames sampled frames
 
     @property
     def num_visual(self) -> int:
@@ -71,7 +77,7 @@ class RetentionTrace:
     @property
     def equivalent_tokens(self) -> float:
         """Mean over all decoder layers of the visual tokens each layer sees."""
-        total, current = 0.0, self.num_visual
+        total, current = 0.0, self.decoder_visual if self.decoder_visual is not None else self.num_visual
         by_layer = {s.layer: s.count for s in self.stages}
         for layer in range(self.num_layers):
             total += current
@@ -85,6 +91,8 @@ class RetentionTrace:
         m = torch.zeros(B, self.num_visual, dtype=torch.bool)
         if self.stages:
             m.scatter_(1, self.stages[stage].kept.cpu(), True)
+        elif self.pool is not None:
+            m.scatter_(1, self.pool.kept.cpu(), True)
         else:
             m[:] = True
         return m.view(B, self.num_frames, self.tokens_per_frame)
@@ -98,10 +106,27 @@ class RetentionTrace:
         def one(x: Any) -> Any:
             return None if x is None else x[b : b + 1]
 
-        stages = [StageRecord(s.layer, one(s.kept), one(s.merged), one(s.scores), one(s.raters),
-                              one(s.clusters), one(s.redundant)) for s in self.stages]
+        def rec(s: Any) -> Any:
+            return None if s is None else StageRecord(s.layer, one(s.kept), one(s.merged), one(s.scores),
+                                                      one(s.raters), one(s.clusters), one(s.redundant))
+
         return RetentionTrace(self.num_frames, self.tokens_per_frame, self.has_cls, self.grid, self.num_layers, 1,
-                              stages, dict(self.config), one(self.raters_text_positions))
+                              [rec(s) for s in self.stages], dict(self.config), one(self.raters_text_positions),
+                              self.decoder_visual, rec(self.pool),
+                              None if self.timestamps is None else list(self.timestamps))
+
+    def kept_frames(self, stage: int = -1, sample: int = 0) -> list:
+        """Sampled-frame index of every token kept after `stage` (the pool when there are no stages)."""
+        rec = self.stages[stage] if self.stages else self.pool
+        if rec is None:
+            return [t for t in range(self.num_frames) for _ in range(self.tokens_per_frame)]
+        return [int(i) // self.tokens_per_frame for i in rec.kept[sample].tolist()]
+
+    def kept_timestamps(self, stage: int = -1, sample: int = 0) -> list:
+        """Seconds (of the source video) of every token kept after `stage`, in token order; None entries when
+        the trace has no timestamps."""
+        ts = self.timestamps
+        return [None if ts is None else float(ts[t]) for t in self.kept_frames(stage, sample)]
 
     def to_dict(self) -> dict:
         def t(x: Any) -> Any:
@@ -114,6 +139,18 @@ class RetentionTrace:
                 return x.tolist()
             return x
 
+        def rec(s: Any) -> dict:
+            return {
+                "layer": s.layer,
+                "count": s.count,
+                "kept": t(s.kept),
+                "merged": t(s.merged),
+                "scores": t(s.scores),
+                "raters": t(s.raters),
+                "clusters": t(s.clusters),
+                "redundant": t(s.redundant),
+            }
+
         return {
             "num_frames": self.num_frames,
             "tokens_per_frame": self.tokens_per_frame,
@@ -124,19 +161,10 @@ class RetentionTrace:
             "counts": self.counts,
             "equivalent_tokens": self.equivalent_tokens,
             "config": self.config,
-            "stages": [
-                {
-                    "layer": s.layer,
-                    "count": s.count,
-                    "kept": t(s.kept),
-                    "merged": t(s.merged),
-                    "scores": t(s.scores),
-                    "raters": t(s.raters),
-                    "clusters": t(s.clusters),
-                    "redundant": t(s.redundant),
-                }
-                for s in self.stages
-            ],
+            "decoder_visual": self.decoder_visual,
+            "timestamps": None if self.timestamps is None else [float(x) for x in self.timestamps],
+            "pool": None if self.pool is None else rec(self.pool),
+            "stages": [rec(s) for s in self.stages],
         }
 
     def save_json(self, path: str) -> None:

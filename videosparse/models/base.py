@@ -86,6 +86,8 @@ class SparseHandle:
     * `disabled()`: a context in which the model runs unpruned (e.g. text-only prompts).
     * `override_selection(stages)`: a context in which the kept visual tokens are given
       (list of (B, k) original visual indices, one per stage) instead of selected.
+    * `pooled(ids, num_frames)`: a context in which the video tokens are a pre-selected pool
+      (the long-video path) instead of whole frames.
     """
 
     def __init__(self, model: Any, config: Any, adapter: Any) -> None:
@@ -96,6 +98,7 @@ class SparseHandle:
         self.last_counts: list | None = None
         self._disabled = 0
         self._override: list | None = None
+        self._pool: tuple | None = None
         self._active = True
         self._callbacks: list = []
 
@@ -130,6 +133,21 @@ class SparseHandle:
             yield self
         finally:
             self._override = previous
+
+    @contextlib.contextmanager
+    def pooled(self, ids: Any, num_frames: int) -> Iterator["SparseHandle"]:
+        """A context in which the video tokens of a prefill are a pool of K tokens picked from
+        ``num_frames`` sampled frames (the long-video path) rather than whole frames.
+
+        ids: (B, K) long, each pooled token's coordinate ``frame * P + p`` among the sampled frames, in the
+        order the tokens appear in the prompt (ascending). Selection, the per-frame floor and the trace then
+        work in the coordinates of the sampled frames."""
+        previous = self._pool
+        self._pool = (ids, int(num_frames))
+        try:
+            yield self
+        finally:
+            self._pool = previous
 
     def on_prefill(self, fn: Callable) -> None:
         """Register `fn(trace)` to be called after every pruned prefill."""

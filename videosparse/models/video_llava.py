@@ -47,6 +47,7 @@ class _Pending:
     visual_mask: torch.Tensor  # (B, N) bool
     num_frames: int
     tokens_per_frame: int
+    ids: torch.Tensor | None = None  # (B, K) pooled tokens' frame * P + p (long-video path), else None
 
 
 @dataclass
@@ -192,6 +193,17 @@ class VideoLlavaAdapter(ModelAdapter):
             )
         nv = int(counts[0])
         P = self.tokens_per_frame
+        if h._pool is not None:
+            ids, frames = h._pool
+            ids = torch.as_tensor(ids, dtype=torch.long)
+            if ids.ndim != 2 or ids.shape[1] != nv or vm.shape[0] % ids.shape[0]:
+                raise ValueError(f"videosparse: the pooled layout {tuple(ids.shape)} does not match the input: "
+                                 f"{vm.shape[0]} sample(s) with {nv} video tokens each")
+            if bool((ids[:, 1:] <= ids[:, :-1]).any()) or int(ids.min()) < 0 or int(ids.max()) >= frames * P:
+                raise ValueError(f"videosparse: pooled token ids must be ascending and inside {frames} frames x {P}")
+            ids = ids.repeat_interleave(vm.shape[0] // ids.shape[0], dim=0)  # beams/returned sequences
+            self._pending = _Pending(vm, frames, P, ids.to(vm.device))
+            return None
         if nv % P:
             raise ValueError(f"videosparse: {nv} video tokens is not a whole number of frames of {P} tokens")
         self._pending = _Pending(vm, nv // P, P)
@@ -277,7 +289,9 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
     if vm.shape != (B, N):
         raise ValueError(f"videosparse: video-token mask {tuple(vm.shape)} does not match the sequence {(B, N)}")
     T, P = pending.num_frames, pending.tokens_per_frame
-    Nv = T * P
+    pooled = pending.ids is not None
+    Nv = int(pending.ids.shape[1]) if pooled else T * P  # visual tokens in the sequence
+    Nv_all = T * P  # visual tokens of the sampled frames (trace coordinates)
     counts = cfg.stage_counts(Nv)  # ValueError naming `budget` when impossible
     stage_layers = list(cfg.stage_layers)
     vis_start = vm.float().argmax(dim=1)
@@ -309,7 +323,8 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
     # current sequence bookkeeping (original positions of the tokens still alive)
     cur = torch.arange(N, device=dev).expand(B, N).clone()
     cur_vis = vis_pos.clone()  # current visual tokens, as original positions
-    cur_vis_id = torch.arange(Nv, device=dev).expand(B, Nv).clone()  # original visual index
+    # original visual index (frame * P + p among the sampled frames)
+    cur_vis_id = pending.ids.clone() if pooled else torch.arange(Nv, device=dev).expand(B, Nv).clone()
     cur_merged = torch.zeros(B, Nv, dtype=torch.bool, device=dev)
     cos, sin = cos_full, sin_full
     rope_pos = pos_full
@@ -366,7 +381,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             k = _stage_keys(layer, cache, li, h_in, cos, sin)
             scores = received_attention(q_rows, k, key_valid, attn.scaling).gather(1, vis_local)
         elif cfg.method == "random":
-            scores = random_scores(cur_vis_id, Nv, cfg.seed)
+            scores = random_scores(cur_vis_id, Nv_all, cfg.seed)
         else:  # uniform
             scores = uniform_scores(cur_vis_id, count)
         count = min(int(count), M)
@@ -378,9 +393,10 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             override = torch.searchsorted(cur_vis_id, ov.sort(dim=1).values)
             count = ov.shape[1]
         vis_hidden = _gather_rows(h, vis_local)
+        full_grid = not pooled and M == Nv  # the whole frame-major grid is still there
         res = run_stage(
             scores, vis_hidden, count, frame_id, T,
-            grid_shape=(T, P) if M == Nv else None,
+            grid_shape=(T, P) if full_grid else None,
             frame_floor=cfg.frame_floor, forced=forced,
             temporal_tau=cfg.temporal_tau, temporal_mode=cfg.temporal_mode,
             temporal_discount=cfg.temporal_discount,
@@ -390,20 +406,20 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             override=override,
             # temporal redundancy on the projected visual features (decoder input): position-free, so
             # identical content in two frames is recognised (layer-L states differ by RoPE/context)
-            redundancy_features=_gather_rows(x, cur_vis) if M == Nv and cfg.temporal_tau is not None else None,
+            redundancy_features=_gather_rows(x, cur_vis) if full_grid and cfg.temporal_tau is not None else None,
         )
         # trace (in original visual coordinates)
         if cfg.trace:
-            full_scores = torch.full((B, Nv), float("nan"), device=dev)
+            full_scores = torch.full((B, Nv_all), float("nan"), device=dev)
             full_scores.scatter_(1, cur_vis_id, res.scores.float())
             kept_ids = cur_vis_id.gather(1, res.keep)
             clusters = None
             if cfg.recycle:
-                clusters = torch.full((B, Nv), -1, dtype=torch.long, device=dev)
+                clusters = torch.full((B, Nv_all), -1, dtype=torch.long, device=dev)
                 clusters.scatter_(1, cur_vis_id, res.clusters)
             redundant = None
-            if cfg.temporal_tau is not None and M == Nv:
-                redundant = torch.zeros(B, Nv, dtype=torch.bool, device=dev)
+            if cfg.temporal_tau is not None and full_grid:
+                redundant = torch.zeros(B, Nv_all, dtype=torch.bool, device=dev)
                 redundant.scatter_(1, cur_vis_id, res.redundant)
             trace_stages.append(StageRecord(
                 layer=li, kept=kept_ids.cpu(), merged=(cur_merged.gather(1, res.keep) | res.merged).cpu(),
@@ -448,7 +464,8 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
     if cfg.trace:
         trace = RetentionTrace(num_frames=T, tokens_per_frame=P, has_cls=True, grid=adapter.grid,
                                num_layers=len(dec.layers), batch_size=B, stages=trace_stages,
-                               config=cfg.to_dict(), raters_text_positions=text_pos.cpu())
+                               config=cfg.to_dict(), raters_text_positions=text_pos.cpu(),
+                               decoder_visual=Nv if pooled else None)
         handle._record(trace)
     else:
         handle.last_counts = [int(c) for c in counts]
