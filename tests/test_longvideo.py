@@ -165,14 +165,24 @@ def test_pool_never_exceeds_pre_budget(T, cap, chunk):
 
 def _feature_bytes(D):
     """Bytes of every live tensor whose last dimension is the feature size D (the features)."""
+    import warnings
+
     total = 0
-    for o in gc.get_objects():
-        try:
-            if isinstance(o, torch.Tensor) and o.ndim >= 2 and o.shape[-1] == D:
-                total += o.numel() * o.element_size()
-        except Exception:  # pragma: no cover - objects that refuse inspection
-            pass
+    with warnings.catch_warnings():  # isinstance() on some torch.distributed objects warns
+        warnings.simplefilter("ignore")
+        objs = gc.get_objects()
+        tensors = [o for o in objs if _is_tensor(o)]
+    for o in tensors:
+        if o.ndim >= 2 and o.shape[-1] == D:
+            total += o.numel() * o.element_size()
     return total
+
+
+def _is_tensor(o) -> bool:
+    try:
+        return isinstance(o, torch.Tensor)
+    except Exception:  # pragma: no cover - objects that refuse inspection
+        return False
 
 
 def test_feature_memory_does_not_grow_with_frames():

@@ -132,7 +132,7 @@ class SparseConfig:
     pre_method: str = _f(
         "Long-video pre-selection score: 'relevance' (each projected visual token's affinity to the question "
         "tokens' input embeddings, standardised per text token over the visual tokens seen so far, max over "
-        "the text tokens) or 'random' (seeded; a baseline).",
+        "the text tokens) or 'random' (seeded; a content-blind baseline: no temporal-redundancy penalty).",
         "relevance",
     )
     pre_temporal_tau: float | None = _f(
@@ -143,7 +143,7 @@ class SparseConfig:
     )
     pre_temporal_penalty: float = _f(
         "Long videos: amount (in standard deviations of the relevance score) subtracted from a temporally "
-        "redundant token's pre-selection score.",
+        "redundant token's pre-selection score (pre_method='relevance').",
         1.0,
     )
     pre_frame_floor: int = _f(
@@ -163,8 +163,8 @@ class SparseConfig:
     )
     chunk_frames: int = _f(
         "Long videos: frames decoded and run through the vision tower at a time (bounds the memory of "
-        "decoded pixels and vision activations).",
-        32,
+        "decoded pixels and vision activations; 8 keeps the working memory flat in the number of frames).",
+        8,
     )
     seed: int = _f("Seed of the 'random' method.", 0)
     trace: bool = _f("Record a RetentionTrace (kept tokens, scores, raters, clusters) on every prefill.", True)

@@ -837,7 +837,8 @@ def render_timeline(trace: Any, path: str, sample: int = 0, timestamps: Sequence
     ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_ylabel("tokens per frame")
     ax1.grid(axis="y", alpha=0.3)
-    ax1.legend(loc="upper right", fontsize=9, framealpha=0.9)
+    # legends above the panels, never over a bar or a score peak
+    ax1.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=9, frameon=False, borderaxespad=0.1)
     ax1.tick_params(labelbottom=False)
     ok = np.isfinite(score)
     if ok.any():
@@ -847,7 +848,7 @@ def render_timeline(trace: Any, path: str, sample: int = 0, timestamps: Sequence
         m = ok & (kept > 0)
         if m.any():
             ax2.plot(x[m], score[m], "o", color=dark, markersize=3, label="frames holding kept tokens")
-        ax2.legend(loc="upper right", fontsize=9, framealpha=0.9)
+        ax2.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=9, frameon=False, borderaxespad=0.1)
         ax2.grid(axis="y", alpha=0.3)
     else:
         ax2.text(0.5, 0.5, "no scores recorded", transform=ax2.transAxes, ha="center", va="center",

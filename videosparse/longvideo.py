@@ -182,10 +182,10 @@ def build_pools(
                 stats = stats.update(new_logits)
                 cand_logits = torch.cat([pool_logits, new_logits], dim=1)
                 score = relevance_scores(cand_logits, stats, text_valid)
-            else:
+                score = score - config.pre_temporal_penalty * cand_red.float()
+            else:  # the random baseline stays content-blind (no redundancy penalty)
                 cand_logits = None
                 score = random_table.to(dev)[cand_ids]
-            score = score - config.pre_temporal_penalty * cand_red.float()
             all_scores[:, done * P:(done + Tc) * P] = score[:, -Tc * P:].float().cpu()
             all_red[done * P:(done + Tc) * P] = red.cpu()
             window = (cand_ids // P) // fpw

@@ -10,6 +10,7 @@ about it (the question-guided selection itself runs per question, inside the dec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -262,7 +263,8 @@ class VideoQA:
         key = _video_key(video, sampling)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
-            return self._cache[key]
+            # the same features; this call decoded and encoded nothing
+            return dataclasses.replace(self._cache[key], seconds={"video_decode": 0.0, "vision": 0.0})
         t0 = time.perf_counter()
         clip = self.load(video, sampling)
         t1 = time.perf_counter()
@@ -341,7 +343,9 @@ class VideoQA:
                 if self._is_long(video, sampling, capacity):
                     # the prompt holds at most `capacity` pooled tokens: check it (and the budget against the
                     # pool) before anything is decoded
-                    self._check_long(question, capacity, max_new, self._expected_frames(video, sampling))
+                    known = None if sampling.strategy in ("fps", "all") and isinstance(video, (str, os.PathLike)) \
+                        and sampling.num_frames is None else self._expected_frames(video, sampling)
+                    self._check_long(question, capacity, max_new, known)
                     long.setdefault(_group_key(video, sampling), []).append((i, video, question))
                 else:
                     self.check_prompt(question, self._expected_frames(video, sampling), max_new)  # before any compute
@@ -441,7 +445,7 @@ class VideoQA:
             return True
         return self._expected_frames(video, sampling) * self.tokens_per_frame > capacity
 
-    def _check_long(self, question: str, capacity: int, max_new: int, frames: int) -> None:
+    def _check_long(self, question: str, capacity: int, max_new: int, frames: int | None) -> None:
         """Prompt and budget checks of the long path, before any decoding: text + pool + new tokens must fit
         the context, and the in-decoder budget must fit the pool."""
         check_pool_prompt(self.tokenizer, question, capacity, frames, self.tokens_per_frame, self.max_positions,
@@ -737,7 +741,7 @@ def check_prompt(tokenizer: Any, question: str, num_frames: int, tokens_per_fram
         raise ValueError(err)
 
 
-def check_pool_prompt(tokenizer: Any, question: str, capacity: int, frames: int, tokens_per_frame: int,
+def check_pool_prompt(tokenizer: Any, question: str, capacity: int, frames: int | None, tokens_per_frame: int,
                       max_positions: Any, max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE) -> None:
     """`check_prompt` for the long-video path: the decoder sees a pool of at most ``capacity`` visual tokens
     picked from ``frames`` frames. Raises ValueError naming frames, tokens and the context size."""
@@ -754,7 +758,9 @@ def check_pool_prompt(tokenizer: Any, question: str, capacity: int, frames: int,
         room = max_positions - text - max_new_tokens
         raise ValueError(
             f"the prompt does not fit the model's context: a pool of pre_budget={capacity} visual tokens "
-            f"(picked from {frames} frames x {tokens_per_frame} tokens) + {text} text tokens + {max_new_tokens} new "
+            + (f"(picked from {frames} frames x {tokens_per_frame} tokens)" if frames else
+               f"(picked from the sampled frames, {tokens_per_frame} tokens each)")
+            + f" + {text} text tokens + {max_new_tokens} new "
             f"tokens = {n + max_new_tokens} positions, but the model has {max_positions} (max_position_embeddings); "
             + (f"use pre_budget <= {room}" if room >= 1 else "shorten the question or lower max_new_tokens"))
 

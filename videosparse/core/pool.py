@@ -155,8 +155,9 @@ def time_positions(ids: torch.Tensor, num_frames: int, tokens_per_frame: int, po
 
     The pool of ``pool_size`` tokens stands for ``S = pool_size // P`` frames spanning the whole video:
     sampled frame f of ``num_frames`` falls in slot ``f * S // num_frames`` and its token p sits at
-    ``slot * P + p``, where it would be in an S-frame clip. Offsets are non-decreasing in temporal order and
-    below ``S * P <= pool_size``; tokens of different frames sharing a slot may share an offset.
+    ``slot * P + p``, where it would be in an S-frame clip. Slots are non-decreasing in temporal order and
+    offsets stay below ``S * P <= pool_size``; tokens of successive frames sharing a slot restart at the slot's
+    start (so offsets may repeat or step back inside a slot; the causal order is the sequence order).
 
     ids: (..., K) long ``frame * P + p``. returns (..., K) long.
     """
