@@ -545,7 +545,7 @@ def render_memory(res: dict) -> str:
             out.append("CUDA max_memory_allocated (MB): " + ", ".join(
                 f"{n}: {r['cuda_max_allocated_bytes'] / 2**20:.1f}" for n, r in m["runs"].items()))
         q = m["ratios"]
-        out += ["", f"| ratio | value |", "|---|---|",
+        out += ["", "| ratio | value |", "|---|---|",
                 f"| peak ru_maxrss {q['frames_hi']} / {q['frames_lo']} frames | {_fmt_ratio(q['peak'])} |",
                 f"| ask peak RSS (VmHWM) {q['frames_hi']} / {q['frames_lo']} frames | {_fmt_ratio(q['ask_peak'])} |",
                 f"| working memory (ru_maxrss) {q['frames_hi']} / {q['frames_lo']} frames | "
