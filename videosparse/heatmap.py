@@ -262,15 +262,17 @@ def model_view(frames: np.ndarray, spec: Any = None) -> np.ndarray:
     return np.stack(out)
 
 
-def _normalise_scores(score: np.ndarray) -> np.ndarray:
-    """Rank-free, robust normalisation of scores to [0, 1] over the whole clip (log scale)."""
+def _normalise_scores(score: np.ndarray, log: bool = True) -> np.ndarray:
+    """Rank-free, robust normalisation of scores to [0, 1] over the whole clip: linear between the 2nd
+    and 99.5th percentile of the usable scores, of their log when `log` (positive scores only; attention
+    scores) or of the scores themselves (any finite value; pre-selection z-scores). Others -> 0."""
     s = np.array(score, dtype=np.float64)
-    ok = ~np.isnan(s) & (s > 0)
+    ok = np.isfinite(s) & (s > 0) if log else np.isfinite(s)
     out = np.zeros_like(s)
     if ok.any():
-        ls = np.log(s[ok])
-        lo, hi = np.percentile(ls, 2), np.percentile(ls, 99.5)
-        out[ok] = (ls - lo) / max(hi - lo, 1e-12)
+        v = np.log(s[ok]) if log else s[ok]
+        lo, hi = np.percentile(v, 2), np.percentile(v, 99.5)
+        out[ok] = (v - lo) / max(hi - lo, 1e-12)
     return np.clip(out, 0, 1)
 
 
@@ -315,9 +317,14 @@ def line_height(font: Any) -> int:
     return int(font.getbbox("Ag")[3] + 3)
 
 
+def _no_controls(text: Any) -> str:
+    """`text` as a string with control characters (newlines, tabs, ...) replaced by spaces."""
+    return "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+
+
 def _printable(font: Any, text: str) -> str:
     """`text` on one line (control characters -> spaces); characters the font cannot encode -> "?"."""
-    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+    text = _no_controls(text)
     if hasattr(font, "getmetrics"):  # FreeType: any Unicode (missing glyphs draw as boxes)
         return text
     try:
@@ -446,24 +453,12 @@ def frame_label(t: int, n_kept: int, per_frame: int, timestamp: Any = None, has_
     return fit_text(options, font, max_width)
 
 
-def _normalise_linear(score: np.ndarray) -> np.ndarray:
-    """Scores that may be negative (pre-selection z-scores) to [0, 1]: linear between the 2nd and
-    99.5th percentile of the finite ones (NaN -> 0)."""
-    s = np.array(score, dtype=np.float64)
-    ok = np.isfinite(s)
-    out = np.zeros_like(s)
-    if ok.any():
-        lo, hi = np.percentile(s[ok], 2), np.percentile(s[ok], 99.5)
-        out[ok] = (s[ok] - lo) / max(hi - lo, 1e-12)
-    return np.clip(out, 0, 1)
-
-
 def _colour_values(arr: dict) -> np.ndarray:
     """[0, 1] colour value of every token: the in-decoder scores (log scale over the clip); on the
     long-video path without in-decoder scores for the kept tokens, their pre-selection scores."""
     score, kept = arr["score"], arr["kept"]
     if "pool_score" in arr and not np.isfinite(score[kept]).any():
-        return _normalise_linear(np.where(arr["pooled"], arr["pool_score"], np.nan))
+        return _normalise_scores(np.where(arr["pooled"], arr["pool_score"], np.nan), log=False)
     return _normalise_scores(score)
 
 
@@ -751,8 +746,7 @@ def timeline_data(trace: Any, sample: int = 0, timestamps: Sequence | None = Non
 
 def _plain(text: Any) -> str:
     """One line of plain text (control characters -> spaces, runs of spaces squeezed)."""
-    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
-    return " ".join(text.split())
+    return " ".join(_no_controls(text).split())
 
 
 def _wrap_chars(text: str, width: int, max_lines: int | None = None) -> list:

@@ -10,6 +10,7 @@ about it (the question-guided selection itself runs per question, inside the dec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -247,6 +248,13 @@ class VideoQA:
             raise ValueError(f"a frame array must be uint8 RGB, got {arr.dtype}")
         return Clip.from_array(arr)
 
+    def _features(self, frames: np.ndarray) -> Any:
+        """Vision tower + projector on uint8 frames (T, H, W, 3) -> (T, P, D) projected visual tokens."""
+        from videosparse.video import preprocess_frames
+
+        pv = preprocess_frames(frames, self.spec).to(self.model.device, self.model.dtype)
+        return self.model.model.get_video_features(pixel_values_videos=pv[None]).pooler_output
+
     def encode(self, video: Any, sampling: "Sampling | None" = None) -> EncodedVideo:
         """Decode (if needed) and run the vision tower + projector once; cached per video.
 
@@ -254,8 +262,6 @@ class VideoQA:
         evaluation runner, for several sparsity configs) can pass it to ``ask``/``ask_many``.
         sampling: which frames of a video file (default: the instance's ``num_frames`` / ``frame_strategy``)."""
         import torch
-
-        from videosparse.video import preprocess_frames
 
         if isinstance(video, EncodedVideo):
             return video
@@ -268,9 +274,8 @@ class VideoQA:
         t0 = time.perf_counter()
         clip = self.load(video, sampling)
         t1 = time.perf_counter()
-        pv = preprocess_frames(clip.frames, self.spec).to(self.model.device, self.model.dtype)
         with torch.no_grad():
-            feats = self.model.model.get_video_features(pixel_values_videos=pv[None]).pooler_output
+            feats = self._features(clip.frames)
         enc = EncodedVideo(clip=clip, features=feats, key=key or "", source=video,
                            seconds={"video_decode": t1 - t0, "vision": time.perf_counter() - t1})
         if key is not None:
@@ -343,9 +348,7 @@ class VideoQA:
                 if self._is_long(video, sampling, capacity):
                     # the prompt holds at most `capacity` pooled tokens: check it (and the budget against the
                     # pool) before anything is decoded
-                    known = None if sampling.strategy in ("fps", "all") and isinstance(video, (str, os.PathLike)) \
-                        and sampling.num_frames is None else self._expected_frames(video, sampling)
-                    self._check_long(question, capacity, max_new, known)
+                    self._check_long(question, capacity, max_new, self._expected_frames(video, sampling))
                     long.setdefault(_group_key(video, sampling), []).append((i, video, question))
                 else:
                     self.check_prompt(question, self._expected_frames(video, sampling), max_new)  # before any compute
@@ -441,9 +444,10 @@ class VideoQA:
         """Long path: fps sampling, or more sampled tokens than the pool holds (never for an EncodedVideo)."""
         if isinstance(video, EncodedVideo):
             return False
-        if sampling.strategy in ("fps", "all"):
+        frames = self._expected_frames(video, sampling)
+        if sampling.strategy in ("fps", "all") or frames is None:
             return True
-        return self._expected_frames(video, sampling) * self.tokens_per_frame > capacity
+        return frames * self.tokens_per_frame > capacity
 
     def _check_long(self, question: str, capacity: int, max_new: int, frames: int | None) -> None:
         """Prompt and budget checks of the long path, before any decoding: text + pool + new tokens must fit
@@ -459,42 +463,36 @@ class VideoQA:
     def _encode_long(self, video: Any, questions: list, sampling: Sampling, capacity: int,
                      keep_frames: bool) -> list:
         """One chunked pass over the video: one PooledVideo per question."""
-        from videosparse.longvideo import MAX_FRAMES, build_pools, question_text_tokens, thumbnails
-        from videosparse.video import Clip, iter_chunks, preprocess_frames
-        from videosparse.video.backends import open_reader
-        from videosparse.video.sampling import sample_indices
-
-        cfg = self._pre_config()
-        if isinstance(video, (str, os.PathLike)):
-            with open_reader(video) as reader:
-                idx = sample_indices(reader.timestamps, sampling.num_frames, sampling.strategy, start=sampling.start,
-                                     end=sampling.end, sample_fps=sampling.fps, path=reader.path)
-            idx = np.unique(idx)  # the long path never repeats a frame (a short video gives fewer frames)
-            if sampling.num_frames is not None and idx.size < sampling.num_frames:
-                logger.info("%s: %d distinct frames sampled (%d asked for)", os.fspath(video), idx.size,
-                            sampling.num_frames)
-            chunks = iter_chunks(video, cfg.chunk_frames, indices=idx)
-        else:
-            clip = video if isinstance(video, Clip) else self.load(video)
-            idx = np.arange(clip.num_frames)
-            chunks = _clip_chunks(clip, cfg.chunk_frames)
-        T = int(idx.size)
-        if T > MAX_FRAMES:
-            raise ValueError(f"{_video_name(video)}: {T} frames sampled, more than the {MAX_FRAMES} videosparse "
-                             f"accepts from one video; lower fps or pass num_frames")
         import torch
 
-        dev, dtype = self.model.device, self.model.dtype
+        from videosparse.longvideo import MAX_FRAMES, build_pools, question_text_tokens, thumbnails
+        from videosparse.video import ChunkedVideo, Clip
 
-        def encode(frames: np.ndarray) -> Any:
-            pv = preprocess_frames(frames, self.spec).to(dev, dtype)
-            return self.model.model.get_video_features(pixel_values_videos=pv[None]).pooler_output
-
-        text, valid = question_text_tokens(self.tokenizer, self.prompt_template, questions,
-                                           self.model.get_input_embeddings())
-        with torch.no_grad():
-            return build_pools(chunks, encode, text.to(dev), valid.to(dev), T, self.tokens_per_frame, capacity, cfg,
-                               thumbnail=(lambda f: thumbnails(f, self.spec)) if keep_frames else None)
+        cfg = self._pre_config()
+        with contextlib.ExitStack() as stack:
+            if isinstance(video, (str, os.PathLike)):
+                # opened once: the sampled frames are known before any is decoded; the long path never
+                # repeats a frame (a video shorter than num_frames gives fewer frames)
+                chunks = stack.enter_context(ChunkedVideo(
+                    video, cfg.chunk_frames, num_frames=sampling.num_frames, strategy=sampling.strategy,
+                    start=sampling.start, end=sampling.end, sample_fps=sampling.fps, distinct=True))
+                T = int(chunks.indices.size)
+                if sampling.num_frames is not None and T < sampling.num_frames:
+                    logger.info("%s: %d distinct frames sampled (%d asked for)", os.fspath(video), T,
+                                sampling.num_frames)
+            else:
+                clip = video if isinstance(video, Clip) else self.load(video)
+                T = clip.num_frames
+                chunks = _clip_chunks(clip, cfg.chunk_frames)
+            if T > MAX_FRAMES:
+                raise ValueError(f"{_video_name(video)}: {T} frames sampled, more than the {MAX_FRAMES} videosparse "
+                                 f"accepts from one video; lower fps or pass num_frames")
+            dev = self.model.device
+            text, valid = question_text_tokens(self.tokenizer, self.prompt_template, questions,
+                                               self.model.get_input_embeddings())
+            with torch.no_grad():
+                return build_pools(chunks, self._features, text.to(dev), valid.to(dev), T, self.tokens_per_frame,
+                                   capacity, cfg, thumbnail=(lambda f: thumbnails(f, self.spec)) if keep_frames else None)
 
     def _generate_pooled(self, chunk: list, generation: dict, keep_frames: bool) -> list:
         """Generate for questions whose video tokens are pools (the same pool size and frame count)."""
@@ -508,8 +506,6 @@ class VideoQA:
         ids = torch.stack([pv.ids for _, pv, _ in chunk])
         gen = self._generation_kwargs(generation)
         expand = self._expansion(gen)
-        import contextlib
-
         offsets = None
         if self._pre_config().pre_positions == "time":
             from videosparse.core.pool import time_positions
@@ -556,9 +552,10 @@ class VideoQA:
         check_prompt(self.tokenizer, question, num_frames, self.tokens_per_frame, self.max_positions,
                      max_new_tokens, self.prompt_template)
 
-    def _expected_frames(self, video: Any, sampling: "Sampling | None" = None) -> int:
-        """Frames the video will contribute: known without decoding for paths (uniform/segments; for fps
-        sampling the cap, or the instance's num_frames when uncapped)."""
+    def _expected_frames(self, video: Any, sampling: "Sampling | None" = None) -> int | None:
+        """Frames the video will contribute, known without decoding: the frames of an array / Clip /
+        EncodedVideo, ``num_frames`` for a path (the cap for fps sampling), None for a path sampled at an
+        uncapped rate (known only once the file is open)."""
         from videosparse.video import Clip
 
         if isinstance(video, EncodedVideo):
@@ -567,9 +564,9 @@ class VideoQA:
             return video.num_frames
         sp = sampling or self._default_sampling()
         if isinstance(video, (str, os.PathLike)):
-            return sp.num_frames or self.num_frames
+            return sp.num_frames
         shape = getattr(video, "shape", None)
-        return int(shape[0]) if shape is not None and len(shape) == 4 else (sp.num_frames or self.num_frames)
+        return int(shape[0]) if shape is not None and len(shape) == 4 else sp.num_frames
 
     def _generate(self, chunk: list, generation: dict) -> list:
         import torch

@@ -26,7 +26,7 @@ from videosparse.video.errors import (
     VideoError,
     VideoNotFoundError,
 )
-from videosparse.video.loader import VideoInfo, iter_chunks, load_video, probe_video
+from videosparse.video.loader import ChunkedVideo, VideoInfo, iter_chunks, load_video, probe_video
 from videosparse.video.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -64,6 +64,7 @@ __all__ = [
     "decord_available",
     "expand_video_prompt",
     "iter_chunks",
+    "ChunkedVideo",
     "load_video",
     "preprocess_frames",
     "preprocess_videos",

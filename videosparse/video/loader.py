@@ -13,7 +13,7 @@ from videosparse.video.clip import Clip
 from videosparse.video.errors import SamplingError
 from videosparse.video.sampling import sample_indices
 
-__all__ = ["load_video", "iter_chunks", "probe_video", "VideoInfo"]
+__all__ = ["load_video", "iter_chunks", "ChunkedVideo", "probe_video", "VideoInfo"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,74 @@ def load_video(
         reader.close()
 
 
+class ChunkedVideo:
+    """A video file opened once for chunked reading (the long-video path).
+
+    ``indices`` (``int64 (T,)``, the sampled source frames in source order) are known as soon as the
+    file is open, before any frame is decoded; iterating yields :class:`Clip` chunks of
+    ``<= chunk_size`` frames, at most one chunk of decoded frames alive at a time. Sampling arguments
+    are those of :func:`load_video` (default ``num_frames=None``: every frame); ``distinct=True``
+    drops repeated indices (each source frame at most once). The decord -> PyAV fallback happens only
+    before the first chunk. Use as a context manager (or call ``close()``).
+    """
+
+    def __init__(self, path, chunk_size: int = 32, *, num_frames: int | None = None, strategy: str = "uniform",
+                 indices: Sequence[int] | np.ndarray | None = None, start: float | None = None,
+                 end: float | None = None, sample_fps: float = 1.0, backend: str = "auto",
+                 max_side: int = DEFAULT_MAX_SIDE, strict: bool = True, distinct: bool = False) -> None:
+        if int(chunk_size) != chunk_size or chunk_size < 1:
+            raise SamplingError(None if path is None else str(path),
+                                f"chunk_size must be a positive integer, got {chunk_size!r}")
+        self.chunk_size = int(chunk_size)
+        self._path, self._backend, self._max_side, self._strict = path, backend, max_side, strict
+        self._sampling = dict(num_frames=num_frames, strategy=strategy, indices=indices, start=start, end=end,
+                              sample_fps=sample_fps)
+        self._distinct = distinct
+        self._reader = open_reader(path, backend, max_side=max_side, strict=strict)
+        try:
+            self.indices = self._sample()
+        except BaseException:
+            self._reader.close()
+            raise
+
+    def _sample(self) -> np.ndarray:
+        idx = sample_indices(self._reader.timestamps, path=self._reader.path, **self._sampling)
+        return np.unique(idx) if self._distinct else np.sort(idx, kind="stable")
+
+    def __iter__(self) -> Iterator[Clip]:
+        reader, idx = self._reader, self.indices
+        emitted = 0
+        while True:
+            try:
+                for s in range(emitted, idx.size, self.chunk_size):
+                    part = idx[s : s + self.chunk_size]
+                    buf = np.empty((part.size, reader.height, reader.width, 3), dtype=np.uint8)
+                    for j, (_, frame) in enumerate(reader.iter_frames(part)):
+                        buf[j] = frame
+                    chunk = _clip(reader, part, buf)
+                    del buf
+                    emitted = s + part.size
+                    yield chunk
+                    del chunk
+                return
+            except DecordFailure as e:
+                if self._backend != "auto" or emitted > 0:
+                    raise
+                logger.info("%s; falling back to PyAV", e)
+                reader.close()
+                self._reader = reader = open_reader(self._path, "pyav", max_side=self._max_side, strict=self._strict)
+                self.indices = idx = self._sample()
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> "ChunkedVideo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def iter_chunks(
     path,
     chunk_size: int = 32,
@@ -110,41 +178,13 @@ def iter_chunks(
     most one chunk of decoded frames is alive inside the generator at a time, so memory is
     ``O(chunk_size * H * W * 3)`` whatever the video length. Each chunk's ``indices`` and
     ``timestamps`` locate it in the source. The file is closed when the generator finishes or
-    is closed/garbage-collected.
+    is closed/garbage-collected. (:class:`ChunkedVideo` is the same with the indices known up front.)
 
     The fallback from decord to PyAV happens only before the first chunk is yielded.
     """
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        raise SamplingError(None if path is None else str(path), f"chunk_size must be a positive integer, got {chunk_size!r}")
-    chunk_size = int(chunk_size)
-    reader = open_reader(path, backend, max_side=max_side, strict=strict)
-    try:
-        idx = np.sort(sample_indices(reader.timestamps, num_frames, strategy, indices=indices, start=start, end=end,
-                                     sample_fps=sample_fps, path=reader.path), kind="stable")
-        emitted = 0
-        while True:
-            try:
-                for s in range(emitted, idx.size, chunk_size):
-                    part = idx[s : s + chunk_size]
-                    buf = np.empty((part.size, reader.height, reader.width, 3), dtype=np.uint8)
-                    for j, (_, frame) in enumerate(reader.iter_frames(part)):
-                        buf[j] = frame
-                    chunk = _clip(reader, part, buf)
-                    del buf
-                    emitted = s + part.size
-                    yield chunk
-                    del chunk
-                return
-            except DecordFailure as e:
-                if backend != "auto" or emitted > 0:
-                    raise
-                logger.info("%s; falling back to PyAV", e)
-                reader.close()
-                reader = open_reader(path, "pyav", max_side=max_side, strict=strict)
-                idx = np.sort(sample_indices(reader.timestamps, num_frames, strategy, indices=indices, start=start,
-                                             end=end, sample_fps=sample_fps, path=reader.path), kind="stable")
-    finally:
-        reader.close()
+    with ChunkedVideo(path, chunk_size, num_frames=num_frames, strategy=strategy, indices=indices, start=start,
+                      end=end, sample_fps=sample_fps, backend=backend, max_side=max_side, strict=strict) as video:
+        yield from video
 
 
 @dataclass(frozen=True)
