@@ -63,7 +63,8 @@ def test_table_key_int_keeps_seed_counts_and_explains_misfit():
 
 def test_table_preset_defaults_run_on_the_testbed(testbed_qa):
     qa, sample = testbed_qa
-    for name, expected in (("sparsevlm-v1.5", [154, 57]), ("sparsevlm-v2", [154, 61])):
+    # v1.5 adds the seed's merged tokens on top (154 + 5, 57 + 4); v2 does not recycle
+    for name, expected in (("sparsevlm-v1.5", [159, 61]), ("sparsevlm-v2", [154, 61])):
         qa.set_sparsity(SparseConfig.preset(name, num_layers=4))
         qa.ask(sample.frames, sample.question, max_new_tokens=4)
         assert qa.handle.trace.counts == expected
@@ -172,17 +173,20 @@ def test_budget_help_states_per_preset_semantics():
 def test_describe_one_line():
     s = SparseConfig.preset("sparsevlm-v1.5", budget=64).describe(576, 32)
     assert "\n" not in s
-    assert "after layers 2, 6, 15" in s and "66 -> 30 -> 17 tokens" in s and "3.0% after the last stage" in s
-    assert "<= 6, 3, 1" in s  # recycled (merged) tokens take <= 10 % of each stage's count
+    assert "after layers 2, 6, 15" in s and "66+16 -> 30+2 -> 17+1 tokens" in s and "3.1% after the last stage" in s
+    assert "seed rule" in s and "added on top after the kept tokens" in s  # the seed's recycling
+    assert "<= 3" in SparseConfig.preset("video", budget=30, num_layers=4).describe(TESTBED_VISUAL, 4)
     eq = SparseConfig.preset("sparsevlm-v1.5", budget=64).equivalent_tokens(576, 32)
     assert f"equivalent tokens {eq:.1f}" in s
     s = SparseConfig.preset("sparsevlm-v1.5", num_layers=4).describe(TESTBED_VISUAL, 4)
-    assert "154 -> 57 tokens" in s and "after layers 1, 2" in s and "equivalent tokens 200.8" in s
+    assert "154+5 -> 57+4 tokens" in s and "after layers 1, 2" in s and "equivalent tokens 203.0" in s
     s = SparseConfig.preset("video", num_layers=4).describe(TESTBED_VISUAL, 4)
     assert "1 stage (after layer 1) keeps 30 tokens" in s and "<= 3" in s
     assert "no recycling" in SparseConfig.preset("sparsevlm-v2", num_layers=4).describe(TESTBED_VISUAL, 4)
     s = SparseConfig.preset("sparsevlm-v1", num_layers=4).describe(TESTBED_VISUAL, 4)
-    assert "rank-adaptive" in s and "0.5" in s and "decided per input" in s
+    assert "rank-adaptive" in s and "min(int(rank x 13.5 + 0), N - 1)" in s and "decided per input" in s
+    s = SparseConfig.preset("sparsevlm-v1", num_layers=4, rank_rule="lambda").describe(TESTBED_VISUAL, 4)
+    assert "round(0.5 x (N - rank))" in s
     with pytest.raises(ValueError, match="SparseConfig.budget"):
         SparseConfig.preset("sparsevlm-v1.5", budget=192).describe(TESTBED_VISUAL, 32)
     with pytest.raises(ValueError, match="SparseConfig.layers"):
@@ -226,3 +230,63 @@ def testbed_qa():
     close = getattr(qa, "close", None)
     if close is not None:
         close()
+
+
+# ----------------------------------------------------------------------------- equivalent-token budgets
+def test_equivalent_budget_parsing_and_solving():
+    from videosparse.config import parse_budget
+
+    assert parse_budget("194eq") == "194eq" and parse_budget(" 0.094EQ ") == "0.094eq"
+    with pytest.raises(ValueError, match="equivalent tokens"):
+        parse_budget("eq")
+    with pytest.raises(ValueError, match="equivalent tokens such as '194eq'"):
+        SparseConfig(budget="-3eq")
+    # the paper's Video-LLaVA figure: 194 equivalent tokens = 70 tokens after layer 1 for a one-stage preset
+    for name in ("video", "random", "uniform"):
+        cfg = SparseConfig.preset(name, budget="194eq")
+        assert cfg.stage_plan(2056, 32) == [(1, 70, 0)]
+        assert cfg.equivalent_tokens(2056, 32) == pytest.approx((2 * 2056 + 30 * 70) / 32)
+    # a fraction of the visual tokens; the achieved value is the closest the integer counts allow
+    cfg = SparseConfig.preset("sparsevlm-v2", budget="0.125eq")
+    assert abs(cfg.equivalent_tokens(2056, 32) - 0.125 * 2056) < 1.0
+    plan = cfg.stage_plan(2056, 32)
+    assert [layer for layer, _, _ in plan] == [2, 6, 15] and all(m == 0 for _, _, m in plan)
+    # the v2 shape (300 : 200 : 118) is kept while scaling
+    ks = [k for _, k, _ in plan]
+    assert ks[0] / ks[2] == pytest.approx(300 / 118, rel=0.05)
+    # needs the decoder depth; unreachable targets name the reachable range
+    with pytest.raises(ValueError, match="needs the decoder depth"):
+        cfg.stage_counts(2056)
+    lo, hi = SparseConfig.preset("sparsevlm-v1.5", budget="300eq").equivalent_range(2056, 32)
+    assert 200 < lo < 205 and hi == pytest.approx(2056)
+    with pytest.raises(ValueError, match=r"194 equivalent tokens cannot be reached .* reachable range is \[20"):
+        SparseConfig.preset("sparsevlm-v1.5", budget="194eq").stage_plan(2056, 32)
+    # round trip
+    back = SparseConfig.from_dict(cfg.to_dict())
+    assert back == cfg and back.stage_plan(2056, 32) == plan
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("eq", ["0.52eq", "0.6eq", "200eq"])
+def test_equivalent_budget_within_one_token_on_the_testbed_geometry(name, eq):
+    cfg = SparseConfig.preset(name, budget=eq, num_layers=4)
+    target = 0.52 * TESTBED_VISUAL if eq == "0.52eq" else 0.6 * TESTBED_VISUAL if eq == "0.6eq" else 200
+    assert abs(cfg.equivalent_tokens(TESTBED_VISUAL, 4) - target) <= 1.0
+
+
+def test_gravity_options_and_seed_preset_fields():
+    assert SparseConfig(gravity=True).gravity == "bounded" and SparseConfig(gravity=False).gravity is None
+    assert SparseConfig(gravity="official").gravity == "official"
+    with pytest.raises(ValueError, match="SparseConfig.gravity"):
+        SparseConfig(gravity="strong")
+    with pytest.raises(ValueError, match="SparseConfig.stage_shape"):
+        SparseConfig(stage_shape=(0.5, 0.6), layers=(1, 2))
+    with pytest.raises(ValueError, match="SparseConfig.recycle_rule"):
+        SparseConfig(recycle_rule="paper")
+    v = SparseConfig.preset("sparsevlm-video")
+    assert (v.budget, v.layers, v.rank_rule, v.recycle_rule, v.recycle_place, v.positions, v.keep_cls) == (
+        "rank", (1,), "rank", "seed", "after", "renumber", False)
+    v1 = SparseConfig.preset("sparsevlm-v1", budget=128)
+    assert (v1.budget, v1.rank_rule, v1.rank_scale, v1.rank_bias) == ("rank", "linear", 9.0, 6.0)
+    assert SparseConfig.preset("sparsevlm-v1", budget=0.1).budget == 0.1  # fixed counts
+    assert SparseConfig.preset("video").recycle_rule == "share"  # the package's own design is unchanged

@@ -102,20 +102,24 @@ def _parse_budget(text: str | None):
     try:
         return parse_budget(text)
     except ValueError:
-        raise CLIError(f"--budget: expected a token count (194), a fraction (0.1) or 'rank', got {text!r}") from None
+        raise CLIError(f"--budget: expected a token count (194), a fraction (0.1), equivalent tokens (194eq) or "
+                       f"'rank', got {text!r}") from None
 
 
-BUDGET_HELP = ("visual-token budget: an int = tokens kept after the last stage (video, fastv, random, uniform), "
-               "a float in (0, 1] = that fraction, 'rank' = SparseVLM-v1 rank-adaptive; for sparsevlm-v1.5/v2 "
-               "192/128/96/64 select the seed's per-stage counts for 576 tokens (64 ends at 17 for v1.5), other "
-               "values are nominal budgets scaled by the seed's ratios (the run prints what each stage keeps)")
+BUDGET_HELP = ("visual-token budget: 'Neq' = N equivalent tokens, the SparseVLM paper's unit (mean visual tokens "
+               "per decoder layer; e.g. 194eq, the paper's Video-LLaVA setting): the stage counts are solved for it; "
+               "an int = tokens kept after the last stage (video, fastv, random, uniform), a float in (0, 1] = that "
+               "fraction, 'rank' = rank-adaptive; sparsevlm-v1: 192/128/64 = the release code's rank rule for that "
+               "setting; sparsevlm-v1.5/v2: 192/128/96/64 select the seed's per-stage counts for 576 tokens (64 ends "
+               "at 17 for v1.5), other values are nominal budgets scaled by the seed's ratios (the run prints what "
+               "each stage keeps, and the equivalent tokens)")
 
 
 def _add_common(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--model", default=default_model,
                    help=f"hub id or local directory of a Video-LLaVA checkpoint, or '{TESTBED}' for the "
                         f"embedded test-bed model (default: {default_model})")
-    p.add_argument("--preset", default="video", help="sparsity preset: video, sparsevlm-v1, sparsevlm-v1.5, "
+    p.add_argument("--preset", default="video", help="sparsity preset: video, sparsevlm-video, sparsevlm-v1, sparsevlm-v1.5, "
                                                      "sparsevlm-v2, fastv, random, uniform, or 'none' (full model)")
     p.add_argument("--budget", default=None, help=BUDGET_HELP)
     p.add_argument("--frames", type=_positive_int, default=None,

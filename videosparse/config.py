@@ -20,6 +20,10 @@ POSITIONS = ("original", "renumber")
 TEMPORAL_MODES = ("discount", "merge")
 PRE_METHODS = ("relevance", "random")
 PRE_POSITIONS = ("time", "compact")
+RANK_RULES = ("lambda", "linear", "rank")
+RECYCLE_RULES = ("share", "seed")
+RECYCLE_PLACES = ("center", "after")
+GRAVITY = (None, "bounded", "official")
 
 # Depth the published layer schedules were written for (Video-LLaVA-7B / LLaVA-1.5-7B).
 REFERENCE_LAYERS = 32
@@ -27,11 +31,13 @@ REFERENCE_LAYERS = 32
 REFERENCE_VISUAL_TOKENS = 576
 
 # Seed per-stage counts (before recycling), keyed by the nominal token budget.
-V15_SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
+V15_SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}
 V2_SCHEDULES = {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)}
 SEED_TABLES = {"sparsevlm-v1.5": V15_SCHEDULES, "sparsevlm-v2": V2_SCHEDULES}
 # Table key whose per-stage fractions of 576 are the v1.5/v2 default (resolved against the input).
 _DEFAULT_KEY = 192
+# SparseVLM v1 (first release) code rule: keep min(int(rank x scale + bias), N - 1), per token setting.
+V1_RANK_RULES = {192: (13.5, 0.0), 128: (9.0, 6.0), 64: (0.8, 0.0)}
 
 
 def _f(help_text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -52,7 +58,10 @@ class SparseConfig:
     """
 
     budget: Any = _f(
-        "Visual-token budget. int n: n tokens kept after the last stage; float f in (0, 1]: "
+        "Visual-token budget. 'Neq' (e.g. '194eq'): N equivalent tokens, the unit of the SparseVLM paper's "
+        "tables (mean visual tokens per decoder layer, merged tokens included): the stage counts are solved "
+        "for it on the actual input and decoder ('0.094eq': a fraction of the visual tokens). "
+        "int n: n tokens kept after the last stage; float f in (0, 1]: "
         "round(f x visual tokens) kept after the last stage (with several stages the earlier ones step "
         "down geometrically to it); 'rank': SparseVLM-v1 rank-adaptive count at every stage (see "
         "rank_lambda); [(layer, count), ...]: explicit per-stage schedule (int counts or fractions of the "
@@ -84,8 +93,14 @@ class SparseConfig:
         "sparsevlm",
     )
     head_agg: str = _f("Aggregate attention heads by 'mean' or over the top-h 'priority' heads.", "mean")
-    priority_heads: int = _f("Number of heads kept by head_agg='priority' (v2).", 8)
-    gravity: bool = _f("v2 gravity correction: divide scores by the RoPE distance weight.", False)
+    priority_heads: int = _f("Number of heads kept by head_agg='priority' (v2 uses 14).", 8)
+    gravity: Any = _f(
+        "v2 gravity correction: divide each rater->visual attention by a RoPE distance weight g(|q - k|). "
+        "None: off. 'bounded' (True): RoFormer's normalised long-term-decay bound, in (0, 1], g(0) = 1. "
+        "'official': the seed's rotary(ones) . rotary(ones) / sqrt(d) = 2 sum_i cos(delta theta_i) / sqrt(d), "
+        "which is <= 0 at 16 of the 2,116 distances of a Video-LLaVA prompt (the score's sign flips there).",
+        None,
+    )
     temporal_tau: float | None = _f(
         "Cosine similarity above which a token equals the same spatial token of the previous frame "
         "(temporal redundancy). None disables.",
@@ -105,7 +120,38 @@ class SparseConfig:
     recycle_cluster_ratio: float = _f("Clusters per recycled token (about one tenth).", 0.1)
     recycle_knn: int = _f("k of the k-nearest-neighbour density in DPC-KNN.", 5)
     recycle_share: float = _f(
-        "Recycled (merged) tokens may take at most this share of the budget; they count against it.", 0.1
+        "recycle_rule='share': recycled (merged) tokens may take at most this share of the budget; they count "
+        "against it.", 0.1
+    )
+    recycle_rule: str = _f(
+        "'share': merged tokens are part of the stage's count (at most recycle_share of it; this package's "
+        "rule). 'seed': the official rule: of the n pruned tokens the top int(recycle_ratio x n) + 1 by score "
+        "are clustered into int(recycle_cluster_ratio x n_c) + 1 clusters by DPC-KNN with k = the number of "
+        "clusters (the point itself included) and the merged tokens are added on top of the stage's count.",
+        "share",
+    )
+    recycle_place: str = _f(
+        "Where merged tokens go in the sequence: 'center' (at their cluster center's slot, in temporal order) "
+        "or 'after' (after the kept visual tokens, before the text: the seed's placement).",
+        "center",
+    )
+    rank_rule: str = _f(
+        "budget='rank': 'lambda' (the paper: prune round(rank_lambda x (N - rank)) of N), 'linear' (the v1 "
+        "release code: keep min(int(rank x rank_scale + rank_bias), N - 1)), 'rank' (the seed's video branch: "
+        "keep rank tokens, all of them when rank >= N).",
+        "lambda",
+    )
+    rank_scale: float = _f("rank_rule='linear': scale (v1 code: 13.5 for its 192 setting, 9 for 128, 0.8 for 64).", 13.5)
+    rank_bias: float = _f("rank_rule='linear': bias (v1 code: 0 for 192 and 64, 6 for 128).", 0.0)
+    clamp_counts: bool = _f(
+        "Seed behaviour: a stage count above the stage's N visual tokens keeps min(count, N - 1) instead of "
+        "raising (v1.5/v2 table counts meet inputs with fewer tokens).",
+        False,
+    )
+    stage_shape: Any = _f(
+        "Relative per-stage counts (fractions of the visual tokens, one per stage) that an equivalent-token "
+        "budget ('194eq') scales; None = geometric steps down to the last stage's count.",
+        None,
     )
     rank_lambda: float = _f(
         "budget='rank' (SparseVLM-v1): each stage prunes round(lambda * (N - rank)) of its N visual tokens, "
@@ -173,6 +219,14 @@ class SparseConfig:
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if self.gravity is True:
+            object.__setattr__(self, "gravity", "bounded")
+        elif self.gravity is False:
+            object.__setattr__(self, "gravity", None)
+        if self.gravity not in GRAVITY:
+            raise ValueError(f"SparseConfig.gravity: {self.gravity!r} is not one of {list(GRAVITY)} (or a bool)")
+        if isinstance(self.stage_shape, list):
+            object.__setattr__(self, "stage_shape", tuple(self.stage_shape))
         b = self.budget
         if isinstance(b, list):
             b = tuple(tuple(x) for x in b)
@@ -194,6 +248,9 @@ class SparseConfig:
             ("positions", POSITIONS),
             ("temporal_mode", TEMPORAL_MODES),
             ("score_impl", ("rows", "full")),
+            ("rank_rule", RANK_RULES),
+            ("recycle_rule", RECYCLE_RULES),
+            ("recycle_place", RECYCLE_PLACES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SparseConfig.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
@@ -241,6 +298,18 @@ class SparseConfig:
             raise ValueError(f"SparseConfig.chunk_frames: must be a positive int, got {self.chunk_frames!r}")
         if not (self.rank_lambda > 0):
             raise ValueError(f"SparseConfig.rank_lambda: must be > 0, got {self.rank_lambda}")
+        if not (self.rank_scale > 0) or math.isinf(self.rank_scale):
+            raise ValueError(f"SparseConfig.rank_scale: must be finite and > 0, got {self.rank_scale}")
+        if math.isnan(self.rank_bias) or math.isinf(self.rank_bias):
+            raise ValueError(f"SparseConfig.rank_bias: must be finite, got {self.rank_bias}")
+        if self.stage_shape is not None:
+            sh = self.stage_shape
+            if (not isinstance(sh, tuple) or len(sh) != len(self.layers)
+                    or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not (0 < x <= 1) for x in sh)
+                    or any(b2 > a for a, b2 in zip(sh, sh[1:]))):
+                raise ValueError(
+                    f"SparseConfig.stage_shape: needs one non-increasing fraction in (0, 1] per stage layer "
+                    f"({len(self.layers)}), got {sh!r}")
 
     @staticmethod
     def _validate_budget(b: Any) -> None:
@@ -254,7 +323,11 @@ class SparseConfig:
                 raise ValueError(f"SparseConfig.budget: a fraction must be in (0, 1], got {b}")
         elif isinstance(b, str):
             if b != "rank":
-                raise ValueError(f"SparseConfig.budget: the only string budget is 'rank', got {b!r}")
+                eq = parse_equivalent(b)
+                if eq is None:
+                    raise ValueError(
+                        f"SparseConfig.budget: a string budget is 'rank' or equivalent tokens such as '194eq' "
+                        f"(or '0.094eq', a fraction of the visual tokens), got {b!r}")
         elif isinstance(b, tuple):
             if not b:
                 raise ValueError("SparseConfig.budget: a per-stage schedule needs at least one (layer, count)")
@@ -285,25 +358,34 @@ class SparseConfig:
         """Layers of the stages that run (always equal to ``layers``; a schedule budget sets them)."""
         return self.layers
 
-    def stage_counts(self, num_visual: int) -> list:
-        """Visual tokens kept after each stage for ``num_visual`` visual tokens per sample.
+    def stage_counts(self, num_visual: int, num_layers: int | None = None) -> list:
+        """Visual tokens each stage selects (before recycled tokens added on top) for ``num_visual``
+        visual tokens per sample.
 
         Returns a list of ints, or ``None`` entries for rank-adaptive stages (decided from the data).
+        ``num_layers`` (the decoder depth) is needed for an equivalent-token budget ('194eq').
         Raises ValueError (naming ``budget``) when a count is impossible for ``num_visual``.
         """
+        return [k for _, k, _ in self.stage_plan(num_visual, num_layers)]
+
+    def stage_plan(self, num_visual: int, num_layers: int | None = None) -> list:
+        """``[(layer, selected, merged_on_top), ...]`` per stage: the tokens a stage selects and the merged
+        tokens recycle_rule='seed' adds on top (0 otherwise); the stage leaves selected + merged tokens.
+        ``None`` counts for rank-adaptive stages."""
         if num_visual <= 0:
             raise ValueError("SparseConfig.budget: the input has no visual tokens to prune")
         b = self.budget
         if b == "rank":
-            return [None] * len(self.layers)
+            return [(layer, None, None) for layer in self.layers]
+        if isinstance(b, str):
+            if num_layers is None:
+                raise ValueError("SparseConfig.budget: an equivalent-token budget needs the decoder depth "
+                                 "(stage_counts(num_visual, num_layers))")
+            return self._plan(self._solve_equivalent(parse_equivalent(b), num_visual, num_layers), num_visual)
         if isinstance(b, tuple):
             counts = [_resolve_count(c, num_visual) for _, c in b]
         else:
-            final = _resolve_count(b, num_visual)
-            n = len(self.layers)
-            # geometric interpolation from num_visual down to the final count over the stages
-            counts = [max(final, int(round(num_visual * (final / num_visual) ** ((i + 1) / n)))) for i in range(n)]
-            counts[-1] = final
+            counts = self._geometric(_resolve_count(b, num_visual), num_visual)
         if any(c > num_visual for c in counts):
             key = self._seed_table_key()
             if key is not None:
@@ -324,7 +406,86 @@ class SparseConfig:
         for a, c in zip(counts, counts[1:]):
             if c > a:
                 raise ValueError(f"SparseConfig.budget: per-stage counts must not increase, got {counts}")
+        return self._plan(counts, num_visual)
+
+    def _geometric(self, final: int, num_visual: int) -> list:
+        """Counts stepping down geometrically from num_visual to ``final`` at the last stage."""
+        n = len(self.layers)
+        counts = [max(final, int(round(num_visual * (final / num_visual) ** ((i + 1) / n)))) for i in range(n)]
+        counts[-1] = final
         return counts
+
+    def _plan(self, counts: list, num_visual: int) -> list:
+        """Apply the seed clamp (min(count, N - 1)) and the merged tokens added on top, stage by stage."""
+        plan, current = [], num_visual
+        for layer, c in zip(self.layers, counts):
+            if self.clamp_counts:
+                c = min(c, current - 1) if current > 1 else current
+            merged = self.merged_on_top(current, c)
+            plan.append((layer, int(c), merged))
+            current = c + merged
+        return plan
+
+    def merged_on_top(self, num_current: int, selected: int) -> int:
+        """Merged tokens a stage adds on top of its ``selected`` tokens (recycle_rule='seed'; else 0)."""
+        if not self.recycle or self.recycle_rule != "seed":
+            return 0
+        return seed_recycle_counts(num_current - selected, self.recycle_ratio, self.recycle_cluster_ratio)[1]
+
+    def equivalent_range(self, num_visual: int, num_layers: int) -> tuple:
+        """(lowest, highest) equivalent tokens an equivalent-token budget can reach with this config's stage
+        layers, shape and recycling on ``num_visual`` visual tokens and a ``num_layers``-layer decoder."""
+        _, eq, lo_x, hi_x = self._equivalent_search(num_visual, num_layers)
+        return eq(lo_x), eq(hi_x)
+
+    def _equivalent_search(self, num_visual: int, num_layers: int) -> tuple:
+        """(counts_for(x), equivalent(x), x_min, x_max) of the schedule family an equivalent budget solves over."""
+        for layer in self.layers:
+            if layer >= num_layers - 1:
+                raise ValueError(f"SparseConfig.layers: stage layer {layer} must be < number of decoder layers - 1 "
+                                 f"({num_layers - 1})")
+        shape = self.stage_shape
+        n = len(self.layers)
+
+        def counts_for(x: float) -> list:
+            # x > 0 scales the whole schedule continuously (so early stages move in single tokens too)
+            if shape is None:  # geometric steps from num_visual towards x at the last stage
+                raw = [num_visual * (x / num_visual) ** ((i + 1) / n) for i in range(n)]
+            else:
+                raw = [x * f * num_visual for f in shape]
+            return [min(num_visual, max(1, int(round(r)))) for r in raw]
+
+        def eq(x: float) -> float:
+            plan = self._plan(counts_for(x), num_visual)
+            return equivalent_tokens(num_visual, num_layers, self.layers, [k + m for _, k, m in plan])
+
+        return counts_for, eq, 1e-6, (float(num_visual) if shape is None else 1.0 / shape[-1])
+
+    def _solve_equivalent(self, target: float, num_visual: int, num_layers: int) -> list:
+        """Stage counts whose equivalent tokens are closest to ``target`` (ties: fewer tokens).
+
+        The shape is kept: ``stage_shape`` scaled, or geometric steps; a bisection runs over the schedule's
+        scale (equivalent tokens grow monotonically with it)."""
+        if target <= 1.0:
+            target = target * num_visual  # a fraction of the visual tokens
+        counts_for, eq, lo_x, hi_x = self._equivalent_search(num_visual, num_layers)
+        lo_eq, hi_eq = eq(lo_x), eq(hi_x)
+        if not (lo_eq - 0.5 <= target <= hi_eq + 0.5):
+            raise ValueError(
+                f"SparseConfig.budget: {target:g} equivalent tokens cannot be reached by stages after layers "
+                f"{list(self.layers)} of a {num_layers}-layer decoder with {num_visual} visual tokens: the layers up "
+                f"to the first stage see every token (and recycled tokens come on top), so the reachable range is [{lo_eq:.1f}, {hi_eq:.1f}]"
+            )
+        lo, hi = math.log(lo_x), math.log(hi_x)  # eq(exp(lo)) <= target < eq(exp(hi)) (within the range)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if eq(math.exp(mid)) <= target:
+                lo = mid
+            else:
+                hi = mid
+        below, above = math.exp(lo), math.exp(hi)
+        best = below if abs(eq(below) - target) <= abs(eq(above) - target) else above
+        return counts_for(best)
 
     def _seed_table_key(self) -> int | None:
         """The seed table key whose verbatim counts this config's schedule is (table presets only)."""
@@ -350,33 +511,41 @@ class SparseConfig:
                 raise ValueError(
                     f"SparseConfig.layers: stage layer {layer} must be < number of decoder layers - 1 ({num_layers - 1})"
                 )
-        counts = self.stage_counts(num_visual)
+        plan = self.stage_plan(num_visual, num_layers)
         head = f"{self.name} ({self.method}): {num_visual} visual tokens, {num_layers} layers; "
         n = len(self.layers)
         layers = ", ".join(str(x) for x in self.layers)
         where = f"{n} stage{'s' if n > 1 else ''} (after layer{'s' if n > 1 else ''} {layers})"
         if self.budget == "rank":
-            text = (f"rank-adaptive {where}: each prunes round({self.rank_lambda:g} x (N - rank)) of its N "
-                    f"tokens, counts decided per input (see the trace)")
+            rule = {"lambda": f"each prunes round({self.rank_lambda:g} x (N - rank)) of its N tokens",
+                    "linear": f"each keeps min(int(rank x {self.rank_scale:g} + {self.rank_bias:g}), N - 1) tokens",
+                    "rank": "keeps rank tokens (all when rank >= N)"}[self.rank_rule]
+            text = f"rank-adaptive {where}: {rule}, counts decided per input (see the trace)"
             equiv = "equivalent tokens decided per input"
         else:
-            flow = " -> ".join(str(c) for c in counts)
-            text = f"{where} keep{'s' if n == 1 else ''} {flow} tokens ({counts[-1] / num_visual:.1%} after the last stage)"
-            eq = self.equivalent_tokens(num_visual, num_layers, counts)
+            flow = " -> ".join(f"{k}+{m}" if m else str(k) for _, k, m in plan)
+            last = plan[-1][1] + plan[-1][2]
+            text = f"{where} keep{'s' if n == 1 else ''} {flow} tokens ({last / num_visual:.1%} after the last stage)"
+            eq = self.equivalent_tokens(num_visual, num_layers)
             equiv = f"equivalent tokens {eq:.1f} ({eq / num_visual:.1%}, mean visual tokens per layer)"
-        if self.recycle:
-            if counts[0] is None:
-                rec = f"recycling: merged tokens take <= {self.recycle_share:.0%} of each stage's count"
-            else:
-                caps = ", ".join(str(int(self.recycle_share * c + 1e-9)) for c in counts)
-                rec = f"recycling: <= {self.recycle_share:.0%} of each stage's count are merged tokens (<= {caps})"
-        else:
+        if not self.recycle:
             rec = "no recycling"
+        elif self.recycle_rule == "seed":
+            rec = (f"recycling (seed rule): top int({self.recycle_ratio:g} n) + 1 of the n pruned tokens merged into "
+                   f"int({self.recycle_cluster_ratio:g} n_c) + 1 clusters, added on top"
+                   + (" after the kept tokens" if self.recycle_place == "after" else ""))
+        elif plan[0][1] is None:
+            rec = f"recycling: merged tokens take <= {self.recycle_share:.0%} of each stage's count"
+        else:
+            caps = ", ".join(str(int(self.recycle_share * k + 1e-9)) for _, k, _ in plan)
+            rec = f"recycling: <= {self.recycle_share:.0%} of each stage's count are merged tokens (<= {caps})"
         return f"{head}{text}; {rec}; {equiv}"
 
     def equivalent_tokens(self, num_visual: int, num_layers: int, counts: list | None = None) -> float:
-        """SparseVLM's equivalent tokens: mean over decoder layers of the visual tokens each layer sees."""
-        counts = counts if counts is not None else self.stage_counts(num_visual)
+        """SparseVLM's equivalent tokens: mean over decoder layers of the visual tokens each layer sees
+        (merged tokens included). ``counts``: tokens left after each stage (default: from the plan)."""
+        if counts is None:
+            counts = [None if k is None else k + m for _, k, m in self.stage_plan(num_visual, num_layers)]
         return equivalent_tokens(num_visual, num_layers, self.stage_layers, counts)
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -439,26 +608,55 @@ class SparseConfig:
         default = spec.pop("budget")
         layers = rescale_layers(tuple(spec.pop("layers")), num_layers)
         if builder is not None:
-            budget = builder(budget, default, layers)
+            budget = builder(budget, default, layers, spec)
         elif budget is None:
             budget = default
         if budget == "rank":
             spec.setdefault("rank_lambda", PRESETS["sparsevlm-v1"]["rank_lambda"])
+        if isinstance(budget, str) and parse_equivalent(budget) is not None and spec.get("stage_shape") is not None:
+            spec["stage_shape"] = _fit(spec["stage_shape"], len(layers))
         spec.update(overrides)
         return cls(budget=budget, layers=layers, name=name, **spec)
 
 
 def parse_budget(text: str) -> Any:
     """A budget as typed on a command line: ``"194"`` -> 194 (tokens), ``"0.1"`` -> 0.1 (fraction),
-    ``"rank"`` -> ``"rank"``. Only the syntax is checked here (ranges: ``SparseConfig``).
-    Raises ValueError: ``'abc' is not a token count (194), a fraction (0.1) or 'rank'``."""
+    ``"194eq"`` -> ``"194eq"`` (equivalent tokens), ``"rank"`` -> ``"rank"``. Only the syntax is checked
+    here (ranges: ``SparseConfig``).
+    Raises ValueError: ``'abc' is not a token count (194), a fraction (0.1), equivalent tokens (194eq) or 'rank'``."""
     t = str(text).strip()
     if t == "rank":
         return "rank"
+    if t.lower().endswith("eq") and parse_equivalent(t) is not None:
+        return t.lower()
     try:
         return int(t) if t.lstrip("-").isdigit() else float(t)
     except ValueError:
-        raise ValueError(f"{text!r} is not a token count (194), a fraction (0.1) or 'rank'") from None
+        raise ValueError(
+            f"{text!r} is not a token count (194), a fraction (0.1), equivalent tokens (194eq) or 'rank'") from None
+
+
+def parse_equivalent(text: str) -> float | None:
+    """``'194eq'`` -> 194.0, ``'0.094eq'`` -> 0.094 (a fraction of the visual tokens); anything else -> None."""
+    t = str(text).strip().lower()
+    if not t.endswith("eq"):
+        return None
+    try:
+        v = float(t[:-2])
+    except ValueError:
+        return None
+    if not (v > 0) or math.isinf(v):
+        return None
+    return v
+
+
+def seed_recycle_counts(num_pruned: int, ratio: float = 0.3, cluster_ratio: float = 0.1) -> tuple:
+    """The seed's recycling counts for ``num_pruned`` pruned tokens: (candidates, clusters) =
+    (int(ratio x n) + 1, int(cluster_ratio x candidates) + 1), both capped at n; (0, 0) when nothing is pruned."""
+    if num_pruned <= 0:
+        return 0, 0
+    cand = min(num_pruned, int(ratio * num_pruned) + 1)
+    return cand, min(cand, int(cluster_ratio * cand) + 1)
 
 
 def _resolve_count(c: Any, num_visual: int) -> int:
@@ -510,8 +708,12 @@ def _table_schedule(table: dict) -> Any:
     'rank' -> rank-adaptive counts at the preset's layers.
     """
 
-    def build(budget: Any, default: Any, layers: tuple) -> Any:
+    def build(budget: Any, default: Any, layers: tuple, spec: dict) -> Any:
         if isinstance(budget, (tuple, list)) or budget == "rank":
+            return budget
+        if isinstance(budget, str) and parse_equivalent(budget) is not None:
+            # equivalent tokens: the default entry's per-stage shape, scaled until the equivalent tokens match
+            spec["stage_shape"] = tuple(c / REFERENCE_VISUAL_TOKENS for c in table[default])
             return budget
         if budget is None:
             counts = _fit(table[default], len(layers))
@@ -537,6 +739,17 @@ def _table_schedule(table: dict) -> Any:
     return build
 
 
+def _v1_schedule(budget: Any, default: Any, layers: tuple, spec: dict) -> Any:
+    """sparsevlm-v1: None or a setting 192/128/64 -> the release code's rank rule with that setting's
+    (scale, bias); 'rank' -> the rule as configured; anything else (int, float, 'Neq', schedule) -> fixed counts."""
+    if budget is None:
+        budget = default
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget in V1_RANK_RULES:
+        spec["rank_scale"], spec["rank_bias"] = V1_RANK_RULES[budget]
+        return "rank"
+    return budget
+
+
 def _fit(counts: tuple, n: int) -> tuple:
     """Counts for n stages: when a shallow decoder drops stages, the final count is kept."""
     if n >= len(counts):
@@ -558,13 +771,34 @@ PRESETS: dict = {
         recycle=True,
         positions="original",
     ),
-    "sparsevlm-v1": dict(
+    # The seed presets reproduce the official code (github Gumpest/SparseVLMs), token counts included.
+    "sparsevlm-video": dict(
+        # video branch: one stage at layer 1 keeping `rank` tokens; the seed's recycling adds the merged tokens
+        # on top, after the kept ones; positions renumbered (rank ~8 on Video-LLaVA -> 8 + 62 = 70 tokens)
         budget="rank",
-        layers=(2, 6, 15, 19),
+        layers=(1,),
         method="sparsevlm",
         raters="sparsevlm",
-        rank_lambda=0.5,  # lambda = 1 keeps only ~rank(P) <= #raters tokens; 0.5 ~ halves per stage
+        rank_rule="rank",
         recycle=True,
+        recycle_rule="seed",
+        recycle_place="after",
+        positions="renumber",
+    ),
+    "sparsevlm-v1": dict(
+        # first release: keep min(int(rank x 13.5 + 0), N - 1) at layers 2, 6, 15, 19 (its 192 setting)
+        budget=_DEFAULT_KEY,
+        layers=(2, 6, 15, 19),
+        _schedule=_v1_schedule,
+        method="sparsevlm",
+        raters="sparsevlm",
+        rank_rule="linear",
+        rank_scale=V1_RANK_RULES[_DEFAULT_KEY][0],
+        rank_bias=V1_RANK_RULES[_DEFAULT_KEY][1],
+        rank_lambda=0.5,  # the paper's rule (rank_rule='lambda'): lambda = 0.5 ~ halves per stage
+        recycle=True,
+        recycle_rule="seed",
+        recycle_place="after",
         positions="renumber",
     ),
     # budget: the table key of the default; SparseConfig.preset turns it into the key's per-stage
@@ -575,8 +809,11 @@ PRESETS: dict = {
         _schedule=_table_schedule(V15_SCHEDULES),
         method="sparsevlm",
         raters="sparsevlm",
+        clamp_counts=True,
         recycle=True,
-        positions="original",
+        recycle_rule="seed",
+        recycle_place="after",
+        positions="renumber",
     ),
     "sparsevlm-v2": dict(
         budget=_DEFAULT_KEY,
@@ -585,7 +822,9 @@ PRESETS: dict = {
         method="sparsevlm",
         raters="sparsevlm",
         head_agg="priority",
-        gravity=True,
+        priority_heads=14,
+        gravity="bounded",  # the seed's factor: gravity="official" (<= 0 at some distances, see the README)
+        clamp_counts=True,
         recycle=False,
         positions="original",
     ),

@@ -255,18 +255,23 @@ def test_preset_schedules_and_trace_counts():
     v2 = SparseConfig.preset("sparsevlm-v2", budget=96)
     assert [c for _, c in v2.budget] == [246, 54, 28] and v2.gravity and v2.head_agg == "priority"
     assert not v2.recycle
-    # equivalent tokens of the seed schedule on 576 tokens / 32 layers ~ the nominal budget
+    assert v2.priority_heads == 14 and v2.gravity == "bounded"
+    # the seed's recycling adds merged tokens on top: 300 + 9, 200 + 4, 110 + 3 on 576 tokens
+    assert cfg.stage_plan(576, 32) == [(2, 300, 9), (6, 200, 4), (15, 110, 3)]
     eq = cfg.equivalent_tokens(576, 32)
-    assert eq == pytest.approx((3 * 576 + 4 * 300 + 9 * 200 + 16 * 110) / 32)
+    assert eq == pytest.approx((3 * 576 + 4 * 309 + 9 * 204 + 16 * 113) / 32)
     # the trace of a run reports post-stage counts and equivalent tokens
     model = make_model("sdpa", layers=6, image_size=32, patch=4, seed=5)  # 65 tokens/frame
     inp = make_inputs(model, frames=8, questions=QUESTIONS)  # 520 visual tokens
     sched = SparseConfig.preset("sparsevlm-v1.5", budget=((1, 300), (2, 200), (3, 110)), num_layers=6)
     with torch.no_grad(), sparsify(model, sched) as h:
         model(**inp)
-    assert h.trace.counts == [300, 200, 110]
-    assert h.trace.equivalent_tokens == pytest.approx((2 * 520 + 300 + 200 + 2 * 110) / 6)
-    assert h.trace.stages[1].kept.shape == (2, 200)
+    # the seed's merged tokens come on top: 300 + 7 (of 220 pruned: 67 candidates, 7 clusters), 200 + 4, 110 + 3
+    assert sched.stage_plan(520, 6) == [(1, 300, 7), (2, 200, 4), (3, 110, 3)]
+    assert h.trace.counts == [307, 204, 113]
+    assert h.trace.equivalent_tokens == pytest.approx((2 * 520 + 307 + 204 + 2 * 113) / 6)
+    assert h.trace.stages[1].kept.shape == (2, 204)
+    assert h.trace.stages[0].merged[:, 300:].all() and not h.trace.stages[0].merged[:, :300].any()
     # later stages keep a subset of earlier ones
     for b in range(2):
         assert set(h.trace.stages[2].kept[b].tolist()) <= set(h.trace.stages[1].kept[b].tolist())

@@ -140,16 +140,27 @@ def _stable_desc(scores: torch.Tensor, tier: torch.Tensor) -> torch.Tensor:
     return o.gather(1, o2)
 
 
-def rank_adaptive_count(num_current: int, rank: torch.Tensor, lam: float, minimum: int = 1) -> int:
-    """SparseVLM-v1 adaptive count: prune round(lam * (N - rank)) tokens.
+def rank_adaptive_count(num_current: int, rank: torch.Tensor, lam: float, minimum: int = 1, rule: str = "lambda",
+                        scale: float = 1.0, bias: float = 0.0) -> int:
+    """SparseVLM rank-adaptive count of a stage with N = num_current visual tokens.
 
-    num_current: visual tokens before the stage; rank: (B,) rank of each sample's relevance matrix.
-    All samples of a batch keep the same count: the largest kept count of the batch (no sample loses
-    more than its own rule allows). returns an int in [minimum, num_current].
+    rule 'lambda' (the paper): prune round(lam * (N - rank)) tokens.
+    rule 'linear' (the v1 release code): keep min(int(rank * scale + bias), N - 1).
+    rule 'rank'   (the seed's video branch): keep rank tokens; all N when rank >= N.
+    rank: (B,) rank of each sample's relevance matrix. All samples of a batch keep the same count: the
+    largest kept count of the batch (no sample loses more than its own rule allows).
+    returns an int in [minimum, num_current].
     """
-    prune = torch.round(lam * (num_current - rank.float())).clamp(min=0)
-    keep = (num_current - prune).long()
-    return int(keep.max().clamp(min=minimum, max=num_current).item())
+    r = rank.double()
+    if rule == "lambda":
+        keep = num_current - torch.round(lam * (num_current - r)).clamp(min=0)
+    elif rule == "linear":
+        keep = torch.floor(r * scale + bias).clamp(max=num_current - 1)
+    elif rule == "rank":
+        keep = torch.where(r >= num_current, torch.full_like(r, num_current), r)
+    else:
+        raise ValueError(f"rank_adaptive_count: unknown rule {rule!r}")
+    return int(keep.long().max().clamp(min=minimum, max=num_current).item())
 
 
 def rank_count_warning(count: int, rank: torch.Tensor, layer: int, num_frames: int, num_visual: int,

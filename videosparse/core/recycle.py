@@ -24,16 +24,20 @@ def recycle_count(num_visual: int, budget: int, ratio: float, cluster_ratio: flo
     return max(0, min(c, budget - 1, pruned))
 
 
-def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = 5, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = 5, valid: torch.Tensor | None = None,
+            include_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peak clustering with k-nearest-neighbour density (DPC-KNN), batched.
 
     x:       (B, n, D) points
     valid:   (B, n) bool, invalid points are never centers and are not assigned (label -1)
-    density  rho_i   = exp(-mean of squared distances to the k nearest neighbours)
+    density  rho_i   = exp(-mean of squared distances to the k nearest neighbours); with include_self the
+             point itself (distance 0) is one of the k, as in the seed code (k = number of clusters there)
     delta_i  = min distance to a point of higher density (max distance for the densest point)
     centers  = the `num_clusters` points with largest rho * delta; others join the nearest center
     returns (centers (B, c) long indices into n, labels (B, n) long in [0, c) or -1)
-    Deterministic: ties in density are broken by index (lower index counts as denser).
+    Deterministic: ties in density are broken exactly by index (of two equally dense points the lower
+    index counts as denser), so two identical points never both become centers. (An additive
+    ``1e-12 * index`` is below float32 resolution near density 1 and broke no tie.)
     """
     B, n, D = x.shape
     c = min(num_clusters, n)
@@ -50,19 +54,23 @@ def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = 5, valid: torch.Tensor 
     # fast path (the common case): no validity masks at all -- identical result, ~20% less time
     pair_valid = None if all_valid else valid[:, :, None] & valid[:, None, :]
     dist_masked = dist if pair_valid is None else dist.masked_fill(~pair_valid, big)
-    kk = max(1, min(k, n - 1)) if n > 1 else 1
-    if n > 1:
-        knn = dist_masked.masked_fill(eye, big).topk(kk, dim=-1, largest=False).values
+    if include_self:
+        knn = dist_masked.topk(max(1, min(k, n)), dim=-1, largest=False).values
+        if pair_valid is not None:
+            knn = torch.where(knn >= big, torch.zeros_like(knn), knn)
+    elif n > 1:
+        knn = dist_masked.masked_fill(eye, big).topk(max(1, min(k, n - 1)), dim=-1, largest=False).values
         if pair_valid is not None:
             knn = torch.where(knn >= big, torch.zeros_like(knn), knn)
     else:
         knn = torch.zeros(B, n, 1, device=x.device)
     density = torch.exp(-(knn**2).mean(dim=-1))
-    # tiny index-based tie-break: earlier index is denser
-    density = density + torch.arange(n, 0, -1, device=x.device)[None].float() * 1e-12
     if pair_valid is not None:
         density = density.masked_fill(~valid, -1.0)
-    denser = density[:, None, :] > density[:, :, None]  # (B, i, j): j denser than i
+    # (B, i, j): j denser than i; equal densities: the lower index is denser (exact, no additive noise)
+    idx = torch.arange(n, device=x.device)
+    tie = density[:, None, :] == density[:, :, None]
+    denser = (density[:, None, :] > density[:, :, None]) | (tie & (idx[None, :] < idx[:, None])[None])
     if pair_valid is None:
         dmax = dist.flatten(1).max(dim=1).values[:, None].expand(B, n)
         delta = dist.masked_fill(~denser, big).min(dim=-1).values
@@ -73,7 +81,7 @@ def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = 5, valid: torch.Tensor 
     score = density * delta
     if pair_valid is not None:
         score = score.masked_fill(~valid, -1.0)
-    centers = score.topk(c, dim=1).indices  # (B, c)
+    centers = torch.argsort(-score, dim=1, stable=True)[:, :c]  # (B, c), equal scores: lower index first
     cd = dist.gather(2, centers[:, None, :].expand(B, n, c))  # (B, n, c)
     labels = cd.argmin(dim=-1)
     labels.scatter_(1, centers, torch.arange(c, device=x.device).expand(B, c))  # a center is its own
@@ -104,12 +112,15 @@ def recycle(
     ratio: float,
     k: int = 5,
     cluster_ratio: float | None = None,
+    num_candidates: int | None = None,
+    include_self: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cluster the best pruned tokens and merge each cluster into one token.
 
     hidden: (B, M, D) visual hidden states; scores: (B, M); kept: (B, K) indices kept by top-k.
     The candidates are the top `ratio` of the pruned tokens by score (at least num_clusters), capped at
-    num_clusters / cluster_ratio when `cluster_ratio` is given.
+    num_clusters / cluster_ratio when `cluster_ratio` is given; `num_candidates` fixes their number instead
+    (the seed rule). `k` / `include_self`: the DPC-KNN density (see `dpc_knn`).
     Each merged token is placed at its cluster center's position (a pruned position, so it never
     collides with a kept one) and its hidden state is the cluster mean.
     returns (center_idx (B, c) long into M, merged (B, c, D), member_idx (B, n_cand) long into M,
@@ -128,11 +139,13 @@ def recycle(
     n_cand = min(n_pruned, max(num_clusters, int(math.ceil(ratio * n_pruned))))
     if cluster_ratio is not None and cluster_ratio > 0:
         n_cand = min(n_cand, max(num_clusters, int(math.ceil(num_clusters / cluster_ratio))))
+    if num_candidates is not None:
+        n_cand = max(num_clusters, min(n_pruned, num_candidates))
     s = scores.float().masked_fill(~pruned_mask, float("-inf"))
     order = torch.argsort(-s, dim=1, stable=True)
     cand = order[:, :n_cand].sort(dim=1).values  # (B, n_cand)
     xc = hidden.gather(1, cand[:, :, None].expand(B, n_cand, D))
-    centers_local, labels = dpc_knn(xc, num_clusters, k=k)
+    centers_local, labels = dpc_knn(xc, num_clusters, k=k, include_self=include_self)
     merged = merge_clusters(xc, labels, centers_local.shape[1])
     center_idx = cand.gather(1, centers_local)
     return center_idx, merged, cand, labels

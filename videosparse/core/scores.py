@@ -94,6 +94,21 @@ def rope_gravity(max_distance: int, inv_freq: torch.Tensor) -> torch.Tensor:
     return mag.mean(dim=1).float()
 
 
+def rope_gravity_official(max_distance: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """The seed's (SparseVLM v2) RoPE "gravity" factor: rotary(ones, m) . rotary(ones, n) / sqrt(d).
+
+    For an all-ones head vector each rotary pair contributes 2 cos(delta x theta_i), so the factor is
+    2 sum_i cos(delta x theta_i) / sqrt(d) with d = 2 x len(inv_freq): sqrt(d) at distance 0, but it
+    oscillates and is <= 0 at some distances (dividing attention by it then flips or explodes the
+    score). Kept as an option for fidelity; `rope_gravity` is the bounded alternative.
+    returns (max_distance + 1,) float32
+    """
+    delta = torch.arange(max_distance + 1, dtype=torch.float64, device=inv_freq.device)
+    d = 2 * inv_freq.numel()
+    g = 2.0 * torch.cos(delta[:, None] * inv_freq.double()[None, :]).sum(dim=1) / math.sqrt(d)
+    return g.float()
+
+
 def visual_scores(
     probs: torch.Tensor,
     rater_valid: torch.Tensor,
@@ -137,17 +152,27 @@ def visual_scores(
 
 
 def relevance_rank(probs: torch.Tensor, rater_valid: torch.Tensor, visual_idx: torch.Tensor) -> torch.Tensor:
-    """Rank of the rater x visual relevance matrix (heads averaged), per sample (SparseVLM v1).
+    """Rank of the rater x visual relevance matrix (heads averaged), per sample (SparseVLM v1 / video).
 
     probs: (B, H, R, N); rater_valid: (B, R); visual_idx: (B, M). returns (B,) long.
+    The attention is float32, so singular values below float32 rounding are not rank: the tolerance is
+    max(R, M) x float32 eps x the largest singular value (the float32 ``matrix_rank`` default the seed
+    relies on), applied to singular values computed in float64. Two raters with the same query (their
+    rows proportional up to float32 noise) add one to the rank, not two.
     """
     B, H, R, N = probs.shape
     idx = visual_idx[:, None, None, :].expand(B, H, R, visual_idx.shape[1])
-    rel = probs.gather(3, idx).mean(dim=1).double()  # (B, R, M)
+    rel = probs.gather(3, idx).float().mean(dim=1).double()  # (B, R, M)
+    eps = torch.finfo(torch.float32).eps
     out = []
     for b in range(B):
         m = rel[b][rater_valid[b]]
-        out.append(int(torch.linalg.matrix_rank(m).item()) if m.numel() else 0)
+        if not m.numel():
+            out.append(0)
+            continue
+        sv = torch.linalg.svdvals(m)
+        tol = max(m.shape) * eps * sv.max()
+        out.append(int((sv > tol).sum().item()))
     return torch.tensor(out, dtype=torch.long, device=probs.device)
 
 

@@ -29,6 +29,7 @@ from videosparse.core.scores import (
     received_attention,
     relevance_rank,
     rope_gravity,
+    rope_gravity_official,
     visual_scores,
 )
 from videosparse.core.select import run_stage
@@ -126,7 +127,7 @@ class VideoLlavaAdapter(ModelAdapter):
         self._hook = None
         self._had_forward_attr = False
         self._orig_forward_attr = None
-        self._gravity: torch.Tensor | None = None
+        self._gravity: dict = {}
 
     # ------------------------------------------------------------------ install / uninstall
     def install(self, handle: SparseHandle) -> None:
@@ -225,11 +226,14 @@ class VideoLlavaAdapter(ModelAdapter):
         return pruned(self.decoder, **kwargs)
 
     # ------------------------------------------------------------------ selection helpers
-    def gravity_table(self, n: int, device: torch.device) -> torch.Tensor:
-        if self._gravity is None or self._gravity.numel() < n + 1 or self._gravity.device != device:
+    def gravity_table(self, n: int, device: torch.device, kind: str = "bounded") -> torch.Tensor:
+        """RoPE distance weights g(0..>=n) of the decoder's rotary frequencies ('bounded' or 'official')."""
+        t = self._gravity.get(kind) if self._gravity else None
+        if t is None or t.numel() < n + 1 or t.device != device:
             inv = self.decoder.rotary_emb.inv_freq.to(device)
-            self._gravity = rope_gravity(max(n, 1), inv)
-        return self._gravity
+            t = (rope_gravity if kind == "bounded" else rope_gravity_official)(max(n, 1), inv)
+            self._gravity[kind] = t
+        return t
 
 
 def _wrap_like_original(fn: Any) -> Any:
@@ -292,7 +296,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
     pooled = pending.ids is not None
     Nv = int(pending.ids.shape[1]) if pooled else T * P  # visual tokens in the sequence
     Nv_all = T * P  # visual tokens of the sampled frames (trace coordinates)
-    counts = cfg.stage_counts(Nv)  # ValueError naming `budget` when impossible
+    counts = cfg.stage_counts(Nv, dec.config.num_hidden_layers)  # ValueError naming `budget` when impossible
     stage_layers = list(cfg.stage_layers)
     vis_start = vm.float().argmax(dim=1)
     vis_pos = vis_start[:, None] + torch.arange(Nv, device=dev)[None]
@@ -332,6 +336,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
     # decoder segments (first_layer, last_layer, keep_idx or None, rope shift); the last one is open
     segments: list = [(0, None, None, 0)]
     trace_stages = []
+    stage_sizes: list = []
     stage_of = {layer: i for i, layer in enumerate(stage_layers)}
     h = x
     for li, layer in enumerate(dec.layers[: dec.config.num_hidden_layers]):
@@ -365,16 +370,18 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             else:
                 probs = rater_attention(q, k, qpos_local, key_valid, attn.scaling)
             grav, qpos_rope, kpos_rope = None, None, None
-            if cfg.gravity:
+            if cfg.gravity is not None:
                 qpos_rope = rope_pos.gather(1, qpos_local.clamp(min=0))
                 kpos_rope = rope_pos.gather(1, vis_local)
-                grav = adapter.gravity_table(int(rope_pos.max().item()) + 1, dev)
+                grav = adapter.gravity_table(int(rope_pos.max().item()) + 1, dev, cfg.gravity)
             scores = visual_scores(probs, rater_valid, vis_local, cfg.head_agg, cfg.priority_heads,
                                    grav, qpos_rope, kpos_rope)
             if count is None:
                 rank = relevance_rank(probs, rater_valid, vis_local)
-                count = rank_adaptive_count(M, rank, cfg.rank_lambda)
-                msg = rank_count_warning(count, rank, li, T, Nv, cfg.rank_lambda)
+                count = rank_adaptive_count(M, rank, cfg.rank_lambda, rule=cfg.rank_rule, scale=cfg.rank_scale,
+                                            bias=cfg.rank_bias)
+                # the seed rules ('linear', 'rank') are reproduced as published; only the lambda rule warns
+                msg = rank_count_warning(count, rank, li, T, Nv, cfg.rank_lambda) if cfg.rank_rule == "lambda" else None
                 if msg:
                     logger.warning(msg)
         elif cfg.method == "fastv":
@@ -385,12 +392,19 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
         else:  # uniform
             scores = uniform_scores(cur_vis_id, count)
         count = min(int(count), M)
+        if cfg.clamp_counts and M > 1:
+            count = min(count, M - 1)  # the seed's min(count, N - 1)
         frame_id = cur_vis_id // P
         forced = (cur_vis_id % P == 0) if cfg.keep_cls else None
         override = None
         if handle._override is not None:
             ov = handle._override[s_idx].to(dev)
-            override = torch.searchsorted(cur_vis_id, ov.sort(dim=1).values)
+            # ids may be out of order after merged tokens were placed after the kept ones: match by value
+            hit = cur_vis_id[:, None, :] == ov.sort(dim=1).values[:, :, None]  # (B, K, M)
+            if not bool(hit.any(dim=2).all()):
+                raise ValueError(f"videosparse: the selection override of stage {s_idx} names tokens that are no "
+                                 f"longer in the sequence")
+            override = hit.float().argmax(dim=2)
             count = ov.shape[1]
         vis_hidden = _gather_rows(h, vis_local)
         full_grid = not pooled and M == Nv  # the whole frame-major grid is still there
@@ -403,16 +417,17 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             recycle_tokens=cfg.recycle, recycle_ratio=cfg.recycle_ratio,
             recycle_cluster_ratio=cfg.recycle_cluster_ratio, recycle_knn=cfg.recycle_knn,
             floor_share=cfg.floor_share, recycle_share=cfg.recycle_share,
-            override=override,
+            override=override, recycle_rule=cfg.recycle_rule, recycle_place=cfg.recycle_place,
             # temporal redundancy on the projected visual features (decoder input): position-free, so
             # identical content in two frames is recognised (layer-L states differ by RoPE/context)
             redundancy_features=_gather_rows(x, cur_vis) if full_grid and cfg.temporal_tau is not None else None,
         )
+        stage_sizes.append(int(res.keep.shape[1]))
         # trace (in original visual coordinates)
         if cfg.trace:
             full_scores = torch.full((B, Nv_all), float("nan"), device=dev)
             full_scores.scatter_(1, cur_vis_id, res.scores.float())
-            kept_ids = cur_vis_id.gather(1, res.keep)
+            kept_ids = cur_vis_id.gather(1, res.ids)
             clusters = None
             if cfg.recycle:
                 clusters = torch.full((B, Nv_all), -1, dtype=torch.long, device=dev)
@@ -422,7 +437,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
                 redundant = torch.zeros(B, Nv_all, dtype=torch.bool, device=dev)
                 redundant.scatter_(1, cur_vis_id, res.redundant)
             trace_stages.append(StageRecord(
-                layer=li, kept=kept_ids.cpu(), merged=(cur_merged.gather(1, res.keep) | res.merged).cpu(),
+                layer=li, kept=kept_ids.cpu(), merged=(cur_merged.gather(1, res.ids) | res.merged).cpu(),
                 scores=full_scores.cpu(), raters=raters.cpu() if raters is not None else None,
                 clusters=clusters.cpu() if clusters is not None else None,
                 redundant=redundant.cpu() if redundant is not None else None,
@@ -439,8 +454,8 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
         h = _gather_rows(h, slots)
         cur = cur.gather(1, slots)
         cur_vis = cur_vis.gather(1, res.keep)
-        cur_vis_id = cur_vis_id.gather(1, res.keep)
-        cur_merged = cur_merged.gather(1, res.keep) | res.merged
+        cur_vis_id = cur_vis_id.gather(1, res.ids)  # identity follows the content, slots follow `keep`
+        cur_merged = cur_merged.gather(1, res.ids) | res.merged
         removed = N - cur.shape[1]
         mask_cur = mask2d.gather(1, cur)
         if cfg.positions == "renumber":
@@ -468,7 +483,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
                                decoder_visual=Nv if pooled else None)
         handle._record(trace)
     else:
-        handle.last_counts = [int(c) for c in counts]
+        handle.last_counts = stage_sizes  # visual tokens after each stage, merged tokens included
     return h
 
 
