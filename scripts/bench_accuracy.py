@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Accuracy vs visual-token budget on the trained test bed, for every method, in one run.
 
-    python scripts/bench_accuracy.py --seed 777 --n 1000 [--json out/acc.json]
+    python scripts/bench_accuracy.py --seed 777 --n 1000 [--json out/acc.json] [--skip-kept]
 
 A fresh held-out set is generated from --seed (never a training seed), written as real H.264 files
 and read back through `videosparse.video`, so decoding is part of the measurement. The shipped
@@ -14,6 +14,14 @@ Budget semantics: the budget is the number of visual tokens alive after the *las
 presets (video, fastv, random, uniform) prune once at their stage layer; multi-stage presets
 (sparsevlm-v1.5/v2) keep the seed's per-stage ratios before their last stage (so they see more tokens
 in early layers: compare their equivalent tokens).
+
+Second sweep, at equal *equivalent tokens* (the SparseVLM paper's unit: mean over decoder layers of the
+visual tokens each layer sees, merged/recycled tokens included): every preset of --eq-presets gets the
+budget "<x>eq" for each x of --eq (x <= 1: a fraction of the visual tokens, else tokens), which the
+config solves into stage counts. A setting a preset cannot reach (see `SparseConfig.equivalent_range`)
+is printed as "-" with the reason. The rank-adaptive seed presets (--seed-presets) also run once at
+their own default ('rank') budget; their counts are decided per batch, so their equivalent tokens are
+the mean over the questions (and depend on --batch-size). --skip-kept skips the kept-fraction sweep.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -32,6 +41,68 @@ if ROOT not in sys.path:
 
 PRESETS = ["video", "sparsevlm-v1.5", "sparsevlm-v2", "fastv", "random", "uniform"]
 BUDGETS = [1.0, 0.5, 0.25, 0.1, 0.05]
+EQ_PRESETS = ["video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv", "random",
+              "uniform"]
+# fractions of the visual tokens; on the 4-layer test bed (296 visual tokens) the floor of every preset is
+# <= 153 equivalent tokens (51.7 %, sparsevlm-video: stage after layer 1 plus recycled tokens on top)
+EQ_SETTINGS = [0.52, 0.55, 0.60, 0.70]
+SEED_PRESETS = ["sparsevlm-video", "sparsevlm-v1"]
+
+
+def eq_key(x: float) -> str:
+    return f"{x:g}"
+
+
+def eq_target(x: float, num_visual: int) -> float:
+    """Equivalent tokens asked for by setting x (x <= 1: a fraction of the visual tokens, else tokens)."""
+    return x * num_visual if x <= 1 else float(x)
+
+
+def evaluate_traced(model, tokenizer, samples, batch_size, spec, cfg) -> dict:
+    """`testbed.evaluate` batch by batch under `sparsify(model, cfg)`, keeping every batch's trace.
+
+    Same batches (hence same answers) as one `evaluate` call; adds the question-weighted mean equivalent
+    tokens and stage counts (rank-adaptive presets decide their counts per batch)."""
+    import numpy as np
+
+    from videosparse import sparsify
+    from videosparse.testbed import model as tb
+    from videosparse.testbed import synthetic as syn
+
+    correct: list = []
+    rec_sum, rec_n = 0.0, 0
+    eqs: list = []  # (equivalent tokens, counts, batch length)
+    with sparsify(model, cfg) as h:
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i: i + batch_size]
+            r = tb.evaluate(model, tokenizer, chunk, batch_size, spec, handle=h, return_predictions=True)
+            correct += r["correct"]
+            if r.get("target_recall") is not None:
+                rec_sum += r["target_recall"] * len(chunk)
+                rec_n += len(chunk)
+            tr = h.trace
+            if tr is None or not tr.stages:
+                eqs.append((float(tr.num_visual if tr is not None else 0), [], len(chunk)))
+            else:
+                eqs.append((float(tr.equivalent_tokens), list(tr.counts), len(chunk)))
+    per_type = {}
+    for t in syn.QUESTION_TYPES:
+        idx = [j for j, s in enumerate(samples) if s.qtype == t]
+        if idx:
+            per_type[t] = float(np.mean([correct[j] for j in idx]))
+    n = sum(w for _, _, w in eqs)
+    distinct = {tuple(c) for _, c, _ in eqs}
+    if len(distinct) == 1:
+        counts = list(next(iter(distinct)))
+    else:  # per-stage question-weighted mean
+        counts = [sum(c[k] * w for _, c, w in eqs) / n for k in range(len(eqs[0][1]))]
+    return {
+        "accuracy": float(np.mean(correct)), "per_type": per_type,
+        "target_recall": rec_sum / rec_n if rec_n == len(samples) and rec_n else None,
+        "equivalent_tokens": sum(e * w for e, _, w in eqs) / n,
+        "equivalent_min": min(e for e, _, _ in eqs), "equivalent_max": max(e for e, _, _ in eqs),
+        "counts": counts, "counts_per_batch": [c for _, c, _ in eqs] if len(distinct) > 1 else None,
+    }
 
 
 def preset_config(name: str, frac: float, num_visual: int, num_layers: int):
@@ -58,6 +129,13 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--model", default=None, help="checkpoint directory (default: the shipped test bed)")
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
+    ap.add_argument("--skip-kept", action="store_true", help="skip the kept-fraction sweep (--presets/--budgets)")
+    ap.add_argument("--eq", default=",".join(eq_key(x) for x in EQ_SETTINGS),
+                    help="equivalent-token settings, x <= 1 a fraction of the visual tokens, else tokens "
+                         "(budget '<x>eq'); empty: skip the sweep (default %(default)s)")
+    ap.add_argument("--eq-presets", default=",".join(EQ_PRESETS), help="presets of the equivalent-token sweep")
+    ap.add_argument("--seed-presets", default=",".join(SEED_PRESETS),
+                    help="rank-adaptive presets also run at their own default budget (empty: none)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--data-dir", default=None, help="keep the written videos here (default: a temp dir)")
@@ -68,12 +146,17 @@ def main(argv: list | None = None) -> int:
 
     from videosparse.testbed import synthetic as syn
     from videosparse.testbed import model as tb
-    from videosparse import __version__, sparsify
+    from videosparse import SparseConfig, __version__, sparsify
 
     if args.threads:
         torch.set_num_threads(args.threads)
     presets = [p for p in args.presets.split(",") if p]
-    budgets = [float(b) for b in args.budgets.split(",") if b]
+    budgets = [] if args.skip_kept else [float(b) for b in args.budgets.split(",") if b]
+    if args.skip_kept:
+        presets = []
+    eq_settings = [float(x) for x in args.eq.split(",") if x.strip()]
+    eq_presets = [p for p in args.eq_presets.split(",") if p] if eq_settings else []
+    seed_presets = [p for p in args.seed_presets.split(",") if p]
     t_start = time.perf_counter()
     model, tokenizer, spec = tb.load_testbed(args.model)
     num_layers = model.config.text_config.num_hidden_layers
@@ -115,35 +198,157 @@ def main(argv: list | None = None) -> int:
             print(f"{name:>15} @ {b:>5.0%}: acc {r['accuracy']:.4f}  recall {r.get('target_recall', float('nan')):.3f}"
                   f"  stages {trace.counts}  equiv {trace.equivalent_tokens:.1f}", flush=True)
 
+    # ---------------- equivalent-token sweep
+    eq_res: dict = {}
+    eq_plans: dict = {}
+    eq_planned: dict = {}
+    eq_cfgs: dict = {}
+    eq_skipped: dict = {}
+    eq_ranges: dict = {}
+    for name in eq_presets:
+        eq_res[name], eq_plans[name], eq_planned[name], eq_cfgs[name], eq_skipped[name] = {}, {}, {}, {}, {}
+        try:
+            eq_ranges[name] = list(SparseConfig.preset(name, budget=f"{num_visual}eq", num_layers=num_layers)
+                                   .equivalent_range(num_visual, num_layers))
+        except (ValueError, KeyError, TypeError) as e:
+            eq_ranges[name] = None
+            print(f"{name:>15}: no equivalent-token range ({e})", flush=True)
+        for x in eq_settings:
+            key, target = eq_key(x), eq_target(x, num_visual)
+            try:
+                cfg = SparseConfig.preset(name, budget=f"{key}eq", num_layers=num_layers)
+                plan = cfg.stage_plan(num_visual, num_layers)  # ValueError when the target is out of reach
+                planned = cfg.equivalent_tokens(num_visual, num_layers)
+                r = evaluate_traced(model, tokenizer, samples, args.batch_size, spec, cfg)
+            except (ValueError, KeyError, TypeError) as e:
+                eq_skipped[name][key] = str(e)
+                print(f"{name:>15} @ {key}eq ({target:.1f}): skipped: {e}", flush=True)
+                continue
+            eq_res[name][key] = r
+            eq_plans[name][key] = [list(p) for p in plan]
+            eq_planned[name][key] = planned
+            eq_cfgs[name][key] = cfg.to_dict()
+            print(f"{name:>15} @ {key}eq ({target:.1f}): acc {r['accuracy']:.4f}  recall "
+                  f"{r['target_recall'] if r['target_recall'] is not None else float('nan'):.3f}  stages {r['counts']}"
+                  f"  plan {plan}  equiv {r['equivalent_tokens']:.2f}", flush=True)
+
+    # ---------------- rank-adaptive seed presets at their own rule
+    seed_res: dict = {}
+    for name in seed_presets:
+        try:
+            cfg = SparseConfig.preset(name, num_layers=num_layers)
+            r = evaluate_traced(model, tokenizer, samples, args.batch_size, spec, cfg)
+        except (ValueError, KeyError, TypeError) as e:
+            seed_res[name] = {"skipped": str(e)}
+            print(f"{name:>15} @ own rule: skipped: {e}", flush=True)
+            continue
+        r["budget"] = cfg.budget
+        r["config"] = cfg.to_dict()
+        # `video` at the same (mean) equivalent tokens, for reference
+        try:
+            vcfg = SparseConfig.preset("video", budget=f"{r['equivalent_tokens']:.2f}eq", num_layers=num_layers)
+            vcfg.stage_plan(num_visual, num_layers)
+            v = evaluate_traced(model, tokenizer, samples, args.batch_size, spec, vcfg)
+            r["video_same_eq"] = {"accuracy": v["accuracy"], "per_type": v["per_type"],
+                                  "equivalent_tokens": v["equivalent_tokens"], "counts": v["counts"]}
+        except (ValueError, KeyError, TypeError) as e:
+            r["video_same_eq"] = {"skipped": str(e)}
+        seed_res[name] = r
+        print(f"{name:>15} @ own rule ({cfg.budget}): acc {r['accuracy']:.4f}  mean stages {r['counts']}  "
+              f"equiv {r['equivalent_tokens']:.2f} (batches {r['equivalent_min']:.1f}..{r['equivalent_max']:.1f})",
+              flush=True)
+
     # ---------------- tables
     lines = []
-    head = "| method | " + " | ".join(f"{b:.0%}" for b in budgets) + " |"
-    lines += ["", f"Exact-match accuracy (full model, all {num_visual} visual tokens: {full['accuracy']:.1%}; "
-              f"n = {len(samples)}, seed {args.seed}; ~1 point standard error at n = 1000)", "", head,
-              "|---|" + "---|" * len(budgets)]
-    for name in presets:
-        lines.append(f"| {name} | " + " | ".join(f"{results[name][str(b)]:.1%}" for b in budgets) + " |")
-    lines += ["", "Share of full-token accuracy", "", head, "|---|" + "---|" * len(budgets)]
-    for name in presets:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{results[name][str(b)] / full['accuracy']:.1%}" for b in budgets) + " |")
-    lines += ["", "Target recall (share of the asked-about patches kept un-merged after the last stage)", "", head,
-              "|---|" + "---|" * len(budgets)]
-    for name in presets:
-        lines.append(f"| {name} | " + " | ".join(
-            "-" if recall[name][str(b)] is None else f"{recall[name][str(b)]:.1%}" for b in budgets) + " |")
-    lines += ["", "Equivalent tokens (mean visual tokens per decoder layer)", "", head, "|---|" + "---|" * len(budgets)]
-    for name in presets:
-        lines.append(f"| {name} | " + " | ".join(f"{equiv[name][str(b)]:.0f}" for b in budgets) + " |")
     types = list(full["per_type"])
-    lines += ["", "Per question type at 10 % and 5 % (full model: " +
-              ", ".join(f"{t} {full['per_type'][t]:.1%}" for t in types) + ")", "",
-              "| method | budget | " + " | ".join(types) + " |", "|---|---|" + "---|" * len(types)]
-    for name in presets:
-        for b in budgets:
-            if b in (0.1, 0.05):
-                pt = per_type[name][str(b)]
-                lines.append(f"| {name} | {b:.0%} | " + " | ".join(f"{pt.get(t, float('nan')):.1%}" for t in types) + " |")
+    pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+    if presets and budgets:
+        head = "| method | " + " | ".join(f"{b:.0%}" for b in budgets) + " |"
+        lines += ["", f"Exact-match accuracy (full model, all {num_visual} visual tokens: {full['accuracy']:.1%}; "
+                  f"n = {len(samples)}, seed {args.seed}; ~1 point standard error at n = 1000)", "", head,
+                  "|---|" + "---|" * len(budgets)]
+        for name in presets:
+            lines.append(f"| {name} | " + " | ".join(f"{results[name][str(b)]:.1%}" for b in budgets) + " |")
+        lines += ["", "Share of full-token accuracy", "", head, "|---|" + "---|" * len(budgets)]
+        for name in presets:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{results[name][str(b)] / full['accuracy']:.1%}" for b in budgets) + " |")
+        lines += ["", "Target recall (share of the asked-about patches kept un-merged after the last stage)", "",
+                  head, "|---|" + "---|" * len(budgets)]
+        for name in presets:
+            lines.append(f"| {name} | " + " | ".join(pct(recall[name][str(b)]) for b in budgets) + " |")
+        lines += ["", "Equivalent tokens (mean visual tokens per decoder layer)", "", head,
+                  "|---|" + "---|" * len(budgets)]
+        for name in presets:
+            lines.append(f"| {name} | " + " | ".join(f"{equiv[name][str(b)]:.0f}" for b in budgets) + " |")
+        lines += ["", "Per question type at 10 % and 5 % (full model: " +
+                  ", ".join(f"{t} {full['per_type'][t]:.1%}" for t in types) + ")", "",
+                  "| method | budget | " + " | ".join(types) + " |", "|---|---|" + "---|" * len(types)]
+        for name in presets:
+            for b in budgets:
+                if b in (0.1, 0.05):
+                    pt = per_type[name][str(b)]
+                    lines.append(f"| {name} | {b:.0%} | " +
+                                 " | ".join(f"{pt.get(t, float('nan')):.1%}" for t in types) + " |")
+
+    if eq_presets and eq_settings:
+        keys = [eq_key(x) for x in eq_settings]
+        ehead = "| method | " + " | ".join(
+            f"{eq_target(x, num_visual):.1f} eq ({100 * eq_target(x, num_visual) / num_visual:.3g}%)" for x in eq_settings
+        ) + " |"
+        esep = "|---|" + "---|" * len(eq_settings)
+
+        def cell(name, key, fmt):
+            r = eq_res[name].get(key)
+            return "-" if r is None else fmt(r)
+
+        lines += ["", f"Accuracy at equal equivalent tokens (budget '<x>eq'; full model {full['accuracy']:.1%} with "
+                  f"{num_visual}; n = {len(samples)}, seed {args.seed})", "", ehead, esep]
+        for name in eq_presets:
+            lines.append(f"| {name} | " + " | ".join(cell(name, k, lambda r: f"{r['accuracy']:.1%}")
+                                                     for k in keys) + " |")
+        notes = [f"- {name} @ {k}eq: {why}" for name in eq_presets for k, why in eq_skipped[name].items()]
+        if notes:
+            lines += ["", "Not reachable (\"-\"):"] + notes
+        lines += ["", "Achieved equivalent tokens (trace; tokens alive after each stage, recycled included)", "",
+                  ehead, esep]
+        for name in eq_presets:
+            lines.append(f"| {name} | " + " | ".join(
+                cell(name, k, lambda r: f"{r['equivalent_tokens']:.1f} {r['counts']}") for k in keys) + " |")
+        lines += ["", "Reachable range of equivalent tokens: " + "; ".join(
+            f"{name} " + ("-" if eq_ranges.get(name) is None else
+                          f"[{eq_ranges[name][0]:.1f}, {eq_ranges[name][1]:.1f}]") for name in eq_presets)]
+        lines += ["", "Target recall at equal equivalent tokens", "", ehead, esep]
+        for name in eq_presets:
+            lines.append(f"| {name} | " + " | ".join(cell(name, k, lambda r: pct(r["target_recall"]))
+                                                     for k in keys) + " |")
+        lo_x = min(eq_settings, key=lambda x: eq_target(x, num_visual))
+        lo_k = eq_key(lo_x)
+        lines += ["", f"Per question type at the lowest setting, {eq_target(lo_x, num_visual):.1f} equivalent tokens "
+                  f"({lo_k}eq)", "", "| method | " + " | ".join(types) + " |", "|---|" + "---|" * len(types),
+                  "| full model | " + " | ".join(f"{full['per_type'][t]:.1%}" for t in types) + " |"]
+        for name in eq_presets:
+            r = eq_res[name].get(lo_k)
+            lines.append(f"| {name} | " + " | ".join(
+                "-" if r is None else f"{r['per_type'].get(t, float('nan')):.1%}" for t in types) + " |")
+
+    if seed_res:
+        lines += ["", "Seed presets at their own rule (rank-adaptive counts, decided per batch of "
+                  f"{args.batch_size}; equivalent tokens = mean over the questions)", "",
+                  "| preset | budget | accuracy | target recall | mean equivalent tokens | per batch | mean stage counts "
+                  "| video at the same equivalent tokens |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in seed_res.items():
+            if "skipped" in r:
+                lines.append(f"| {name} | - | - | - | - | - | - | - ({r['skipped']}) |")
+                continue
+            v = r.get("video_same_eq", {})
+            vtxt = "-" if "accuracy" not in v else f"{v['accuracy']:.1%} ({v['equivalent_tokens']:.1f} eq)"
+            lines.append(
+                f"| {name} | {r['budget']} | {r['accuracy']:.1%} | {pct(r['target_recall'])} | "
+                f"{r['equivalent_tokens']:.1f} ({r['equivalent_tokens'] / num_visual:.1%}) | "
+                f"{r['equivalent_min']:.1f}..{r['equivalent_max']:.1f} | "
+                f"{[round(c, 1) for c in r['counts']]} | {vtxt} |")
+
     # targets of the issue
     def acc(name, b):
         return results.get(name, {}).get(str(b))
@@ -160,11 +365,20 @@ def main(argv: list | None = None) -> int:
         if "fastv" in results:
             worst = min(acc("video", b) - acc("fastv", b) for b in budgets)
             tgt.append(("video never below fastv", f"min difference {worst * 100:+.1f} points", worst >= 0))
+    diffs = [(eq_res["video"][k]["accuracy"] - eq_res[p_][k]["accuracy"], p_, k)
+             for p_ in eq_presets if p_.startswith("sparsevlm-") for k in eq_res.get(p_, {})
+             if k in eq_res.get("video", {})]
+    if diffs:
+        worst, wp, wk = min(diffs)
+        tgt.append(("video >= every sparsevlm-* preset at equal equivalent tokens",
+                    f"min difference {worst * 100:+.1f} points ({wp} @ {wk}eq; {len(diffs)} comparisons)",
+                    worst >= 0))
     if tgt:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {'yes' if c else 'NO'} |" for a, b, c in tgt]
     elapsed = time.perf_counter() - t_start
-    lines += ["", f"Command: `python scripts/bench_accuracy.py --seed {args.seed} --n {args.n}` "
+    cmd = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    lines += ["", f"Command: `python scripts/bench_accuracy.py {cmd}` "
               f"({elapsed / 60:.1f} min, {torch.get_num_threads()} threads)."]
     print("\n".join(lines))
     if args.json:
@@ -174,7 +388,23 @@ def main(argv: list | None = None) -> int:
             "target_recall": recall, "equivalent_tokens": equiv, "stage_counts": counts,
             "configs": {n: {str(b): preset_config(n, b, num_visual, num_layers).to_dict() for b in budgets}
                         for n in presets},
+            "stage_plans": {n: {str(b): [list(x) for x in preset_config(n, b, num_visual, num_layers)
+                                        .stage_plan(num_visual, num_layers)] for b in budgets} for n in presets},
             "targets": [{"target": a, "measured": b, "met": c} for a, b, c in tgt],
+            "eq_settings": {eq_key(x): eq_target(x, num_visual) for x in eq_settings},
+            "eq_presets": eq_presets,
+            "eq_results": {n: {k: r["accuracy"] for k, r in eq_res[n].items()} for n in eq_presets},
+            "eq_per_type": {n: {k: r["per_type"] for k, r in eq_res[n].items()} for n in eq_presets},
+            "eq_target_recall": {n: {k: r["target_recall"] for k, r in eq_res[n].items()} for n in eq_presets},
+            "eq_equivalent_tokens": {n: {k: r["equivalent_tokens"] for k, r in eq_res[n].items()} for n in eq_presets},
+            "eq_planned_equivalent_tokens": eq_planned,
+            "eq_stage_counts": {n: {k: r["counts"] for k, r in eq_res[n].items()} for n in eq_presets},
+            "eq_stage_plans": eq_plans,
+            "eq_configs": eq_cfgs,
+            "eq_skipped": eq_skipped,
+            "eq_ranges": eq_ranges,
+            "seed_rule": seed_res,
+            "batch_size": args.batch_size,
             "seed": args.seed, "n": len(samples), "num_visual": num_visual, "num_layers": num_layers,
             "model": args.model or tb.default_path(), "seconds": elapsed,
             "versions": {"videosparse": __version__, "torch": torch.__version__,

@@ -14,7 +14,19 @@ to fit a 2-core CPU and stated in the output):
 * selection overhead (raters + queries/keys + scores + temporal + top-k + recycling) measured by
   wall-clock wrappers around those functions (runtime instrumentation, no library change);
 * peak prefill memory, each configuration in a fresh child process (VmHWM reset right before the
-  prefill via /proc/self/clear_refs, so model building does not count).
+  prefill via /proc/self/clear_refs, so model building does not count);
+* rows at equal *equivalent tokens* (the SparseVLM paper's unit: mean over the decoder layers of the
+  visual tokens each layer sees, merged/recycled tokens included) for the presets video,
+  sparsevlm-video, sparsevlm-v1, sparsevlm-v1.5, sparsevlm-v2 and fastv, named ``<preset>@194eq``:
+  at the paper's 194 (``--eq-budget``) and at ``--eq-budget2`` (default 225 = the equivalent tokens
+  of the ``video`` preset keeping 5 % = 103 tokens after layer 1: 2 x 2056 / 32 + 30 x 103 / 32).
+  5 % of 2056 = 103 *equivalent* tokens is below what any stage after layer 1 can reach (layers 0
+  and 1 see all 2056 tokens: 128.5 + 30 x kept / 32). A preset that cannot reach a setting (on
+  8 x 257 / 32 layers sparsevlm-v1 and sparsevlm-v1.5 need >= 202.5 for 194: layers 0-2
+  see every token and the seed's recycled tokens come on top) runs at the lowest equivalent tokens it
+  can reach (``SparseConfig.equivalent_range``), labelled e.g. ``sparsevlm-v1.5@202.5eq(min)``.
+  Their FLOPs count the tokens each stage leaves (selected + merged on top, from the trace) and the
+  DPC-KNN cost with the candidate count of the config's recycling rule.
 
 What is timed: the multimodal model forward ``model(input_ids, attention_mask, mm_encoder_outputs=...,
 use_cache=True, logits_to_keep=1)`` with the video features computed once beforehand (the vision
@@ -26,7 +38,7 @@ machine + load in ``<out>.json``.
 
 Usage:
     python scripts/bench_speed.py                 # full run (~10 min on 2 cores)
-    python scripts/bench_speed.py --quick         # < 1 min: fewer repeats/configs, smaller hidden size
+    python scripts/bench_speed.py --quick         # < 1.5 min: fewer repeats/configs, smaller hidden size
 """
 
 from __future__ import annotations
@@ -153,9 +165,73 @@ class Bench:
     cfg: Any  # SparseConfig or None (full model)
     note: str
     ratio_row: bool = True  # show in the ratio table
+    eq: dict | None = None  # equal-equivalent-token row: setting, target, reachable range, bound, plan
 
 
-def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False) -> list:
+EQ_PRESETS = ("video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv")
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def eq_bench(preset: str, target: float, geo: Geometry):
+    """``preset`` at ``target`` equivalent tokens (``<= 1``: a fraction of the visual tokens).
+
+    A setting outside the preset's reachable range runs at the nearest end of it (the lowest, in practice),
+    named ``<preset>@<lo>eq(min)``. Returns None only if even that cannot be built (never raises)."""
+    from videosparse import SparseConfig
+
+    L, nv = geo.layers, geo.num_visual
+    setting = f"{_g(target)}eq"
+    target_abs = target * nv if target <= 1 else float(target)
+    alias = f"{preset}@{setting}"
+    try:
+        cfg = SparseConfig.preset(preset, budget=setting, num_layers=L)
+        lo, hi = cfg.equivalent_range(nv, L)
+    except ValueError as e:  # e.g. no stage layer fits this decoder
+        print(f"skipping {alias}: {e}", flush=True)
+        return None
+    bound, name = None, alias
+    try:
+        cfg.stage_plan(nv, L)
+    except ValueError:
+        bound = "min" if target_abs < lo else "max"
+        edge = lo if bound == "min" else hi
+        b = f"{edge!r}eq" if edge > 1 else f"{edge / nv!r}eq"
+        try:
+            cfg = SparseConfig.preset(preset, budget=b, num_layers=L)
+            cfg.stage_plan(nv, L)
+        except ValueError as e:
+            print(f"skipping {alias}: {e}", flush=True)
+            return None
+        name = f"{preset}@{edge:.1f}eq({bound})"
+    plan = [list(x) for x in cfg.stage_plan(nv, L)]
+    planned = cfg.equivalent_tokens(nv, L)
+    info = {"preset": preset, "setting": setting, "target": target_abs, "range": [lo, hi], "bound": bound,
+            "alias": alias, "plan": plan, "planned_equivalent_tokens": planned}
+    if bound:
+        note = (f"{preset} cannot reach {_g(target_abs)} equivalent tokens (reachable [{lo:.1f}, {hi:.1f}]): "
+                f"run at its {'lowest' if bound == 'min' else 'highest'}, {planned:.1f}")
+    else:
+        note = f"{preset} at {setting} ({planned:.1f} planned)"
+    return Bench(name, "sdpa", cfg, note, eq=info)
+
+
+def default_eq_budgets(geo: Geometry, budget5: int) -> tuple:
+    """(paper's 194 scaled to the visual tokens, equivalent tokens of the video preset keeping budget5)."""
+    from videosparse import SparseConfig
+
+    nv, L = geo.num_visual, geo.layers
+    eq1 = max(2, round(194 / 2056 * nv))
+    eq2 = round(SparseConfig.preset("video", budget=budget5, num_layers=L).equivalent_tokens(nv, L))
+    return eq1, eq2
+
+
+def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False,
+                   eq_budgets: tuple = ()) -> list:
+    """The benchmarked configurations; equal-equivalent rows for every preset of EQ_PRESETS at each of
+    ``eq_budgets``."""
     from videosparse import SparseConfig
 
     L = geo.layers
@@ -197,6 +273,20 @@ def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False
                   f"seed 192-schedule fractions scaled to {budget}/{nv}"),
             Bench("full-eager", "eager", None, "unpruned, eager (context for seed-ref)", ratio_row=True),
         ]
+    by_name = {b.name: b for b in out}
+    for target in eq_budgets:
+        for preset in EQ_PRESETS:
+            b = eq_bench(preset, target, geo)
+            if b is None:
+                continue
+            s = {"setting": b.eq["setting"], "target": b.eq["target"]}
+            if b.name in by_name:  # the same row serves two settings (e.g. both below the preset's lowest)
+                if by_name[b.name].eq is not None and s not in by_name[b.name].eq["settings"]:
+                    by_name[b.name].eq["settings"].append(s)
+                continue
+            b.eq["settings"] = [s]
+            by_name[b.name] = b
+            out.append(b)
     return out
 
 
@@ -323,9 +413,12 @@ def flops_doc() -> str:
         "2(2D^2+2D*Dkv) + 2*2*D*(c+1) + 2*3*D*Dff per layer + 2*D*V. Norms, RoPE, softmax, residuals ignored. "
         "Scoring work, counted as implemented: raters 2*Nv*Nt*D; rater rows per stage 2*R*D^2 (queries) + "
         "2*R*n*D (logits); FastV and the seed-reference 'full' map per stage 2*n*D^2 + 2*n*n*D (all rows, "
-        "full square); recycling (DPC-KNN) 3*m^2*D for m candidate tokens; temporal 3*(T-1)*P*D. "
+        "full square); recycling (DPC-KNN) 3*m^2*D for m candidate tokens (the recycling rule's count: 'seed' "
+        "int(0.3 x pruned) + 1, merged tokens added on top and seen by the later layers; 'share' the top "
+        "ceil(0.3 x pruned) capped at 10 x clusters); temporal 3*(T-1)*P*D. "
         "FLOPs-ideal speedup = decoder FLOPs(full) / decoder FLOPs(config) WITHOUT scoring work, so the "
-        "measured/ideal fraction exposes every overhead (scoring, bookkeeping)."
+        "measured/ideal fraction exposes every overhead (scoring, bookkeeping). The JSON also gives the FLOPs-ideal "
+        "speedup of the same token flow with Video-LLaVA-7B's decoder dimensions (D 4096, Dff 11008)."
     )
 
 
@@ -345,31 +438,99 @@ def seen_per_layer(geo: Geometry, stage_layers: list, counts: list) -> list:
     return out
 
 
-def prefill_flops(geo: Geometry, bench: Bench, stage_layers: list, counts: list, raters: int) -> dict:
+def stage_recycling(cfg, geo: Geometry, prev_vis: int, total: int, planned: tuple | None = None) -> dict:
+    """How a stage that went from ``prev_vis`` to ``total`` visual tokens (merged ones included) split them, and
+    the DPC-KNN candidates it clustered, following the config's recycling rule as ``run_stage`` implements it.
+
+    'seed': ``selected`` tokens + ``merged`` added on top (``total = selected + merged``); candidates =
+    int(recycle_ratio x pruned) + 1 of the pruned = prev_vis - selected (``seed_recycle_counts``).
+    'share': the merged tokens are part of ``total`` (at most recycle_share of it, room left for the frame floor);
+    candidates = the top ceil(ratio x pruned) pruned tokens, capped at clusters / cluster_ratio.
+    ``planned``: (selected, merged) from ``cfg.stage_plan`` when it has fixed counts (used if it matches ``total``).
+    """
+    import math
+
+    from videosparse.config import seed_recycle_counts
+    from videosparse.core.budget import effective_floor
+    from videosparse.core.recycle import recycle_count
+
+    out = {"selected": total, "merged": 0, "merged_on_top": False, "candidates": 0, "clusters": 0}
+    if cfg is None or not cfg.recycle:
+        return out
+    if cfg.recycle_rule == "seed":
+        # (total may equal prev_vis: e.g. 2 -> 1 selected + 1 merged; the stage still clusters its pruned token)
+        if planned is not None and planned[0] is not None and planned[0] + planned[1] == total:
+            sel = planned[0]
+        else:  # rank-adaptive count: invert total = selected + merged_on_top(selected) (largest such selected)
+            sel = next((k for k in range(min(total, prev_vis), -1, -1) if k + cfg.merged_on_top(prev_vis, k) == total),
+                       total)
+        cand, c = seed_recycle_counts(prev_vis - sel, cfg.recycle_ratio, cfg.recycle_cluster_ratio)
+        out.update(selected=sel, merged=total - sel, merged_on_top=True)
+        if c > 0:
+            out.update(candidates=max(c, min(prev_vis - sel, cand)), clusters=c)
+        return out
+    if prev_vis <= total:
+        return out  # nothing pruned: nothing recycled
+    count = total
+    c = recycle_count(prev_vis, count, cfg.recycle_ratio, cfg.recycle_cluster_ratio)
+    c = min(c, int(cfg.recycle_share * count + 1e-9))
+    f = effective_floor(cfg.frame_floor, count, geo.frames, cfg.floor_share)
+    c = min(c, max(0, count - f * geo.frames))
+    if c <= 0:
+        return out
+    pruned = prev_vis - (count - c)
+    m = min(pruned, max(c, int(math.ceil(cfg.recycle_ratio * pruned))))
+    if cfg.recycle_cluster_ratio > 0:
+        m = min(m, max(c, int(math.ceil(c / cfg.recycle_cluster_ratio))))
+    out.update(selected=count - c, merged=c, candidates=m, clusters=c)
+    return out
+
+
+def prefill_flops(geo: Geometry, bench: Bench, stage_layers: list, counts: list, raters: int,
+                  merged: list | None = None) -> dict:
+    """Decoder FLOPs from the visual tokens each layer sees (``counts``: tokens left after each stage, merged
+    tokens included, as the trace records them) and the scoring work (see ``flops_doc``).
+
+    ``merged``: recycled tokens each stage created (from the trace's clusters); it settles the selected / merged
+    split of rank-adaptive seed-rule stages, which ``counts`` alone leave ambiguous (default: the config's
+    stage_plan)."""
     text = geo.seq_len - geo.num_visual
     seen = seen_per_layer(geo, stage_layers, counts)
     D = geo.hidden
     decoder = sum(layer_flops(text + v, geo) for v in seen) + 2 * D * geo.vocab
     scoring = 0.0
+    stages = []
     cfg = bench.cfg
     if cfg is not None:
+        plan = None
+        if bench.eq is not None:
+            plan = bench.eq["plan"]
+        elif cfg.budget != "rank":
+            try:
+                plan = cfg.stage_plan(geo.num_visual, geo.layers)
+            except ValueError:
+                plan = None
         n_before = {layer: text + seen[layer] for layer in stage_layers}
         prev_vis = geo.num_visual
         if cfg.method == "sparsevlm":
             scoring += 2 * geo.num_visual * geo.question_tokens * D
-        for layer, count in zip(stage_layers, counts):
+        for i, (layer, count) in enumerate(zip(stage_layers, counts)):
             n = n_before[layer]
             if cfg.method == "fastv" or (cfg.method == "sparsevlm" and cfg.score_impl == "full"):
                 scoring += 2 * n * D * D + 2 * n * n * D
             elif cfg.method == "sparsevlm":
                 scoring += 2 * raters * D * D + 2 * raters * n * D
-            if cfg.recycle and prev_vis > count:
-                m = int(-(-cfg.recycle_ratio * (prev_vis - count) // 1))
-                scoring += 3 * m * m * D
+            planned = tuple(plan[i][1:3]) if plan is not None and i < len(plan) else None
+            if merged is not None and i < len(merged) and merged[i] is not None:
+                planned = (count - merged[i], merged[i])
+            rec = stage_recycling(cfg, geo, prev_vis, count, planned)
+            scoring += 3 * rec["candidates"] ** 2 * D
             if cfg.temporal_tau is not None and prev_vis == geo.num_visual:
                 scoring += 3 * (geo.frames - 1) * geo.tokens_per_frame * D
+            stages.append({"layer": layer, "before": prev_vis, "after": count, **rec})
             prev_vis = count
-    return {"decoder": decoder, "scoring": scoring, "total": decoder + scoring, "seen_per_layer": seen}
+    return {"decoder": decoder, "scoring": scoring, "total": decoder + scoring, "seen_per_layer": seen,
+            "stages": stages}
 
 
 def decode_flops(geo: Geometry, cache_lens: list) -> float:
@@ -400,7 +561,8 @@ def memory_child(spec: dict) -> dict:
     inputs = make_inputs(model, geo)
     enc, _ = encode_video(model, inputs.pop("pixel_values_videos"))
     budget, budget5 = spec["budget"], spec["budget5"]
-    bench = {b.name: b for b in configurations(geo, budget, budget5, quick=False)}[spec["config"]]
+    bench = {b.name: b for b in configurations(geo, budget, budget5, quick=False,
+                                               eq_budgets=tuple(spec.get("eq_budgets", ())))}[spec["config"]]
     ctx = _ctx(model, bench)
     gc.collect()
     reset = True
@@ -423,7 +585,7 @@ def memory_child(spec: dict) -> dict:
 
 def measure_memory(name: str, geo: Geometry, args) -> dict:
     spec = {"config": name, "geometry": dataclasses.asdict(geo), "threads": args.threads, "seed": args.seed,
-            "budget": args.budget, "budget5": args.budget5}
+            "budget": args.budget, "budget5": args.budget5, "eq_budgets": [args.eq_budget, args.eq_budget2]}
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory-child", json.dumps(spec)],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
@@ -523,6 +685,8 @@ def render_table(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
+        if r.get("eq") is not None:
+            continue  # equal-equivalent rows: their own table (render_eq_table)
         sp = full["prefill"]["median"] / r["prefill"]["median"]
         ideal = full["flops"]["decoder"] / r["flops"]["decoder"]
         stages = ", ".join(f"{c}" for c in r["counts"]) or "-"
@@ -542,6 +706,111 @@ def render_table(res: dict) -> str:
             f"{sp / ideal:.0%} | {sel_s} | {mem_s} | {dec_s} | {dsp:.2f}x |"
         )
     return "\n".join(lines)
+
+
+def trace_recycling(stage) -> tuple | None:
+    """(merged tokens created, DPC-KNN candidates clustered) by one traced stage (sample 0), or None."""
+    if stage.clusters is None:
+        return None
+    c = stage.clusters[0]
+    c = c[c >= 0]
+    return int(c.unique().numel()), int(c.numel())
+
+
+def stage_counts_str(r: dict) -> str:
+    """'8+62 (1)': tokens after each stage (selected+merged when recycled tokens come on top), stage layers."""
+    parts = [f"{st['selected']}+{st['merged']}" if st.get("merged_on_top") and st["merged"] else str(st["after"])
+             for st in r.get("stages") or []]
+    if not parts:
+        return "-"
+    return f"{', '.join(parts)} ({','.join(str(x) for x in r['stage_layers'])})"
+
+
+def eq_rows(res: dict, setting: str) -> list:
+    """(name, row) of the equal-equivalent rows that serve ``setting`` (e.g. '194eq'), in preset order."""
+    return [(n, r) for n, r in res["results"].items()
+            if r.get("eq") is not None and any(x["setting"] == setting for x in r["eq"]["settings"])]
+
+
+def seed_line(res: dict) -> str | None:
+    """'FLOPs-ideal at the seed's 194-equivalent setting: X.XXx (measured sparsevlm-video@194eq: Y.YYx)'."""
+    if not res.get("eq_budgets"):
+        return None
+    setting = f"{_g(res['eq_budgets'][0])}eq"
+    hit = [(n, r) for n, r in eq_rows(res, setting) if r["eq"]["preset"] == "sparsevlm-video"]
+    if not hit:
+        return None
+    n, r = hit[0]
+    line = (f"FLOPs-ideal at the seed's {setting[:-2]}-equivalent setting: {r['ratios']['flops_ideal_speedup']:.2f}x "
+            f"(measured {n}: {r['ratios']['prefill_speedup']:.2f}x)")
+    if "flops_ideal_speedup_7b_dims" in r["ratios"]:
+        line += (f"; with Video-LLaVA-7B's decoder dimensions (hidden 4096, MLP 11008) the same token flow is "
+                 f"{r['ratios']['flops_ideal_speedup_7b_dims']:.2f}x FLOPs-ideal")
+    return line
+
+
+def render_eq_table(res: dict) -> str:
+    rows, nv, L = res["results"], res["num_visual"], res["geometry"]["layers"]
+    full = rows["full"]
+    out = ["Equal equivalent tokens (SparseVLM's unit: mean over the decoder layers of the visual tokens each layer "
+           "sees, merged tokens included). Tokens after stages: a+b = a selected + b recycled (merged) tokens added "
+           "on top (seed rule); with this package's rule the merged tokens are inside the count. A preset that cannot "
+           "reach a setting runs at its lowest reachable equivalent tokens, marked (min). Equal equivalent tokens are "
+           "not equal FLOPs: the unit averages tokens linearly, attention is quadratic in them, so the same mean with "
+           "more unpruned early layers costs more (lower FLOPs-ideal speedup)."]
+    notes = []
+    for setting in dict.fromkeys(f"{_g(x)}eq" for x in res.get("eq_budgets", [])):
+        sel = eq_rows(res, setting)
+        if not sel:
+            continue
+        target = next(x["target"] for x in sel[0][1]["eq"]["settings"] if x["setting"] == setting)
+        out += ["", f"At {setting}: {target:.1f} equivalent tokens ({target / nv:.1%} of {nv}).", "",
+                "| config | achieved equiv. tokens | tokens after stages (layers) | prefill ms median [min-max] | "
+                "speedup vs full | FLOPs-ideal speedup | measured / ideal | selection ms (% of prefill) | "
+                "GFLOPs decoder + scoring | peak prefill mem vs full | decode speedup |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in sel:
+            e, ra = r["eq"], r["ratios"]
+            ach = f"{r['equivalent_tokens']:.1f}"
+            if e["bound"]:
+                ach += f" ({e['bound']}: target {target:.1f} outside [{e['range'][0]:.1f}, {e['range'][1]:.1f}])"
+            sel_ms = r["selection"]["median"]
+            mem, fm = r.get("memory"), full.get("memory")
+            mem_s = f"{mem['delta_mb'] / fm['delta_mb']:.2f}x" if mem and fm else "n/a"
+            dsp = f"{ra['decode_speedup']:.2f}x" if ra.get("decode_speedup") else "n/a"
+            out.append(
+                f"| {name} | {ach} | {stage_counts_str(r)} | {_fmt_ms(r['prefill'])} | {ra['prefill_speedup']:.2f}x | "
+                f"{ra['flops_ideal_speedup']:.2f}x | {ra['achieved_fraction_of_ideal']:.0%} | "
+                f"{sel_ms * 1e3:.1f} ({ra['selection_share_of_prefill']:.1%}) | "
+                f"{r['flops']['decoder'] / 1e9:.2f} + {r['flops']['scoring'] / 1e9:.2f} | {mem_s} | {dsp} |")
+            if e["bound"] == "min":
+                first = r["stage_layers"][0] if r["stage_layers"] else 0
+                seed = (r["config"] or {}).get("recycle") and (r["config"] or {}).get("recycle_rule") == "seed"
+                notes.append(
+                    f"{e['preset']} cannot reach {setting} ({target:.1f}): layers 0-{first} see all {nv} visual tokens "
+                    f"({first + 1} x {nv} / {L} = {(first + 1) * nv / L:.1f} equivalent before any pruning)"
+                    + (", and its recycled tokens come on top of the selected ones" if seed else "")
+                    + f"; lowest reachable {e['range'][0]:.1f}: run there ({name}).")
+            elif not e["bound"] and abs(r["equivalent_tokens"] - target) > 2:
+                notes.append(f"NOTE: {name} achieved {r['equivalent_tokens']:.1f} equivalent tokens, "
+                             f"{r['equivalent_tokens'] - target:+.1f} from the {target:.1f} target.")
+            if not e.get("plan_matches_trace", True):
+                plan = [k + m for _, k, m in e["plan"]]
+                notes.append(f"WARNING: {name}: the run left {r['counts']} tokens "
+                             f"({r['equivalent_tokens']:.1f} equivalent) but the config's stage_plan says {plan} "
+                             f"({e['planned_equivalent_tokens']:.1f}).")
+    if len(out) == 1:
+        return ""
+    line = seed_line(res)
+    if line:
+        out += ["", line]
+    b5 = res.get("budget5")
+    if b5 and L > 2:
+        notes.append(f"5 % of {nv} = {0.05 * nv:.1f} equivalent tokens is below what any stage after layer 1 can "
+                     f"reach: layers 0 and 1 see all {nv} tokens (2 x {nv} / {L} = {2 * nv / L:.1f}) + {L - 2} x "
+                     f"kept / {L}; the video preset keeping {b5} tokens after layer 1 (~5 %) is "
+                     f"{(2 * nv + (L - 2) * b5) / L:.1f} equivalent tokens.")
+    return "\n".join(out + [""] + notes if notes else out)
 
 
 def check_targets(res: dict) -> list:
@@ -606,6 +875,17 @@ def render_report(res: dict) -> str:
         gap = v["prefill"]["median"] - lb["prefill"]["median"]
         head.append(f"video@{res['budget']} - lower-bound@{res['budget']} prefill: {gap * 1e3:.1f} ms "
                     f"({gap / v['prefill']['median']:.1%} of the pruned prefill).")
+    for name, r in res["results"].items():
+        bad = [st for st in r.get("stages", []) if st.get("trace_candidates") is not None
+               and (st["trace_candidates"], st["trace_merged"]) != (st["candidates"], st["merged"] if
+                                                                     st["merged_on_top"] else st["clusters"])]
+        if bad:
+            head.append(f"WARNING: {name}: the FLOPs model's recycling (candidates, merged) "
+                        f"{[(st['candidates'], st['merged'] if st['merged_on_top'] else st['clusters']) for st in bad]} "
+                        f"differs from the run's {[(st['trace_candidates'], st['trace_merged']) for st in bad]}.")
+    eqt = render_eq_table(res)
+    if eqt:
+        head += ["", eqt]
     tg = check_targets(res)
     if tg:
         head += ["", "| target | this run | met |", "|---|---|---|"]
@@ -617,13 +897,20 @@ def render_report(res: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="< 1 min: hidden 128, 1 repeat, 8 new tokens, fewer configs")
+    p.add_argument("--quick", action="store_true",
+                   help="< 1.5 min: hidden 128, 1 repeat, 8 new tokens, fewer configs (all eq rows)")
     p.add_argument("--toy", action="store_true", help="toy geometry (smoke test only)")
     p.add_argument("--hidden", type=int, default=None, help="decoder hidden size (default 256, quick 128)")
     p.add_argument("--heads", type=int, default=None, help="attention heads (default hidden / 64)")
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--budget", type=int, default=None, help="~10%% budget in tokens (default 194)")
     p.add_argument("--budget5", type=int, default=None, help="~5%% budget in tokens (default round(0.05 * Nv))")
+    p.add_argument("--eq-budget", type=float, default=None,
+                   help="equal-equivalent-token rows: the paper's setting (default 194 = round(194/2056 x Nv); "
+                        "<= 1: a fraction of the visual tokens)")
+    p.add_argument("--eq-budget2", type=float, default=None,
+                   help="second equal-equivalent setting (default: the video preset's equivalent tokens keeping "
+                        "--budget5 after layer 1 = 225)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per config (default 5, quick 1)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--new-tokens", type=int, default=None, help="decode steps (default 32, quick 8)")
@@ -631,7 +918,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", default=None, help="comma-separated subset of configuration names")
     p.add_argument("--memory", choices=["subprocess", "none"], default="subprocess")
-    p.add_argument("--memory-configs", default=None, help="subset for memory (default: all; quick: full + video)")
+    p.add_argument("--memory-configs", default=None,
+                   help="subset for memory (default: all but the --eq-budget2 rows; quick: full + video)")
     p.add_argument("--profile", default=None, help="write a torch.profiler table of this config's prefill")
     p.add_argument("--out", default="out/bench_speed", help="output prefix (.json and .md are written)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
@@ -656,6 +944,12 @@ def resolve(args) -> Geometry:
     args.budget5 = args.budget5 or max(1, min(round(0.05 * nv), args.budget - 1))
     if args.budget5 >= args.budget:
         raise SystemExit(f"--budget5 ({args.budget5}) must be below --budget ({args.budget})")
+    d1, d2 = default_eq_budgets(geo, args.budget5)
+    args.eq_budget = args.eq_budget or d1
+    args.eq_budget2 = args.eq_budget2 or d2
+    for flag, v in (("--eq-budget", args.eq_budget), ("--eq-budget2", args.eq_budget2)):
+        if not 0 < v <= nv:
+            raise SystemExit(f"{flag} ({v:g}) must be in (0, {nv}] equivalent tokens (<= 1: a fraction)")
     args.repeats = args.repeats or (1 if args.quick or args.toy else 5)
     args.new_tokens = args.new_tokens if args.new_tokens is not None else (8 if args.quick or args.toy else 32)
     return geo
@@ -669,10 +963,12 @@ def run(args) -> dict:
     model = build_model(geo, seed=args.seed)
     inputs = make_inputs(model, geo)
     enc, t_vis = encode_video(model, inputs.pop("pixel_values_videos"))
-    benches = configurations(geo, args.budget, args.budget5, quick=args.quick)
+    benches = configurations(geo, args.budget, args.budget5, quick=args.quick,
+                             eq_budgets=(args.eq_budget, args.eq_budget2))
     if args.configs:
         wanted = args.configs.split(",")
-        benches = [b for b in benches if b.name in wanted or b.name == "full"]
+        benches = [b for b in benches if b.name in wanted or b.name == "full"
+                   or (b.eq is not None and b.eq["alias"] in wanted)]
     raw = {b.name: {"prefill": [], "decode": [], "selection": [], "selection_groups": []} for b in benches}
     info: dict = {}
     timer = SelectionTimer()
@@ -690,9 +986,12 @@ def run(args) -> dict:
                         layers = [s.layer for s in trace.stages] if trace is not None else []
                         raters = int(trace.stages[0].raters.sum()) if trace is not None and trace.stages[0].raters \
                             is not None else 0
+                        rec = [trace_recycling(s) for s in trace.stages] if trace is not None else []
                         info[b.name] = {"counts": counts, "stage_layers": layers, "raters": raters,
+                                        "trace_recycling": rec,
                                         "cache_lengths": lens,
-                                        "equivalent_tokens": trace.equivalent_tokens if trace else geo.num_visual}
+                                        "equivalent_tokens": trace.equivalent_tokens if trace else
+                                        float(geo.num_visual)}
                     continue
                 r = raw[b.name]
                 r["prefill"].append(tp)
@@ -705,9 +1004,13 @@ def run(args) -> dict:
     model.set_attn_implementation("sdpa")
 
     results = {}
+    geo7b = dataclasses.replace(geo, hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064)
     for b in benches:
         r, i = raw[b.name], info[b.name]
-        fl = prefill_flops(geo, b, i["stage_layers"], i["counts"], i["raters"])
+        fl = prefill_flops(geo, b, i["stage_layers"], i["counts"], i["raters"],
+                           merged=[None if x is None else x[0] for x in i["trace_recycling"]])
+        for st, x in zip(fl["stages"], i["trace_recycling"]):  # the run's own clustering, as a check of the model
+            st["trace_merged"], st["trace_candidates"] = (None, None) if x is None else x
         dec_cache = [c + args.new_tokens // 2 for c in i["cache_lengths"]]  # mid-decode cache lengths
         groups = {}
         for g in r["selection_groups"]:
@@ -721,16 +1024,27 @@ def run(args) -> dict:
             {"n": 0, "median": float("nan")},
             "selection": summarize(r["selection"]),
             "selection_groups_median_s": {k: statistics.median(v) for k, v in groups.items()},
-            "flops": {k: v for k, v in fl.items() if k != "seen_per_layer"},
+            "flops": {k: v for k, v in fl.items() if k not in ("seen_per_layer", "stages")},
+            # the same token flow with Video-LLaVA-7B's decoder dimensions (analytic only)
+            "decoder_flops_7b_dims": prefill_flops(geo7b, b, i["stage_layers"], i["counts"], i["raters"])["decoder"],
+            "stages": fl["stages"],
             "visual_tokens_seen_per_layer": fl["seen_per_layer"],
             "decode_flops_per_token": decode_flops(geo, dec_cache),
         }
+        if b.eq is not None:
+            eq = dict(b.eq)
+            planned_after = [k + m for _, k, m in eq["plan"]]
+            eq["plan_matches_trace"] = (planned_after == list(i["counts"])
+                                        and abs(eq["planned_equivalent_tokens"] - i["equivalent_tokens"]) < 1e-6)
+            eq["achieved_minus_target"] = i["equivalent_tokens"] - eq["target"]
+            results[b.name]["eq"] = eq
     full = results["full"]
     for name, r in results.items():
         r["ratios"] = {
             "prefill_speedup": full["prefill"]["median"] / r["prefill"]["median"],
             "flops_ideal_speedup": full["flops"]["decoder"] / r["flops"]["decoder"],
             "flops_ideal_speedup_incl_scoring": full["flops"]["decoder"] / r["flops"]["total"],
+            "flops_ideal_speedup_7b_dims": full["decoder_flops_7b_dims"] / r["decoder_flops_7b_dims"],
             "selection_share_of_prefill": r["selection"]["median"] / r["prefill"]["median"],
             "decode_speedup": (full["decode_step"]["median"] / r["decode_step"]["median"]
                                if r["decode_step"]["n"] else None),
@@ -744,7 +1058,9 @@ def run(args) -> dict:
                          "model build and video encoding, then one prefill; figure = VmHWM - VmRSS before the "
                          "prefill (activations + KV cache + allocator), ratio vs the full model's.")
         mem_names = (args.memory_configs.split(",") if args.memory_configs else
-                     (["full", f"video@{args.budget}"] if args.quick else [b.name for b in benches]))
+                     (["full", f"video@{args.budget}"] if args.quick else
+                      [b.name for b in benches
+                       if b.eq is None or any(x["setting"] == f"{_g(args.eq_budget)}eq" for x in b.eq["settings"])]))
         for name in mem_names:
             if name in results:
                 results[name]["memory"] = measure_memory(name, geo, args)
@@ -756,7 +1072,8 @@ def run(args) -> dict:
 
     res = {
         "geometry": dataclasses.asdict(geo), "tokens_per_frame": geo.tokens_per_frame, "num_visual": geo.num_visual,
-        "seq_len": geo.seq_len, "budget": args.budget, "budget5": args.budget5, "repeats": args.repeats,
+        "seq_len": geo.seq_len, "budget": args.budget, "budget5": args.budget5,
+        "eq_budgets": [args.eq_budget, args.eq_budget2], "repeats": args.repeats,
         "warmup": args.warmup, "new_tokens": args.new_tokens, "quick": args.quick, "seed": args.seed,
         "vision_tower_s": t_vis, "machine": machine_info(args.threads), "load": load.result,
         "flops_formula": flops_doc(), "memory_method": memory_method,

@@ -32,6 +32,8 @@ def test_quick_mode_keeps_the_real_token_geometry(bench):
     assert 55 <= geo.seq_len - geo.num_visual <= 65
     assert geo.hidden == 128 and geo.hidden // geo.heads == 64
     assert (args.budget, args.budget5, args.repeats, args.new_tokens) == (194, 103, 1, 8)
+    # equal-equivalent settings: the paper's 194, and the video preset keeping 103 tokens after layer 1
+    assert (args.eq_budget, args.eq_budget2) == (194, 225)
     full = bench.parse_args([])
     bench.resolve(full)
     assert (full.repeats, full.new_tokens, full.threads) == (5, 32, 2)
@@ -52,6 +54,86 @@ def test_flops_formula(bench):
     f1 = bench.prefill_flops(geo, full, [1], [3], 0)
     assert f1["decoder"] == (2 * bench.layer_flops(geo.seq_len, geo)
                              + (geo.layers - 2) * bench.layer_flops(text + 3, geo) + 2 * D * geo.vocab)
+
+
+def _paper_geometry(bench):
+    return bench.dataclasses.replace(bench.Geometry(), hidden=64, heads=1, kv_heads=1, intermediate=176)
+
+
+def test_eq_rows_on_the_real_geometry(bench):
+    """Every preset gets a row per setting; an unreachable one runs at its lowest, labelled (min)."""
+    from videosparse import SparseConfig
+
+    geo = _paper_geometry(bench)
+    nv, L = geo.num_visual, geo.layers
+    benches = bench.configurations(geo, 194, 103, quick=True, eq_budgets=(194, 225))
+    eq = {b.name: b for b in benches if b.eq is not None}
+    assert set(eq) == {"video@194eq", "sparsevlm-video@194eq", "sparsevlm-v1@202.5eq(min)",
+                       "sparsevlm-v1.5@202.5eq(min)", "sparsevlm-v2@194eq", "fastv@194eq",
+                       "video@225eq", "sparsevlm-video@225eq", "sparsevlm-v1@225eq", "sparsevlm-v1.5@225eq",
+                       "sparsevlm-v2@225eq", "fastv@225eq"}, sorted(eq)
+    for name, b in eq.items():
+        e = b.eq
+        achieved = b.cfg.equivalent_tokens(nv, L)
+        assert achieved == pytest.approx(e["planned_equivalent_tokens"])
+        lo, _ = SparseConfig.preset(e["preset"], budget=e["setting"], num_layers=L).equivalent_range(nv, L)
+        if e["bound"] is None:
+            assert abs(achieved - e["target"]) <= 2, (name, achieved)
+            assert "(min)" not in name
+        else:
+            assert e["bound"] == "min" and name.endswith("eq(min)") and e["target"] < lo
+            assert achieved == pytest.approx(lo), (name, achieved, lo)
+    # the seed's video branch at 194eq: 8 selected + 62 merged on top after layer 1
+    assert [list(x) for x in eq["sparsevlm-video@194eq"].cfg.stage_plan(nv, L)] == [[1, 8, 62]]
+    assert eq["fastv@194eq"].cfg.stage_counts(nv, L) == [1]
+    # 225 = the video preset keeping 103 after layer 1 (5 % of 2056 equivalent is unreachable after layer 1)
+    assert eq["video@225eq"].cfg.stage_counts(nv, L) == [103]
+    assert SparseConfig.preset("video", budget=103, num_layers=L).equivalent_tokens(nv, L) == pytest.approx(225.06, abs=0.01)
+
+
+def test_flops_model_counts_recycling_like_the_run(bench):
+    """Tokens after each stage include the merged ones (seed rule: on top), and the DPC-KNN candidates the FLOPs
+    model charges are those the run clustered (seed rule int(0.3 x pruned) + 1; share rule capped)."""
+    import videosparse.core.select as sel
+
+    geo = bench.TOY
+    model = bench.build_model(geo)
+    inputs = bench.make_inputs(model, geo)
+    enc, _ = bench.encode_video(model, inputs.pop("pixel_values_videos"))
+    from videosparse import SparseConfig
+
+    cases = [bench.eq_bench("sparsevlm-video", 30, geo), bench.eq_bench("sparsevlm-v1.5", 30, geo),
+             bench.Bench("video@40", "sdpa", SparseConfig.preset("video", budget=40, num_layers=geo.layers), "")]
+    seen_calls = []
+    orig = sel.recycle
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        seen_calls.append((int(out[2].shape[1]), int(out[0].shape[1])))  # (candidates, clusters)
+        return out
+
+    sel.recycle = spy
+    try:
+        for b in cases:
+            seen_calls.clear()
+            with bench._ctx(model, b) as h:
+                bench.prefill_and_decode(model, inputs, enc, 0)
+                tr = h.trace
+            fl = bench.prefill_flops(geo, b, [s.layer for s in tr.stages], tr.counts, int(tr.stages[0].raters.sum()))
+            model_calls = [(s["candidates"], s["clusters"]) for s in fl["stages"] if s["clusters"]]
+            assert seen_calls and model_calls == seen_calls, (b.name, model_calls, seen_calls)
+            if b.eq is not None:
+                assert [k + m for _, k, m in b.eq["plan"]] == tr.counts
+                assert [(s["selected"], s["merged"]) for s in fl["stages"]] == [(k, m) for _, k, m in b.eq["plan"]]
+                assert all(s["merged_on_top"] for s in fl["stages"])
+            # the layers see the traced counts, merged tokens included: mean = the trace's equivalent tokens
+            seen = fl["seen_per_layer"]
+            assert sum(seen) / geo.layers == pytest.approx(tr.equivalent_tokens)
+    finally:
+        sel.recycle = orig
+    # seed rule by hand: 74 -> 1 selected: 73 pruned, int(0.3 x 73) + 1 = 22 candidates, int(2.2) + 1 = 3 merged
+    rec = bench.stage_recycling(cases[0].cfg, geo, 74, 4, (1, 3))
+    assert (rec["selected"], rec["merged"], rec["candidates"], rec["clusters"]) == (1, 3, 22, 3)
 
 
 def test_selection_timer_restores_functions(bench):
@@ -100,6 +182,41 @@ def test_toy_run_end_to_end(bench, tmp_path):
         assert "memory_ratio" in data["results"][name]["ratios"]
     assert "memory" not in data["results"]["fastv@7"]
     assert data["results"]["video@7"]["memory"]["kv_cache_mb"] < data["results"]["full"]["memory"]["kv_cache_mb"]
+    # equal-equivalent rows: one per preset and setting, on target or at the preset's lowest, labelled (min)
+    from videosparse import SparseConfig
+
+    assert data["eq_budgets"] == [7, 27]
+    text = data["seq_len"] - data["num_visual"]
+    geo = bench.TOY
+    full_dec = data["results"]["full"]["flops"]["decoder"]
+    for setting, target in (("7eq", 7.0), ("27eq", 27.0)):
+        rows = {r["eq"]["preset"]: (n, r) for n, r in data["results"].items()
+                if r.get("eq") and any(x["setting"] == setting for x in r["eq"]["settings"])}
+        assert set(rows) == set(bench.EQ_PRESETS), (setting, rows.keys())
+        for preset, (name, r) in rows.items():
+            achieved = r["equivalent_tokens"]  # from the run's trace
+            lo, _ = SparseConfig.preset(preset, budget=setting, num_layers=geo.layers).equivalent_range(
+                data["num_visual"], geo.layers)
+            if abs(achieved - target) > 2:
+                assert name.endswith("eq(min)") and r["eq"]["bound"] == "min", (name, achieved)
+                assert achieved == pytest.approx(lo) and target < lo
+            assert r["eq"]["plan_matches_trace"], name
+            # FLOPs-ideal speedup = decoder FLOPs of the layers' visual tokens from the trace's counts
+            seen = bench.seen_per_layer(geo, r["stage_layers"], r["counts"])
+            assert seen == r["visual_tokens_seen_per_layer"]
+            assert sum(seen) / geo.layers == pytest.approx(achieved)
+            dec = sum(bench.layer_flops(text + v, geo) for v in seen) + 2 * geo.hidden * geo.vocab
+            assert r["ratios"]["flops_ideal_speedup"] == pytest.approx(full_dec / dec)
+            for st in r["stages"]:
+                if st["trace_candidates"] is not None:
+                    assert st["trace_candidates"] == st["candidates"], (name, st)
+            assert f"| {name} |" in md
+    # 7eq is below every preset's lowest on the toy (layers 0-1 see all 74 tokens); 27eq is reachable by video
+    assert "video@25.3eq(min)" in names and "video@27eq" in names
+    assert data["results"]["sparsevlm-video@27eq"]["counts"] == [4]  # 1 selected + 3 merged on top
+    assert "FLOPs-ideal at the seed's 7-equivalent setting: " in md
+    sv = data["results"]["sparsevlm-video@27.3eq(min)"]
+    assert f"(measured sparsevlm-video@27.3eq(min): {sv['ratios']['prefill_speedup']:.2f}x)" in md
     # provenance
     for key in ("torch", "transformers", "torch_threads", "cpu"):
         assert key in data["machine"]

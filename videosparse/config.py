@@ -459,7 +459,8 @@ class SparseConfig:
             plan = self._plan(counts_for(x), num_visual)
             return equivalent_tokens(num_visual, num_layers, self.layers, [k + m for _, k, m in plan])
 
-        return counts_for, eq, 1e-6, (float(num_visual) if shape is None else 1.0 / shape[-1])
+        # x_min small enough that every stage reaches a single token (geometric steps: num_visual * x^(i/n))
+        return counts_for, eq, 1e-30, (float(num_visual) if shape is None else 1.0 / shape[-1])
 
     def _solve_equivalent(self, target: float, num_visual: int, num_layers: int) -> list:
         """Stage counts whose equivalent tokens are closest to ``target`` (ties: fewer tokens).
