@@ -19,7 +19,7 @@ to fit a 2-core CPU and stated in the output):
   visual tokens each layer sees, merged/recycled tokens included) for the presets video,
   sparsevlm-video, sparsevlm-v1, sparsevlm-v1.5, sparsevlm-v2 and fastv, named ``<preset>@194eq``:
   at the paper's 194 (``--eq-budget``) and at ``--eq-budget2`` (default 225 = the equivalent tokens
-  of the ``video`` preset keeping 5 % = 103 tokens after layer 1: 2 x 2056 / 32 + 30 x 103 / 32).
+  of one stage keeping 5 % = 103 tokens after layer 1: 2 x 2056 / 32 + 30 x 103 / 32).
   5 % of 2056 = 103 *equivalent* tokens is below what any stage after layer 1 can reach (layers 0
   and 1 see all 2056 tokens: 128.5 + 30 x kept / 32). A preset that cannot reach a setting (on
   8 x 257 / 32 layers sparsevlm-v1 and sparsevlm-v1.5 need >= 202.5 for 194: layers 0-2
@@ -219,13 +219,22 @@ def eq_bench(preset: str, target: float, geo: Geometry):
 
 
 def default_eq_budgets(geo: Geometry, budget5: int) -> tuple:
-    """(paper's 194 scaled to the visual tokens, equivalent tokens of the video preset keeping budget5)."""
-    from videosparse import SparseConfig
+    """(paper's 194 scaled to the visual tokens, equivalent tokens of one stage after layer 1 keeping budget5:
+    the 5 % setting read in the paper's unit; 225 on 8 x 257 tokens / 32 layers)."""
+    from videosparse.config import equivalent_tokens
 
     nv, L = geo.num_visual, geo.layers
     eq1 = max(2, round(194 / 2056 * nv))
-    eq2 = round(SparseConfig.preset("video", budget=budget5, num_layers=L).equivalent_tokens(nv, L))
+    eq2 = round(equivalent_tokens(nv, L, (1,), [budget5]))
     return eq1, eq2
+
+
+def _lower_bound(budget: int, num_layers: int):
+    """Uniform selection with the video preset's token flow (its stage layers and counts): no scoring work."""
+    from videosparse import SparseConfig
+
+    return SparseConfig.preset("video", budget=budget, num_layers=num_layers).replace(
+        method="uniform", name="lower-bound", recycle=False, temporal_tau=None, frame_floor=0)
 
 
 def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False,
@@ -243,9 +252,8 @@ def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False
               "videosparse default: rater rows, temporal discount, floor, recycling"),
         Bench(f"video@{budget5}", "sdpa", SparseConfig.preset("video", budget=budget5, num_layers=L), "same, ~5%"),
         Bench(f"lower-bound@{budget}", "sdpa",
-              SparseConfig(budget=budget, layers=SparseConfig.preset("video", num_layers=L).layers, method="uniform",
-                           name="lower-bound"),
-              "uniform selection at the video stage layer: kept tokens only, no scoring work"),
+              _lower_bound(budget, L),
+              "uniform selection with the video preset's stage layers and counts: kept tokens only, no scoring work"),
         Bench(f"fastv@{budget}", "sdpa", SparseConfig.preset("fastv", budget=budget, num_layers=L),
               "FastV-style: attention received from every query row (chunked, recomputed queries)"),
         Bench(f"seed-ref@{budget}", "eager",
@@ -261,8 +269,7 @@ def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False
                           SparseConfig.preset("video", budget=budget, num_layers=L, recycle=False),
                           "video preset without recycling (isolates the DPC-KNN cost)")]
         out[4:4] = [Bench(f"lower-bound@{budget5}", "sdpa",
-                          SparseConfig(budget=budget5, layers=SparseConfig.preset("video", num_layers=L).layers,
-                                       method="uniform", name="lower-bound"), "same, ~5%")]
+                          _lower_bound(budget5, L), "same, ~5%")]
         out += [
             Bench("sparsevlm-v1", "sdpa", SparseConfig.preset("sparsevlm-v1", num_layers=L),
                   "rank-adaptive counts at layers 2,6,15,19 (data-dependent)"),

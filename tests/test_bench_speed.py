@@ -86,9 +86,10 @@ def test_eq_rows_on_the_real_geometry(bench):
     # the seed's video branch at 194eq: 8 selected + 62 merged on top after layer 1
     assert [list(x) for x in eq["sparsevlm-video@194eq"].cfg.stage_plan(nv, L)] == [[1, 8, 62]]
     assert eq["fastv@194eq"].cfg.stage_counts(nv, L) == [1]
-    # 225 = the video preset keeping 103 after layer 1 (5 % of 2056 equivalent is unreachable after layer 1)
-    assert eq["video@225eq"].cfg.stage_counts(nv, L) == [103]
-    assert SparseConfig.preset("video", budget=103, num_layers=L).equivalent_tokens(nv, L) == pytest.approx(225.06, abs=0.01)
+    # 225 = one stage keeping 103 after layer 1 (5 % of 2056 equivalent is unreachable after layer 1)
+    assert eq["sparsevlm-video@225eq"].cfg.stage_plan(nv, L) == [(1, 42, 61)]
+    assert SparseConfig(budget=103, layers=(1,)).equivalent_tokens(nv, L) == pytest.approx(225.06, abs=0.01)
+    assert eq["video@225eq"].cfg.equivalent_tokens(nv, L) == pytest.approx(225, abs=1)
 
 
 def test_flops_model_counts_recycling_like_the_run(bench):
@@ -165,14 +166,15 @@ def test_toy_run_end_to_end(bench, tmp_path):
         assert math.isfinite(r["ratios"]["prefill_speedup"]) and r["ratios"]["flops_ideal_speedup"] >= 1.0
         assert f"| {name} |" in md
     v = data["results"]["video@7"]
-    assert v["counts"] == [7] and v["stage_layers"] == [1]
+    assert v["counts"] == [14, 7] and v["stage_layers"] == [1, 2]  # the video preset's two stages
     assert v["flops"]["scoring"] > 0 and v["selection"]["median"] > 0
     assert "scores" in v["selection_groups_median_s"]
     # (no "recycle" group here: recycling is capped at 10 % of the budget, 0 clusters at 7 tokens)
     # pruned cache: layers after the stage hold text + kept tokens only
     text = data["seq_len"] - data["num_visual"]
     assert v["cache_lengths_after_prefill"][:2] == [data["seq_len"]] * 2
-    assert set(v["cache_lengths_after_prefill"][2:]) == {text + 7}
+    assert v["cache_lengths_after_prefill"][2] == text + 14
+    assert set(v["cache_lengths_after_prefill"][3:]) == {text + 7}
     assert data["results"]["lower-bound@7"]["flops"]["scoring"] == 0
     assert data["results"]["seed-ref@7"]["attn"] == "eager"
     # memory in fresh child processes, for the requested subset only

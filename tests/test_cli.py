@@ -45,7 +45,7 @@ def test_ask_json_and_heatmap_then_rerender(tiny_checkpoint, tiny_video, tmp_pat
               "--budget", "0.25", "--max-new-tokens", "3", "--heatmap", str(heat), "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["counts"] == [round(0.25 * 4 * 17)]
+    assert doc["counts"] == [2 * round(0.25 * 4 * 17), round(0.25 * 4 * 17)]  # video: two stages
     assert sum(doc["per_frame_kept"]) == doc["counts"][-1]
     assert doc["timestamps"] == sorted(doc["timestamps"])
     for kind in ("png", "json", "npz", "mp4"):
@@ -91,7 +91,7 @@ def test_demo_runs_offline_and_writes_heatmaps(tmp_path):
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["text"] == doc["expected"]  # the test-bed model answers the seeded demo question
-    assert doc["counts"] == [round(0.1 * 8 * 37)]
+    assert doc["counts"] == [2 * round(0.1 * 8 * 37), round(0.1 * 8 * 37)]
     assert sum(doc["per_frame_kept"]) == doc["counts"][-1]
     saved = json.load(open(doc["heatmap"]["json"]))
     kept_cells = {(f, r, c) for f, r, c, k in zip(saved["tokens"]["frame"], saved["tokens"]["row"],

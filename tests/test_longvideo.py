@@ -223,7 +223,7 @@ def test_needle_reaches_the_decoder(qa, needles):
         ans = qa.ask(s.frames, s.question, num_frames=256, max_new_tokens=4, keep_frames=False)
         assert ans.pool_tokens == 296 and ans.visual_tokens == 256 * P and len(ans.timestamps) == 256
         assert _target_ids(s) <= set(ans.trace.pool.kept[0].tolist())
-        assert ans.trace.decoder_visual == 296 and ans.counts == [30]
+        assert ans.trace.decoder_visual == 296 and ans.counts == [60, 30]
         correct += syn.exact_match(ans.text, s.answer)
     assert correct >= 6, correct
     uniform = np.linspace(0, 255, 8).astype(int)

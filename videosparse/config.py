@@ -149,8 +149,10 @@ class SparseConfig:
         False,
     )
     stage_shape: Any = _f(
-        "Relative per-stage counts (fractions of the visual tokens, one per stage) that an equivalent-token "
-        "budget ('194eq') scales; None = geometric steps down to the last stage's count.",
+        "Relative per-stage counts (non-increasing fractions, one per stage). An int/float budget fixes the last "
+        "stage's count and the earlier ones keep the same ratios to it (capped at the visual tokens); an "
+        "equivalent-token budget ('194eq') scales the whole shape. None = geometric steps down to the last "
+        "stage's count.",
         None,
     )
     rank_lambda: float = _f(
@@ -384,6 +386,10 @@ class SparseConfig:
             return self._plan(self._solve_equivalent(parse_equivalent(b), num_visual, num_layers), num_visual)
         if isinstance(b, tuple):
             counts = [_resolve_count(c, num_visual) for _, c in b]
+        elif self.stage_shape is not None:
+            final = _resolve_count(b, num_visual)
+            sh = self.stage_shape
+            counts = [min(num_visual, max(final, int(round(final * f / sh[-1])))) for f in sh[:-1]] + [final]
         else:
             counts = self._geometric(_resolve_count(b, num_visual), num_visual)
         if any(c > num_visual for c in counts):
@@ -614,8 +620,8 @@ class SparseConfig:
             budget = default
         if budget == "rank":
             spec.setdefault("rank_lambda", PRESETS["sparsevlm-v1"]["rank_lambda"])
-        if isinstance(budget, str) and parse_equivalent(budget) is not None and spec.get("stage_shape") is not None:
-            spec["stage_shape"] = _fit(spec["stage_shape"], len(layers))
+        if spec.get("stage_shape") is not None and "stage_shape" not in overrides:
+            spec["stage_shape"] = _fit(tuple(spec["stage_shape"]), len(layers))  # stages dropped on shallow decoders
         spec.update(overrides)
         return cls(budget=budget, layers=layers, name=name, **spec)
 
@@ -761,8 +767,11 @@ def _fit(counts: tuple, n: int) -> tuple:
 # Presets are data. Layers are for a 32-layer decoder and rescaled by SparseConfig.preset.
 PRESETS: dict = {
     "video": dict(
+        # two stages: after layer 1 twice the final count survives, after layer 8 the final count (budget).
+        # At equal equivalent tokens this beats one stage (README: Reproducing SparseVLM / equal compute)
         budget=0.1,
-        layers=(1,),
+        layers=(1, 8),
+        stage_shape=(0.2, 0.1),
         method="sparsevlm",
         raters="sparsevlm",
         temporal_tau=0.9,

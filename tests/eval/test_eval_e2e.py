@@ -73,7 +73,9 @@ def test_dataset_end_to_end_offline_judge(tmp_path, name, capsys):
     assert all("not found" in r["error"] for r in errs)
     ok = [r for r in preds if not r["error"]]
     assert ok and all(r["counts"] == [] for r in ok if r["config"] == "full")
-    assert all(len(r["counts"]) == 1 and r["equivalent_tokens"] < r["visual_tokens"] for r in ok if r["config"] != "full")
+    # the video preset prunes in two stages on the test bed (after layers 1 and 2), fastv in one
+    assert all(len(r["counts"]) == (2 if r["config"].startswith("video") else 1)
+               and r["equivalent_tokens"] < r["visual_tokens"] for r in ok if r["config"] != "full")
 
     assert main(["judge", str(out), "--judge", "offline"]) == 0
     text = capsys.readouterr().out

@@ -54,4 +54,5 @@ def test_readme_main_job_runs():
     lines = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("frame ")]
     assert len(lines) == 8
     kept = [int(ln.split("kept")[1].split("/")[0]) for ln in lines]
-    assert sum(kept) == round(0.1 * 8 * 17) and min(kept) >= 1
+    # 14 tokens for 8 frames: the per-frame floor (<= 25 % of the budget) is off, so a frame may hold none
+    assert sum(kept) == round(0.1 * 8 * 17) and max(kept) <= 17 and sum(k > 0 for k in kept) >= 4
