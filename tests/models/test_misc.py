@@ -19,7 +19,10 @@ def test_transformers_outside_supported_range_fails_clearly(tiny_models, monkeyp
     import transformers
 
     monkeypatch.setattr(transformers, "__version__", "4.46.3")
-    with pytest.raises(RuntimeError, match=r"transformers >=5.0,<6.*4\.46\.3"):
+    with pytest.raises(RuntimeError, match=r"transformers >=5.0,<5.24.*4\.46\.3"):
+        sparsify(tiny_models["sdpa"], SparseConfig())
+    monkeypatch.setattr(transformers, "__version__", "5.24.0")  # renamed past_key_values -> cache
+    with pytest.raises(RuntimeError, match=r"transformers >=5.0,<5.24.*renamed.*5\.24\.0"):
         sparsify(tiny_models["sdpa"], SparseConfig())
 
 
