@@ -293,3 +293,6 @@ def test_gravity_options_and_seed_preset_fields():
     assert (v1.budget, v1.rank_rule, v1.rank_scale, v1.rank_bias) == ("rank", "linear", 9.0, 6.0)
     assert SparseConfig.preset("sparsevlm-v1", budget=0.1).budget == 0.1  # fixed counts
     assert SparseConfig.preset("video").recycle_rule == "share"  # the package's own design is unchanged
+    # a schedule on a shaped preset: the schedule's counts win, whatever its number of stages
+    sched = SparseConfig.preset("video", budget=[(1, 90), (2, 60), (3, 30)], num_layers=8)
+    assert sched.stage_shape is None and sched.stage_counts(296) == [90, 60, 30]

@@ -237,6 +237,7 @@ class SparseConfig:
         if isinstance(self.budget, tuple):
             # a schedule defines its stage layers: `layers` always reports the layers that run
             object.__setattr__(self, "layers", tuple(layer for layer, _ in self.budget))
+            object.__setattr__(self, "stage_shape", None)  # the schedule's counts are the shape
         if not self.layers:
             raise ValueError("SparseConfig.layers: at least one stage layer is required")
         if any(x < 0 for x in self.layers):
