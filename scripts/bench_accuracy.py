@@ -146,7 +146,7 @@ def main(argv: list | None = None) -> int:
 
     from videosparse.testbed import synthetic as syn
     from videosparse.testbed import model as tb
-    from videosparse import SparseConfig, __version__, sparsify
+    from videosparse import SparseConfig, __version__
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,17 +186,16 @@ def main(argv: list | None = None) -> int:
         results[name], per_type[name], recall[name], equiv[name], counts[name] = {}, {}, {}, {}, {}
         for b in budgets:
             cfg = preset_config(name, b, num_visual, num_layers)
-            with sparsify(model, cfg) as h:
-                r = tb.evaluate(model, tokenizer, samples, args.batch_size, spec, handle=h)
-                trace = h.trace
+            r = evaluate_traced(model, tokenizer, samples, args.batch_size, spec, cfg)
             key = str(b)
             results[name][key] = r["accuracy"]
             per_type[name][key] = r["per_type"]
-            recall[name][key] = r.get("target_recall")
-            equiv[name][key] = trace.equivalent_tokens
-            counts[name][key] = trace.counts
-            print(f"{name:>15} @ {b:>5.0%}: acc {r['accuracy']:.4f}  recall {r.get('target_recall', float('nan')):.3f}"
-                  f"  stages {trace.counts}  equiv {trace.equivalent_tokens:.1f}", flush=True)
+            recall[name][key] = r["target_recall"]
+            equiv[name][key] = r["equivalent_tokens"]
+            counts[name][key] = r["counts"]
+            rec = float("nan") if r["target_recall"] is None else r["target_recall"]
+            print(f"{name:>15} @ {b:>5.0%}: acc {r['accuracy']:.4f}  recall {rec:.3f}"
+                  f"  stages {r['counts']}  equiv {r['equivalent_tokens']:.1f}", flush=True)
 
     # ---------------- equivalent-token sweep
     eq_res: dict = {}

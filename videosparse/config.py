@@ -439,6 +439,15 @@ class SparseConfig:
             return 0
         return seed_recycle_counts(num_current - selected, self.recycle_ratio, self.recycle_cluster_ratio)[1]
 
+    def check_layers(self, num_layers: int) -> None:
+        """ValueError naming ``layers`` when a stage layer does not fit a ``num_layers``-layer decoder."""
+        for layer in self.layers:
+            if layer >= num_layers - 1:
+                raise ValueError(
+                    f"SparseConfig.layers: stage layer {layer} must be < number of decoder layers - 1 ({num_layers - 1}); "
+                    f"a stage at the last layer would prune nothing"
+                )
+
     def equivalent_range(self, num_visual: int, num_layers: int) -> tuple:
         """(lowest, highest) equivalent tokens an equivalent-token budget can reach with this config's stage
         layers, shape and recycling on ``num_visual`` visual tokens and a ``num_layers``-layer decoder."""
@@ -447,10 +456,7 @@ class SparseConfig:
 
     def _equivalent_search(self, num_visual: int, num_layers: int) -> tuple:
         """(counts_for(x), equivalent(x), x_min, x_max) of the schedule family an equivalent budget solves over."""
-        for layer in self.layers:
-            if layer >= num_layers - 1:
-                raise ValueError(f"SparseConfig.layers: stage layer {layer} must be < number of decoder layers - 1 "
-                                 f"({num_layers - 1})")
+        self.check_layers(num_layers)
         shape = self.stage_shape
         n = len(self.layers)
 
@@ -514,11 +520,7 @@ class SparseConfig:
         Raises ValueError (naming the field) when the config does not fit ``num_visual`` visual tokens
         or a ``num_layers``-layer decoder, as running it would.
         """
-        for layer in self.layers:
-            if layer >= num_layers - 1:
-                raise ValueError(
-                    f"SparseConfig.layers: stage layer {layer} must be < number of decoder layers - 1 ({num_layers - 1})"
-                )
+        self.check_layers(num_layers)
         plan = self.stage_plan(num_visual, num_layers)
         head = f"{self.name} ({self.method}): {num_visual} visual tokens, {num_layers} layers; "
         n = len(self.layers)
@@ -765,6 +767,10 @@ def _fit(counts: tuple, n: int) -> tuple:
     return tuple(counts[: n - 1]) + (counts[-1],)
 
 
+# The official code's recycling (v1, v1.5, video branch): merged tokens added on top of a stage's count,
+# placed after the kept visual tokens, positions renumbered.
+_SEED_RECYCLING = dict(recycle=True, recycle_rule="seed", recycle_place="after", positions="renumber")
+
 # Presets are data. Layers are for a 32-layer decoder and rescaled by SparseConfig.preset.
 PRESETS: dict = {
     "video": dict(
@@ -791,10 +797,7 @@ PRESETS: dict = {
         method="sparsevlm",
         raters="sparsevlm",
         rank_rule="rank",
-        recycle=True,
-        recycle_rule="seed",
-        recycle_place="after",
-        positions="renumber",
+        **_SEED_RECYCLING,
     ),
     "sparsevlm-v1": dict(
         # first release: keep min(int(rank x 13.5 + 0), N - 1) at layers 2, 6, 15, 19 (its 192 setting)
@@ -807,10 +810,7 @@ PRESETS: dict = {
         rank_scale=V1_RANK_RULES[_DEFAULT_KEY][0],
         rank_bias=V1_RANK_RULES[_DEFAULT_KEY][1],
         rank_lambda=0.5,  # the paper's rule (rank_rule='lambda'): lambda = 0.5 ~ halves per stage
-        recycle=True,
-        recycle_rule="seed",
-        recycle_place="after",
-        positions="renumber",
+        **_SEED_RECYCLING,
     ),
     # budget: the table key of the default; SparseConfig.preset turns it into the key's per-stage
     # fractions of 576, so the default fits any input (an explicit table-key int is verbatim counts)
@@ -821,10 +821,7 @@ PRESETS: dict = {
         method="sparsevlm",
         raters="sparsevlm",
         clamp_counts=True,
-        recycle=True,
-        recycle_rule="seed",
-        recycle_place="after",
-        positions="renumber",
+        **_SEED_RECYCLING,
     ),
     "sparsevlm-v2": dict(
         budget=_DEFAULT_KEY,

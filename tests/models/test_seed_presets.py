@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import videosparse.models.video_llava as vl
-from conftest import make_inputs, make_model
+from conftest import VIDEO_TOKEN, make_inputs, make_model
 from videosparse import SparseConfig, sparsify
 from videosparse.config import V1_RANK_RULES, V2_SCHEDULES, V15_SCHEDULES, equivalent_tokens
 
@@ -44,7 +44,7 @@ def official_counts(version: str, setting: int | None, rank: int, n: int = NV) -
 def real_geometry():
     model = make_model("sdpa", layers=32, image_size=224, patch=14, hidden=64, heads=4, kv_heads=2, seed=3)
     inp = make_inputs(model, frames=8, questions=((9, 10, 11, 12, 13), (14, 15, 16)))
-    assert int((inp["input_ids"][0] == 32001).sum()) if False else True
+    assert int((inp["input_ids"][0] == VIDEO_TOKEN).sum()) == NV  # the real geometry: 8 x 257 video tokens
     return model, inp
 
 

@@ -110,12 +110,7 @@ class VideoLlavaAdapter(ModelAdapter):
         ):
             raise ValueError("videosparse: decoders with sliding-window/hybrid attention layers are not supported")
         self.num_layers = len(decoder.layers)
-        for layer in config.stage_layers:
-            if layer >= self.num_layers - 1:
-                raise ValueError(
-                    f"SparseConfig.layers: stage layer {layer} must be < number of decoder layers - 1 "
-                    f"({self.num_layers - 1}); a stage at the last layer would prune nothing"
-                )
+        config.check_layers(self.num_layers)
         if config.budget == "rank" and config.method != "sparsevlm":
             raise ValueError("SparseConfig.budget: 'rank' needs method='sparsevlm' (rater attention)")
         vcfg = inner.config.vision_config
