@@ -387,20 +387,23 @@ def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int) -> tuple
     Returns (t_prefill, [t_step], cache, cache length per layer right after the prefill)."""
     import torch
 
+    from videosparse.models.compat import cache_keyword, output_cache
+
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    ckw = cache_keyword(model)  # 'cache' (transformers 5.24+) or 'past_key_values'
     with torch.no_grad():
         t0 = time.perf_counter()
         out = model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=dict(enc), use_cache=True,
                     logits_to_keep=1)
         t_prefill = time.perf_counter() - t0
-        cache = out.past_key_values
+        cache = output_cache(out)
         lens = cache_lengths(cache)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         steps = []
         for _ in range(new_tokens):
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
             t0 = time.perf_counter()
-            out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+            out = model(input_ids=nxt, attention_mask=mask, use_cache=True, **{ckw: cache})
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             steps.append(time.perf_counter() - t0)
     return t_prefill, steps, cache, lens

@@ -115,9 +115,13 @@ def resolve_checkpoint(name: "str | Checkpoint", *, offline: bool | None = None,
     offline: None = huggingface_hub's setting (``HF_HUB_OFFLINE``); True = never touch the network.
     network_timeout: seconds for the one reachability request made for hub ids.
 
-    Raises CheckpointError (a ValueError) with one line that says what to do.
+    Raises CheckpointError (a ValueError) with one line that says what to do, and RuntimeError naming the
+    installed transformers and the range to install when it is unsupported (before anything is loaded).
     """
     from videosparse import testbed
+    from videosparse.models.compat import check_transformers_version
+
+    check_transformers_version()
 
     if isinstance(name, Checkpoint):
         return name

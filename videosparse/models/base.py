@@ -5,26 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-SUPPORTED_TRANSFORMERS = (">=5.0", "<5.24")
-# transformers 5.24 renamed the decoder's `past_key_values` argument to `cache` (Video-LLaVA, Llama); the
-# hooks here read and pass `past_key_values`, so 5.24+ is refused until the adapter handles both names.
-
-
-def check_transformers_version() -> None:
-    """Fail with a clear message outside the supported transformers range (>=5.0,<5.24)."""
-    import transformers
-
-    version = transformers.__version__
-    try:
-        major, minor = (int(x) for x in version.split(".")[:2])
-    except ValueError:  # pragma: no cover - exotic version strings
-        major, minor = -1, -1
-    if major != 5 or minor >= 24:
-        raise RuntimeError(
-            f"videosparse supports transformers >=5.0,<5.24 (its decoder hooks depend on the 5.x cache and "
-            f"masking API; 5.24 renamed the decoder's past_key_values argument to cache); found transformers "
-            f"{version}. Install a supported version: pip install 'transformers>=5.0,<5.24'"
-        )
+from videosparse.models.compat import SUPPORTED_SPEC, check_transformers_version  # noqa: F401 (re-exported)
 
 
 class ModelAdapter:

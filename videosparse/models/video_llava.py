@@ -35,7 +35,8 @@ from videosparse.core.scores import (
 from videosparse.core.select import run_stage
 from videosparse.core.budget import rank_adaptive_count, rank_count_warning
 from videosparse.core.trace import RetentionTrace, StageRecord
-from videosparse.models.base import ModelAdapter, SparseHandle, check_transformers_version, register_adapter
+from videosparse.models.base import ModelAdapter, SparseHandle, register_adapter
+from videosparse.models.compat import cache_keyword, causal_mask, check_transformers_version, get_cache, model_output, pop_cache
 from videosparse.baselines import random_scores, uniform_scores
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class VideoLlavaAdapter(ModelAdapter):
         h = self._handle
         if h is None or h._disabled:
             return None
-        cache = kwargs.get("past_key_values")
+        cache = get_cache(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
             return None  # decode step or continuation: handled from the cache state
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -208,12 +209,14 @@ class VideoLlavaAdapter(ModelAdapter):
     def _dispatch(self, pruned: Any, *args: Any, **kwargs: Any) -> Any:
         pending, self._pending = self._pending, None
         h = self._handle
-        cache = kwargs.get("past_key_values")
+        cache = get_cache(kwargs)
         state = getattr(cache, _STATE_ATTR, None) if cache is not None else None
         if args:
             raise TypeError("videosparse: call the decoder with keyword arguments")
         if h is None or h._disabled or (pending is None and state is None):
             return self._original(**kwargs)
+        pop_cache(kwargs)
+        kwargs["cache"] = cache
         if pending is not None:
             kwargs["_vs"] = (self, pending, None)
         else:
@@ -247,14 +250,13 @@ def _pruned_forward_impl(
     input_ids: torch.LongTensor | None = None,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.LongTensor | None = None,
-    past_key_values: Any = None,
+    cache: Any = None,
     inputs_embeds: torch.Tensor | None = None,
     use_cache: bool | None = None,
     _vs: Any = None,
     **kwargs: Any,
 ) -> Any:
     from transformers.cache_utils import DynamicCache
-    from transformers.masking_utils import create_causal_mask
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
     adapter, pending, state = _vs
@@ -262,24 +264,24 @@ def _pruned_forward_impl(
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
     if inputs_embeds is None:
         inputs_embeds = self.embed_tokens(input_ids)
-    if use_cache and past_key_values is None:
-        past_key_values = DynamicCache(config=self.config)
+    if use_cache and cache is None:
+        cache = DynamicCache(config=self.config)
     if attention_mask is not None and attention_mask.ndim != 2:
         raise ValueError("videosparse: only 2-D attention masks are supported (got a prepared 4-D mask)")
-    if past_key_values is not None and getattr(past_key_values, "is_compileable", False):
+    if cache is not None and getattr(cache, "is_compileable", False):
         raise ValueError("videosparse: static/compileable caches are not supported; use the default DynamicCache")
 
     if pending is not None:
-        hidden = _prefill(self, adapter, pending, inputs_embeds, attention_mask, position_ids, past_key_values,
-                          use_cache, create_causal_mask, kwargs)
+        hidden = _prefill(self, adapter, pending, inputs_embeds, attention_mask, position_ids, cache,
+                          use_cache, kwargs)
     else:
-        hidden = _decode(self, adapter, state, inputs_embeds, attention_mask, position_ids, past_key_values,
-                         use_cache, create_causal_mask, kwargs)
+        hidden = _decode(self, adapter, state, inputs_embeds, attention_mask, position_ids, cache,
+                         use_cache, kwargs)
     hidden = self.norm(hidden)
-    return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values)
+    return model_output(BaseModelOutputWithPast, cache, last_hidden_state=hidden)
 
 
-def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_cache, create_causal_mask, kwargs):
+def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_cache, kwargs):
     cfg: SparseConfig = adapter.config
     handle: SparseHandle = adapter._handle
     B, N, D = x.shape
@@ -317,8 +319,8 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
     if cfg.method == "sparsevlm":
         raters = select_raters(_gather_rows(x, vis_pos), _gather_rows(x, text_pos), text_valid, cfg.raters)
 
-    causal = create_causal_mask(config=dec.config, inputs_embeds=x, attention_mask=attention_mask,
-                                past_key_values=cache, position_ids=position_ids)
+    causal = causal_mask(dec.config, x, attention_mask, cache, position_ids=position_ids)
+    ckw = {cache_keyword(dec.layers[0]): cache}  # 'cache' (5.24+) or 'past_key_values'
     # current sequence bookkeeping (original positions of the tokens still alive)
     cur = torch.arange(N, device=dev).expand(B, N).clone()
     cur_vis = vis_pos.clone()  # current visual tokens, as original positions
@@ -341,7 +343,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
             q_rows = _stage_queries(layer, h, cur, raters, text_pos, cos, sin, cfg)
             h_in = h
         h = layer(h, attention_mask=causal, position_embeddings=(cos, sin), position_ids=seg_position_ids,
-                  past_key_values=cache, use_cache=use_cache, **kwargs)
+                  use_cache=use_cache, **ckw, **kwargs)
         if s_idx is None:
             continue
         # ---------------- stage at layer li
@@ -465,8 +467,7 @@ def _prefill(dec, adapter, pending, x, attention_mask, position_ids, cache, use_
         first, _, keep_idx, shift = segments[-1]
         segments[-1] = (first, li, keep_idx, shift)
         segments.append((li + 1, None, cur.clone(), removed if cfg.positions == "renumber" else 0))
-        causal = create_causal_mask(config=dec.config, inputs_embeds=h, attention_mask=mask_cur,
-                                    past_key_values=cache, position_ids=None, layer_idx=li + 1)
+        causal = causal_mask(dec.config, h, mask_cur, cache, position_ids=None, layer_idx=li + 1)
     first, _, keep_idx, shift = segments[-1]
     segments[-1] = (first, len(dec.layers) - 1, keep_idx, shift)
     if cache is not None and use_cache:
@@ -526,7 +527,7 @@ def _stage_keys(layer, cache, li, h_in, cos, sin):
     return _apply_rope(k, cos.expand(B, *cos.shape[1:]), sin.expand(B, *sin.shape[1:]))
 
 
-def _decode(dec, adapter, state, x, attention_mask, position_ids, cache, use_cache, create_causal_mask, kwargs):
+def _decode(dec, adapter, state, x, attention_mask, position_ids, cache, use_cache, kwargs):
     B, q, D = x.shape
     dev = x.device
     if position_ids is None:
@@ -549,11 +550,10 @@ def _decode(dec, adapter, state, x, attention_mask, position_ids, cache, use_cac
         if shift not in rope:
             rope[shift] = dec.rotary_emb(h, position_ids=position_ids - shift if shift else position_ids)
         cos, sin = rope[shift]
-        causal = create_causal_mask(config=dec.config, inputs_embeds=h, attention_mask=mask2d,
-                                    past_key_values=cache, position_ids=seg_pos, layer_idx=first)
+        causal = causal_mask(dec.config, h, mask2d, cache, position_ids=seg_pos, layer_idx=first)
         for li in range(first, last + 1):
             h = dec.layers[li](h, attention_mask=causal, position_embeddings=(cos, sin), position_ids=seg_pos,
-                               past_key_values=cache, use_cache=use_cache, **kwargs)
+                               use_cache=use_cache, **{cache_keyword(dec.layers[li]): cache}, **kwargs)
     return h
 
 
