@@ -306,17 +306,17 @@ class SelectionTimer:
     """
 
     TARGETS = [
-        ("videosparse.models.video_llava", "select_raters", "raters"),
-        ("videosparse.models.video_llava", "_stage_queries", "queries+keys"),
-        ("videosparse.models.video_llava", "_stage_keys", "queries+keys"),
-        ("videosparse.models.video_llava", "_all_queries", "queries+keys"),
-        ("videosparse.models.video_llava", "rater_attention", "scores"),
-        ("videosparse.models.video_llava", "received_attention", "scores"),
-        ("videosparse.models.video_llava", "visual_scores", "scores"),
-        ("videosparse.models.video_llava", "relevance_rank", "scores"),
-        ("videosparse.models.video_llava", "random_scores", "scores"),
-        ("videosparse.models.video_llava", "uniform_scores", "scores"),
-        ("videosparse.models.video_llava", "run_stage", "stage"),
+        ("videosparse.engine.engine", "select_raters", "raters"),
+        ("videosparse.engine.engine", "_Prefill.stage_queries", "queries+keys"),
+        ("videosparse.engine.engine", "_Prefill.stage_keys", "queries+keys"),
+        ("videosparse.engine.engine", "_Prefill.all_queries", "queries+keys"),
+        ("videosparse.engine.engine", "rater_attention", "scores"),
+        ("videosparse.engine.engine", "received_attention", "scores"),
+        ("videosparse.engine.engine", "visual_scores", "scores"),
+        ("videosparse.engine.engine", "relevance_rank", "scores"),
+        ("videosparse.engine.engine", "random_scores", "scores"),
+        ("videosparse.engine.engine", "uniform_scores", "scores"),
+        ("videosparse.engine.engine", "run_stage", "stage"),
         ("videosparse.core.select", "temporal_redundancy", "temporal"),
         ("videosparse.core.select", "apply_temporal", "temporal"),
         ("videosparse.core.select", "select_tokens", "topk"),
@@ -352,16 +352,19 @@ class SelectionTimer:
     def __enter__(self) -> "SelectionTimer":
         import importlib
 
-        for mod_name, attr, group in self.TARGETS:
-            mod = importlib.import_module(mod_name)
-            fn = getattr(mod, attr)
-            self._saved.append((mod, attr, fn))
-            setattr(mod, attr, self._wrap(fn, group))
+        for mod_name, path, group in self.TARGETS:
+            owner = importlib.import_module(mod_name)
+            *outer, attr = path.split(".")  # "Class.method" patches the class attribute
+            for name in outer:
+                owner = getattr(owner, name)
+            fn = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+            self._saved.append((owner, attr, fn))
+            setattr(owner, attr, self._wrap(fn, group))
         return self
 
     def __exit__(self, *exc) -> None:
-        for mod, attr, fn in reversed(self._saved):
-            setattr(mod, attr, fn)
+        for owner, attr, fn in reversed(self._saved):
+            setattr(owner, attr, fn)
         self._saved = []
 
     @property

@@ -21,8 +21,8 @@ from videosparse.models import compat
 
 
 @pytest.mark.parametrize("version,ok", [
-    ("5.18.0", True), ("5.23.0", True), ("5.24.0", True), ("5.25.0", True), ("5.39.2", True),
-    ("5.40.0", False), ("5.17.9", False), ("4.57.6", False), ("6.0.0", False), ("5.25.0.dev0", True),
+    ("5.20.0", True), ("5.23.0", True), ("5.24.0", True), ("5.25.0", True), ("5.39.2", True),
+    ("5.40.0", False), ("5.19.0", False), ("4.57.6", False), ("6.0.0", False), ("5.25.0.dev0", True),
     ("nonsense", False),
 ])
 def test_version_range(version, ok):

@@ -9,13 +9,21 @@ from videosparse.models.compat import SUPPORTED_SPEC, check_transformers_version
 
 
 class ModelAdapter:
-    """Protocol of a model-family adapter: the only code that knows transformers internals.
+    """Protocol of a model family: the only code that knows the family's transformers classes.
 
-    Subclasses set `name` and `model_types`, implement `matches`, `install` and `uninstall`.
+    The pruning itself is the engine's (``videosparse.engine``), written once; a family answers what only
+    it knows. Subclasses set ``name``, ``model_types`` (config.json ``model_type`` values) and
+    ``description``, and implement ``matches``, ``__init__`` (set ``inner``, ``decoder``, ``num_layers``,
+    ``grid``, ``has_cls``) and ``locate``. The q/k projections, the rotary helpers and the RoPE gravity
+    table below are the Llama-style defaults (``self_attn.q_proj/k_proj``, ``input_layernorm``,
+    ``decoder.rotary_emb``, rotate-half); a family with per-head q/k norms or multi-axis rotary overrides
+    them.
     """
 
     name: str = ""
+    model_types: tuple = ()
     description: str = ""
+    has_cls: bool = False
 
     @classmethod
     def matches(cls, model: Any) -> bool:  # pragma: no cover - protocol
@@ -24,11 +32,59 @@ class ModelAdapter:
     def __init__(self, model: Any, config: Any) -> None:  # pragma: no cover - protocol
         raise NotImplementedError
 
-    def install(self, handle: "SparseHandle") -> None:  # pragma: no cover - protocol
+    def locate(self, args: tuple, kwargs: dict, handle: "SparseHandle") -> Any:  # pragma: no cover - protocol
+        """The VisualLayout of a prefill from the multimodal model's call (before the placeholders are
+        replaced by features), or raise ValueError naming what is wrong with the input."""
         raise NotImplementedError
 
-    def uninstall(self) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    # ---------------------------------------------------------------- engine plumbing
+    def install(self, handle: "SparseHandle") -> None:
+        from videosparse.engine import PruningEngine
+
+        self.engine = PruningEngine(self)
+        self.engine.install(handle)
+
+    def uninstall(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.remove()
+            self.engine = None
+
+    # ---------------------------------------------------------------- Llama-style q/k and rotary
+    def project_queries(self, layer: Any, x: Any) -> Any:
+        """Pre-rotary queries of rows `x` (B, R, D) of `layer`'s input: (B, H, R, d)."""
+        attn = layer.self_attn
+        return attn.q_proj(layer.input_layernorm(x)).view(x.shape[0], x.shape[1], -1, attn.head_dim).transpose(1, 2)
+
+    def project_keys(self, layer: Any, x: Any) -> Any:
+        """Pre-rotary keys of rows `x` (B, R, D) of `layer`'s input: (B, H_kv, R, d)."""
+        attn = layer.self_attn
+        return attn.k_proj(layer.input_layernorm(x)).view(x.shape[0], x.shape[1], -1, attn.head_dim).transpose(1, 2)
+
+    @staticmethod
+    def rotate(x: Any, cos: Any, sin: Any) -> Any:
+        """Rotary embedding of x (B, H, R, d) with the rows' cos/sin (B, R, d) (rotate-half convention)."""
+        import torch
+
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos[:, None] + rotated * sin[:, None]
+
+    def rotary(self, h: Any, position_ids: Any) -> tuple:
+        """(cos, sin) of the decoder's rotary embedding at `position_ids`."""
+        return self.decoder.rotary_emb(h, position_ids=position_ids)
+
+    def gravity_table(self, n: int, device: Any, kind: str = "bounded") -> Any:
+        """RoPE distance weights g(0..>=n) of the decoder's rotary frequencies ('bounded' or 'official')."""
+        from videosparse.core.scores import rope_gravity, rope_gravity_official
+
+        cache = self.__dict__.setdefault("_gravity", {})
+        t = cache.get(kind)
+        if t is None or t.numel() < n + 1 or t.device != device:
+            inv = self.decoder.rotary_emb.inv_freq.to(device)
+            t = (rope_gravity if kind == "bounded" else rope_gravity_official)(max(n, 1), inv)
+            cache[kind] = t
+        return t
 
 
 _REGISTRY: dict = {}

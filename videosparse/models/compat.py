@@ -21,7 +21,7 @@ from typing import Any, Callable
 # The lowest release the model tests run on in CI, and the first release known to break: 5.40 removes
 # the deprecated ``past_key_values`` alias that 5.24 kept for callers (ours pass whichever name the
 # installed release declares, but the range stays honest about what was tested against).
-MIN_TRANSFORMERS = (5, 18)
+MIN_TRANSFORMERS = (5, 20)
 BREAKS_AT = (5, 40)
 SUPPORTED_SPEC = f">={MIN_TRANSFORMERS[0]}.{MIN_TRANSFORMERS[1]},<{BREAKS_AT[0]}.{BREAKS_AT[1]}"
 
