@@ -390,7 +390,7 @@ def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int) -> tuple
     Returns (t_prefill, [t_step], cache, cache length per layer right after the prefill)."""
     import torch
 
-    from videosparse.models.compat import cache_keyword, output_cache
+    from videosparse.compat import cache_keyword, output_cache
 
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     ckw = cache_keyword(model)  # 'cache' (transformers 5.24+) or 'past_key_values'

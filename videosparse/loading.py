@@ -119,7 +119,7 @@ def resolve_checkpoint(name: "str | Checkpoint", *, offline: bool | None = None,
     installed transformers and the range to install when it is unsupported (before anything is loaded).
     """
     from videosparse import testbed
-    from videosparse.models.compat import check_transformers_version
+    from videosparse.compat import check_transformers_version
 
     check_transformers_version()
 

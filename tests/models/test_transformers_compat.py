@@ -1,4 +1,4 @@
-"""transformers release differences handled by feature detection (videosparse.models.compat).
+"""transformers release differences handled by feature detection (videosparse.compat).
 
 5.24 renamed the decoder's and the decoder layers' `past_key_values` keyword to `cache` (the old name is a
 deprecated alias on the outer models until 5.40; `cache` wins when both are given) and the output
@@ -17,7 +17,7 @@ import torch
 
 from conftest import make_inputs
 from videosparse import SparseConfig, sparsify
-from videosparse.models import compat
+from videosparse import compat
 
 
 @pytest.mark.parametrize("version,ok", [

@@ -20,7 +20,7 @@ from videosparse.core.scores import rater_attention, received_attention, relevan
 from videosparse.core.select import run_stage
 from videosparse.core.trace import RetentionTrace, StageRecord
 from videosparse.engine.state import CACHE_STATE_ATTR, CacheState, VisualLayout
-from videosparse.models.compat import causal_mask, get_cache
+from videosparse.compat import causal_mask, get_cache
 
 logger = logging.getLogger(__name__)
 

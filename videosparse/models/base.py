@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-from videosparse.models.compat import SUPPORTED_SPEC, check_transformers_version  # noqa: F401 (re-exported)
+from videosparse.compat import SUPPORTED_SPEC, check_transformers_version  # noqa: F401 (re-exported)
 
 
 class ModelAdapter:

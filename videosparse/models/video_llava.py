@@ -15,7 +15,7 @@ import torch
 from videosparse.config import SparseConfig
 from videosparse.engine.state import VisualLayout
 from videosparse.models.base import ModelAdapter, SparseHandle, register_adapter
-from videosparse.models.compat import check_transformers_version
+from videosparse.compat import check_transformers_version
 
 
 def _inner(model: Any) -> Any:
