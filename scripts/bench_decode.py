@@ -11,7 +11,16 @@ Generates (once, cached) an H.264 video (default 5 min, 1280x720, 25 fps), then 
   measured on the first --window seconds, and the chunked reader on that window and on the whole
   video.
 
+With ``--unseekable`` it measures instead what files without reliable seeking cost (generated once
+in the temp directory, default 30 min at 160x120, 25 fps, GOP 250, never committed): an MPEG-TS
+(H.264; indexed by demuxing, then decoded sequentially up to the last sampled frame), a raw ``.h264``
+stream (no timestamps: decoded in full at open to count the frames, then decoded again up to the last
+sampled frame) and the same video as MP4 (seeking) for comparison. Each row runs in a fresh process:
+wall time, peak RSS over the process's baseline, numpy's traced peak and how many frames were
+decoded / converted to RGB.
+
 Usage:  python scripts/bench_decode.py [--minutes 5] [--video /tmp/bench_720p.mp4]
+        python scripts/bench_decode.py --unseekable [--minutes 30 --height 120 --width 160]
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ from videosparse.video.sampling import uniform_indices  # noqa: E402
 from videosparse.video.synth import pattern_frame, write_video  # noqa: E402
 
 
-def make_video(path: str, minutes: float, height: int, width: int, fps: int) -> None:
+def make_video(path: str, minutes: float, height: int, width: int, fps: int, container_format: str | None = None,
+               gop: int = 250) -> None:
     n = int(minutes * 60 * fps)
     base = [pattern_frame(i, height, width) for i in range(48)]
 
@@ -45,7 +55,8 @@ def make_video(path: str, minutes: float, height: int, width: int, fps: int) -> 
             yield f
 
     t = time.perf_counter()
-    write_video(path, frames(), fps=fps, codec="libx264", options={"preset": "ultrafast", "g": "250", "crf": "28"})
+    write_video(path, frames(), fps=fps, codec="libx264", container_format=container_format,
+                options={"preset": "ultrafast", "g": str(gop), "crf": "28", "bf": "0" if path.endswith(".h264") else "2"})
     print(f"generated {path}: {n} frames {width}x{height} @ {fps} fps, {os.path.getsize(path) / 1e6:.1f} MB "
           f"in {time.perf_counter() - t:.1f} s", flush=True)
 
@@ -67,11 +78,28 @@ def _rss_mb() -> float:
 def _child(job, path, kw, q):
     import tracemalloc
 
+    from videosparse.video import backends as B
+
+    counts = {"decoded": 0, "converted": 0}
+    real_packets, real_rgb = B.PyAVReader._decode_packets, B.PyAVReader._to_rgb
+
+    def decode_packets(self, *a, **k):
+        for fr in real_packets(self, *a, **k):
+            counts["decoded"] += 1
+            yield fr
+
+    def to_rgb(self, frame):
+        counts["converted"] += 1
+        return real_rgb(self, frame)
+
+    B.PyAVReader._decode_packets, B.PyAVReader._to_rgb = decode_packets, to_rgb
     base = _rss_mb()
     tracemalloc.start()
     t = time.perf_counter()
     frames = 0
-    if job == "chunks":
+    if job == "probe":
+        frames = probe_video(path, **kw).num_frames
+    elif job == "chunks":
         for c in iter_chunks(path, **kw):
             frames += c.num_frames
             del c
@@ -81,7 +109,7 @@ def _child(job, path, kw, q):
     dt = time.perf_counter() - t
     _, traced = tracemalloc.get_traced_memory()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    q.put({"frames": frames, "seconds": dt, "rss_mb": peak - base, "traced_mb": traced / 2**20})
+    q.put({"frames": frames, "seconds": dt, "rss_mb": peak - base, "traced_mb": traced / 2**20, **counts})
 
 
 def measure(job, path, **kw):
@@ -92,6 +120,36 @@ def measure(job, path, **kw):
     out = q.get()
     p.join()
     return out
+
+
+def bench_unseekable(args) -> None:
+    """Files without reliable seeking (see the module docstring)."""
+    tmp = tempfile.gettempdir()
+    stem = f"videosparse_bench_{args.minutes:g}min_{args.width}x{args.height}"
+    files = {"MPEG-TS (H.264)": os.path.join(tmp, stem + ".ts"),
+             "raw .h264": os.path.join(tmp, stem + ".h264"),
+             "MP4 (H.264), seekable": os.path.join(tmp, stem + ".mp4")}
+    for path in files.values():
+        if not os.path.exists(path):
+            make_video(path, args.minutes, args.height, args.width, args.fps)
+    k, chunk = args.num_frames, args.chunk_size
+    frame_mb = args.width * args.height * 3 / 2**20
+    print(f"\nfiles without reliable seeking, {args.minutes:g} min {args.width}x{args.height} @ {args.fps} fps "
+          f"(one frame = {frame_mb * 1024:.1f} KiB; all frames = {frame_mb * args.minutes * 60 * args.fps:.0f} MiB); "
+          f"fresh process per row, backend pyav:")
+    for label, path in files.items():
+        with PyAVReader(path, progress=False) as r:
+            seeks = r.seek_reliable and r.index_mode == "pts"
+            how = f"index {r.index_mode}, {'seeks' if seeks else 'sequential decode (no seeking)'}"
+        print(f"  {label} [{os.path.getsize(path) / 1e6:.1f} MB; {how}]")
+        for name, job, kw in [("probe_video (open + index)", "probe", {}),  # (auto uses PyAV for the first two)
+                              (f"load_video {k} uniform frames", "load", {"num_frames": k}),
+                              (f"iter_chunks({chunk}), {4 * k} uniform frames", "chunks",
+                               {"chunk_size": chunk, "num_frames": 4 * k})]:
+            r = measure(job, path, backend="pyav", progress=False, **kw)
+            print(f"    {name:34s} {r['seconds']:7.2f} s  frames={r['frames']:6d}  decoded={r['decoded']:6d}  "
+                  f"converted={r['converted']:3d}  peak RSS +{r['rss_mb']:6.1f} MiB  numpy peak "
+                  f"{r['traced_mb']:5.2f} MiB", flush=True)
 
 
 def main() -> None:
@@ -105,7 +163,15 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=16)
     ap.add_argument("--window", type=float, default=10.0, help="seconds decoded for the load-all comparison")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--unseekable", action="store_true",
+                    help="measure files without reliable seeking (MPEG-TS, raw .h264) instead; default 30 min 160x120")
     args = ap.parse_args()
+    if args.unseekable:
+        dflt = {"minutes": 5.0, "height": 720, "width": 1280}
+        for key, value in {"minutes": 30.0, "height": 120, "width": 160}.items():
+            if getattr(args, key) == dflt[key]:
+                setattr(args, key, value)
+        return bench_unseekable(args)
 
     if not os.path.exists(args.video):
         make_video(args.video, args.minutes, args.height, args.width, args.fps)

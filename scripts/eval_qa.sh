@@ -25,11 +25,13 @@ HAVE_CONFIGS=0
 HAVE_DTYPE=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --gpus) GPUS=$2; shift 2 ;;
+    --gpus) GPUS=${2:-}; [ -n "$GPUS" ] || { echo "$0: error: --gpus needs a number" >&2; exit 2; }; shift 2 ;;
     --gpus=*) GPUS=${1#*=}; shift ;;
     --judge*=*) JUDGE_ARGS+=("$1"); shift ;;
     --judge*) JUDGE_ARGS+=("$1" "$2"); shift 2 ;;
-    --out) OUT=$2; RUN_ARGS+=("$1" "$2"); shift 2 ;;
+    --out) OUT=${2:-}; [ -n "$OUT" ] || { echo "$0: error: --out needs a directory" >&2; exit 2; }
+           RUN_ARGS+=("$1" "$2"); shift 2 ;;
+    --out=*) OUT=${1#*=}; RUN_ARGS+=("$1"); shift ;;
     --model|--model=*) HAVE_MODEL=1; RUN_ARGS+=("$1"); shift ;;
     --configs|--configs=*) HAVE_CONFIGS=1; RUN_ARGS+=("$1"); shift ;;
     --dtype|--dtype=*) HAVE_DTYPE=1; RUN_ARGS+=("$1"); shift ;;

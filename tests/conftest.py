@@ -118,3 +118,32 @@ def tiny_video(tmp_path_factory):
         for p in s.encode():
             out.mux(p)
     return path
+
+
+# ----------------------------------------------------------------------------- test-bed fixtures (per module)
+@pytest.fixture(scope="module")
+def sample():
+    """One synthetic test-bed sample (seed 7)."""
+    from videosparse.testbed import synthetic as syn
+
+    return syn.make_sample(7, 0)
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory, sample):
+    """That sample written as an H.264 MP4."""
+    from videosparse.testbed import synthetic as syn
+
+    p = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    syn.write_video(sample.frames, str(p))
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def qa():
+    """The embedded test bed with the `video` preset."""
+    from videosparse.pipeline import VideoQA
+
+    q = VideoQA.from_pretrained("testbed", sparsity="video", progress=False)
+    yield q
+    q.close()

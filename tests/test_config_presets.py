@@ -155,7 +155,9 @@ def test_rank_count_warning_thresholds():
     r = torch.tensor([3])
     assert rank_count_warning(8, r, 1, 8, 296, 1.0) is None
     assert "keeps 7 of 296" in rank_count_warning(7, r, 1, 8, 296, 1.0)  # fewer than the frames
-    assert rank_count_warning(20, r, 2, 8, 2056, 1.0) is not None  # < 1 % of 2056
+    w = rank_count_warning(20, r, 2, 8, 2056, 1.0)  # < 1 % of 2056
+    assert w.startswith("videosparse: the rank-adaptive stage at layer 2 keeps 20 of 2056 visual tokens (8 frames)")
+    assert "relevance rank 3" in w and "rank_lambda 1 " in w and "fixed budget" in w
     assert rank_count_warning(21, r, 2, 8, 2056, 1.0) is None
 
 

@@ -357,4 +357,4 @@ def test_cli_long_video(long_file, capsys):
     rc = cli.main(["ask", long_file, "where is the red object", "--model", "testbed", "--fps", "0.5", "--quiet",
                    "--max-new-tokens", "3"])
     out = capsys.readouterr().out
-    assert rc == 0 and "pool 296 (pre-selected before the decoder)" in out and "frames:" in out
+    assert rc == 0 and "pool 296 (pre-selected before the decoder:" in out and "frames:" in out

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-strict", dest="strict", action="store_false",
                    help="use the decodable frames of truncated videos instead of recording an error")
     r.add_argument("--retry-errors", action="store_true", help="recompute pairs recorded with an error")
+    r.add_argument("--allow-version-change", action="store_true",
+                   help="resume a run although videosparse/torch/transformers differ from the versions in its "
+                        "run.json (the change is recorded there as version_changes)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.add_argument("--log-every", type=_positive_float, default=30.0,
                    help="seconds between progress lines when stderr is not a terminal (default 30)")
@@ -223,12 +226,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                       attn_implementation=args.attn, prefetch=args.prefetch, workers=args.workers, seed=args.seed,
                       strict=args.strict, retry_errors=args.retry_errors, progress=not args.quiet,
                       log_every=args.log_every)
-    s = run(dataset, opts, out)
+    s = run(dataset, opts, out, allow_version_change=args.allow_version_change)
     who = f"rank {s.rank}/{s.world}: " if s.world > 1 else ""
     print(f"{who}{s.computed} answered now ({s.errors} with errors), {s.skipped} already done; "
           f"{s.wall_seconds:.1f} s", file=sys.stderr)
     if s.merged is not None:
-        print(f"predictions: {s.merged.path} ({s.merged.records} records, {s.merged.errors} errors)")
+        m = s.merged
+        print(f"predictions: {m.path} ({m.records} record{'' if m.records == 1 else 's'}, "
+              f"{m.errors} error{'' if m.errors == 1 else 's'})")
         if args.then_judge:
             return _judge_run(out, args)
     elif s.world == 1:

@@ -160,6 +160,11 @@ def _spec(name: str) -> DatasetSpec:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _n(count: int, noun: str, plural: str | None = None) -> str:
+    """``"1 question"``, ``"2 questions"``."""
+    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
+
+
 def _show(values: Sequence, n: int = SHOW) -> str:
     vals = list(values)
     text = ", ".join(repr(v) for v in vals[:n])
@@ -522,10 +527,12 @@ def load_dataset(
             unanswered.append(qid)
     orphans = [a for a in answers_by_id if a not in seen]
     if unanswered:
-        msg = (f"{len(unanswered)} of {len(seen)} questions in {qpath} have no answer in {apath}: "
+        have = "has" if len(unanswered) == 1 else "have"
+        msg = (f"{len(unanswered)} of {_n(len(seen), 'question')} in {qpath} {have} no answer in {apath}: "
                f"{_show(unanswered)}")
         if orphans:
-            msg += f"; {len(orphans)} answers match no question: {_show(orphans)}"
+            msg += (f"; {_n(len(orphans), 'answer')} {'matches' if len(orphans) == 1 else 'match'} no question: "
+                    f"{_show(orphans)}")
         fix = ("the question and answer files must come from the same release and split "
                "(questions and answers are joined by question_id)")
         if problems is None:
@@ -533,7 +540,8 @@ def load_dataset(
         problems.append(Problem("unanswered_questions", msg, fix))
     elif orphans:
         # extra answers are harmless (a subset question file): report, never fail
-        msg = f"{len(orphans)} answers in {apath} match no question in {qpath}: {_show(orphans)}"
+        msg = (f"{_n(len(orphans), 'answer')} in {apath} {'matches' if len(orphans) == 1 else 'match'} no question "
+               f"in {qpath}: {_show(orphans)}")
         fix = "nothing to do if the question file is a deliberate subset; otherwise check the file pair"
         if problems is not None:
             problems.append(Problem("unmatched_answers", msg, fix, severity="warning"))
@@ -573,7 +581,8 @@ class CheckReport:
     missing_questions: int = 0  # questions whose video is missing
     unreadable_videos: list = field(default_factory=list)  # [(name, reason)]
     unreadable_questions: int = 0
-    probed: int = 0  # files opened (0 with probe=False)
+    probed: int = 0  # files the probe tried to open (0 with probe=False)
+    opened: int = 0  # of those, files that opened (probed - unreadable)
     problems: list = field(default_factory=list)  # [Problem]
     fatal: bool = False  # the dataset could not be loaded at all
 
@@ -600,6 +609,7 @@ class CheckReport:
             "unreadable_videos": [{"video": n, "reason": r} for n, r in self.unreadable_videos],
             "unreadable_questions": self.unreadable_questions,
             "probed": self.probed,
+            "opened": self.opened,
             "problems": [p.to_dict() for p in self.problems],
         }
 
@@ -612,13 +622,13 @@ class CheckReport:
             lines += [
                 f"  questions: {self.questions_file}",
                 f"  answers:   {self.answers_file}",
-                f"  videos:    {self.video_dir} ({self.video_files} files)",
-                f"  {self.questions} questions ({lim}) on {self.videos} videos",
+                f"  videos:    {self.video_dir} ({_n(self.video_files, 'file')})",
+                f"  {_n(self.questions, 'question')} ({lim}) on {_n(self.videos, 'video')}",
             ]
             found = self.videos - len(self.missing_videos)
-            vid = f"  {found} of {self.videos} videos found"
+            vid = f"  {found} of {_n(self.videos, 'video')} found"
             if self.probed:
-                vid += f", {self.probed} opened, {len(self.unreadable_videos)} unreadable"
+                vid += f", {self.opened} opened, {len(self.unreadable_videos)} unreadable"
             elif self.videos:
                 vid += " (not opened: --no-probe)"
             lines.append(vid)
@@ -703,6 +713,8 @@ def check(
                 reason = getattr(e, "reason", None) or str(e)
                 rep.unreadable_videos.append((name, str(reason).splitlines()[0] if str(reason) else type(e).__name__))
                 rep.unreadable_questions += per_video[name]
+            else:
+                rep.opened += 1
         if progress is not None:
             progress(k + 1, len(names))
     if rep.missing_videos:
@@ -710,8 +722,8 @@ def check(
         example = f"{stems[0]}{ds.spec.extensions[0]}"
         rep.problems.append(Problem(
             "missing_videos",
-            f"{len(rep.missing_videos)} of {rep.videos} videos ({rep.missing_questions} questions) are not in "
-            f"{ds.video_dir}: {_show(rep.missing_videos)}",
+            f"{len(rep.missing_videos)} of {_n(rep.videos, 'video')} ({_n(rep.missing_questions, 'question')}) "
+            f"{'is' if len(rep.missing_videos) == 1 else 'are'} not in {ds.video_dir}: {_show(rep.missing_videos)}",
             f"put the files in {ds.video_dir} named like {example} (extensions tried: "
             f"{' '.join(ds.spec.extensions)}) or pass --videos DIR; a run records these questions as "
             "errors, it does not skip them",
@@ -722,8 +734,8 @@ def check(
             shown += f"; ... ({len(rep.unreadable_videos) - SHOW} more)"
         rep.problems.append(Problem(
             "unreadable_videos",
-            f"{len(rep.unreadable_videos)} of {rep.probed} opened videos ({rep.unreadable_questions} questions) "
-            f"cannot be read: {shown}",
+            f"{len(rep.unreadable_videos)} of {_n(rep.probed, 'probed video')} "
+            f"({_n(rep.unreadable_questions, 'question')}) cannot be read: {shown}",
             "re-download these files (or re-encode them, e.g. ffmpeg -i in.avi -c:v libx264 out.mp4); a run "
             "records their questions as errors",
         ))

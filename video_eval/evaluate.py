@@ -27,6 +27,8 @@ class JudgeResult:
     complete: bool
     missing: int
     stats: Any = None
+    cache: bool = True  # verdicts are cached, so re-running resends only the judge failures
+    first_failure: str | None = None  # one judge failure's error, as an example
 
     def summary_text(self) -> str:
         """Per-config accuracy/score lines for the terminal, with the judge named and caveats."""
@@ -45,9 +47,18 @@ class JudgeResult:
             lines.append(f"  {label:<22} accuracy {acc:>6}  score {score:>4}  equivalent tokens {eq_s:>7}  "
                          f"judged {m.get('judged')}/{m.get('answered')}  errored {m.get('errored')}  "
                          f"judge failures {m.get('judge_failures')}")
+        for w in self.results.get("warnings") or []:
+            lines.append(f"WARNING: {w}")
         if any(m.get("judge_failures") for m in self.results.get("metrics", {}).values()):
-            lines.append("judge failures are not counted as wrong; run the same judge command again to retry them "
-                         "(everything else comes from the cache)")
+            if self.first_failure:
+                lines.append(f"a judge failure: {self.first_failure}")
+            if self.cache:
+                lines.append("judge failures are not counted as wrong; run the same judge command again to retry "
+                             "them (everything else comes from the cache)")
+            else:
+                lines.append("judge failures are not counted as wrong; run the same judge command again to retry "
+                             "them (the judge cache is off, so every item is sent again: without --judge-cache "
+                             "none only the failures are)")
         if not self.complete:
             lines.append(f"WARNING: the run is incomplete ({self.missing} (question, config) pairs missing); "
                          f"these numbers cover the finished part only")
@@ -89,6 +100,9 @@ def judge_run(run_dir: str | os.PathLike, judge: Any, progress: bool = True) -> 
     doc["complete"] = missing == 0
     doc["missing_pairs"] = missing
     doc["judge_stats"] = stats.to_dict() if hasattr(stats, "to_dict") else stats
+    doc["warnings"] = stats.warnings(judge.info().get("model")) if hasattr(stats, "warnings") else []
     results_path = run_dir / f"results.{label}.json"
     write_results(results_path, doc)
-    return JudgeResult(label, str(judged_path), str(results_path), doc, missing == 0, missing, stats)
+    first_failure = next((r["judge_error"] for r in judged if r.get("judge_error")), None)
+    return JudgeResult(label, str(judged_path), str(results_path), doc, missing == 0, missing, stats,
+                       cache=getattr(judge, "cache", True) is not None, first_failure=first_failure)

@@ -263,6 +263,7 @@ class Verdict(NamedTuple):
     score: int | None
     error: str | None = None
     cached: bool = False
+    served: str | None = None  # the model name the server said it used (OpenAI judge)
 
 
 @dataclass
@@ -285,6 +286,7 @@ class JudgeStats:
     retries: int = 0
     deduplicated: int = 0
     seconds: float = 0.0
+    served_models: dict = field(default_factory=dict)  # model name the server reported -> verdicts
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -293,9 +295,25 @@ class JudgeStats:
             for k, v in counts.items():
                 setattr(self, k, getattr(self, k) + v)
 
+    def add_served(self, model: str | None, n: int = 1) -> None:
+        """Count ``n`` verdicts given by the served model ``model`` (thread-safe; None is not counted)."""
+        if not model:
+            return
+        with self._lock:
+            self.served_models[model] = self.served_models.get(model, 0) + n
+
+    def warnings(self, requested: str | None) -> list[str]:
+        """One line per served model name that differs from the ``requested`` one."""
+        if not requested:
+            return []
+        return [f"the judge server answered {n} verdict{'s' if n != 1 else ''} with model {m!r}, not the requested "
+                f"{requested!r} (a dated snapshot or an alias?); they are recorded under {requested!r}"
+                for m, n in sorted(self.served_models.items()) if m != requested]
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         d["seconds"] = round(self.seconds, 3)
+        d["served_models"] = dict(sorted(self.served_models.items()))
         return d
 
     def summary(self) -> str:
@@ -418,6 +436,10 @@ class _Abort(Exception):
     """Internal: stop this work item because the batch is being aborted."""
 
 
+class _BadResponse(Exception):
+    """Internal: an HTTP 200 whose body is not a usable chat completion (retried like a 5xx)."""
+
+
 class _Batch:
     """Shared state of one :meth:`OpenAIJudge.judge_many` call."""
 
@@ -446,7 +468,9 @@ class OpenAIJudge:
         (jittered to 50-100 %), or what the server's ``Retry-After`` says. temperature: sampling
         temperature of the judge (0 = as deterministic as the server allows).
 
-    Retried: HTTP 408, 409, 429, 5xx, timeouts, connection errors, malformed or out-of-range replies.
+    Retried: HTTP 408, 409, 429, 5xx, timeouts, connection errors, malformed or out-of-range replies, and
+    HTTP 200 responses that are not a chat completion (truncated or non-JSON body, no choices, null
+    content: a flaky proxy); what still fails is a judge failure whose error names the server.
     Not retried: other 4xx -- 401/403/404 (bad key, no access, unknown model or wrong URL) abort
     everything with :class:`JudgeAuthError`; others (e.g. 400) make that item a judge failure.
     A server that never answers (connection refused, unknown host) aborts with
@@ -517,8 +541,9 @@ class OpenAIJudge:
         value = os.environ.get(name)
         if not value or not value.strip():
             raise JudgeConfigError(f"the judge API key variable {name} is not set (or empty): export {name}=... "
-                                   f"first, name another variable, or use no key for a server without "
-                                   f"authentication")
+                                   f"first, name another variable with --judge-api-key-env NAME, or pass "
+                                   f"--judge-api-key-env none for a server without authentication (a local "
+                                   f"vLLM / SGLang server)")
         return value.strip()
 
     # ------------------------------------------------------------------ identity
@@ -569,6 +594,41 @@ class OpenAIJudge:
         logger.warning("judge server %s answered with model %r, not the requested %r (a dated snapshot or "
                        "an alias?): results are recorded under %r", self.display_url, served, self.model, self.model)
 
+    def _read_completion(self, raw: Any) -> tuple[str, str | None]:
+        """(reply text, served model) of an HTTP 200 response, or :class:`_BadResponse` naming the server
+        and what is wrong with the body: not JSON (e.g. an HTML page from a proxy), truncated or
+        otherwise invalid JSON, no choices, no message content."""
+        where = f"the judge server at {self.display_url} answered HTTP 200"
+        headers = getattr(raw, "headers", None) or {}
+        ctype = str(headers.get("content-type") or "")
+        try:
+            body = raw.content
+        except Exception as e:  # noqa: BLE001 - a body that cannot even be read is a bad response
+            raise _BadResponse(f"{where} with an unreadable body ({type(e).__name__}: {self._scrub(e)})") from None
+        size = f"{len(body)} bytes"
+        if "json" not in ctype.lower():
+            snippet = self._scrub(body[:80].decode("utf-8", "replace")) or "empty"
+            raise _BadResponse(f"{where} with a {ctype or 'untyped'} body, not JSON ({size}: {snippet})")
+        try:
+            completion = raw.parse()
+        except Exception as e:  # noqa: BLE001 - json.JSONDecodeError, validation errors, ...
+            raise _BadResponse(f"{where} with a body that is not valid JSON ({size}, truncated?): "
+                               f"{type(e).__name__}: {self._scrub(e)}") from None
+        served = getattr(completion, "model", None)
+        served = served if isinstance(served, str) else None
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            what = "an empty 'choices' list" if isinstance(choices, list) else "no 'choices'"
+            raise _BadResponse(f"{where} with {what} ({size})")
+        message = getattr(choices[0], "message", None)
+        content = getattr(message, "content", None)
+        if not isinstance(content, str):
+            reason = getattr(choices[0], "finish_reason", None)
+            refusal = getattr(message, "refusal", None)
+            detail = f"finish_reason {reason!r}" + (f", refusal {self._scrub(refusal)!r}" if refusal else "")
+            raise _BadResponse(f"{where} without message content ({detail})")
+        return content, served
+
     # ------------------------------------------------------------------ one item
     def _judge_item(self, item: tuple[str, str, str], key: str | None, stats: JudgeStats, batch: _Batch) -> Verdict:
         o = self._openai
@@ -586,8 +646,8 @@ class OpenAIJudge:
             retryable = True
             no_response = False
             try:
-                completion = self._client.chat.completions.create(model=self.model, messages=messages,
-                                                                  temperature=self.temperature)
+                raw = self._client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=messages, temperature=self.temperature)
             except o.APIStatusError as e:
                 with batch.lock:
                     batch.reachable = True
@@ -618,30 +678,28 @@ class OpenAIJudge:
                 no_response = True
                 cause = e.__cause__
                 last_error = "connection error: " + self._scrub(cause if cause is not None else e)
-            except o.OpenAIError as e:  # e.g. a 200 response the client cannot decode: retried like a bad reply
+            except o.OpenAIError as e:  # anything else the client raises: retried like a bad reply
                 no_response_only = False
-                last_error = f"{type(e).__name__}: {self._scrub(e)}"
+                last_error = f"{type(e).__name__} from the judge server at {self.display_url}: {self._scrub(e)}"
             else:
                 with batch.lock:
                     batch.reachable = True
                     batch.unreachable_items = 0
                 no_response_only = False
-                served = getattr(completion, "model", None)
-                self._warn_served(served)
-                content = None
                 try:
-                    content = completion.choices[0].message.content
-                except (AttributeError, IndexError, TypeError):
-                    content = None
-                try:
+                    content, served = self._read_completion(raw)
+                    self._warn_served(served)
                     pred, score = parse_reply(content)
+                except _BadResponse as e:
+                    # a 200 that is not a chat completion (a flaky proxy): a transient fault, like a 5xx
+                    last_error = str(e)
                 except MalformedReply as e:
                     last_error = f"MalformedReply: {self._scrub(e)}"
                 else:
                     if self.cache is not None and key is not None:
                         self.cache.put(key, judge_model=self.model, template_sha256=self.template.sha256,
                                        pred=pred, score=score, raw_reply=content, served_model=served)
-                    return Verdict(pred, score)
+                    return Verdict(pred, score, served=served)
 
             if not retryable or attempt >= self.max_retries:
                 break
@@ -689,8 +747,9 @@ class OpenAIJudge:
             key = self._cache_key(q, a, p)
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
-                out[i] = Verdict(hit.pred, hit.score, cached=True)
+                out[i] = Verdict(hit.pred, hit.score, cached=True, served=hit.served_model)
                 stats.add(cached=1, judged=1)
+                stats.add_served(hit.served_model)
                 bar.update()
             else:
                 groups.setdefault(key, []).append(i)
@@ -708,6 +767,7 @@ class OpenAIJudge:
                         out[i] = v
                     if v.error is None:
                         stats.add(judged=len(idx))
+                        stats.add_served(v.served, len(idx))
                     else:
                         stats.add(failures=len(idx))
                     bar.update(len(idx))

@@ -286,7 +286,7 @@ def write_results(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> str:
         text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise MetricsError(f"results document is not plain JSON data: {exc}") from exc
-    from video_eval.fileio import atomic_write_text
+    from videosparse.fileio import atomic_write_text
 
     atomic_write_text(path, text)
     return path

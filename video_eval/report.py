@@ -172,8 +172,31 @@ def _rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _temp_roots() -> set[str]:
+    import tempfile
+
+    return {os.path.realpath(tempfile.gettempdir()), os.path.realpath(os.sep)}
+
+
+def source_reference(src: str, out_dir: str) -> str:
+    """How report.md in ``out_dir`` refers to the results file ``src``: a link relative to the report when
+    the two share a directory (a link that survives moving the whole tree), else just the file's last two
+    path components, unlinked. Files that share only the filesystem root or the system temp directory
+    with the report (e.g. a temporary run deleted after the report is written) are never linked."""
+    a, o = os.path.realpath(src), os.path.realpath(out_dir)
+    try:
+        shared = os.path.commonpath([a, o])
+    except ValueError:  # different drives
+        shared = ""
+    if not shared or shared in _temp_roots():
+        tail = os.path.join(os.path.basename(os.path.dirname(a)), os.path.basename(a))
+        return f"`{tail}` (not linked: outside the report's directory tree)"
+    rel = os.path.relpath(a, o)
+    return f"[{rel}](<{rel}>)"
+
+
 def _markdown(runs: Sequence[dict[str, Any]], sources: Sequence[str | None], title: str | None,
-              png_name: str) -> str:
+              png_name: str, out_dir: str = ".") -> str:
     judges: dict[tuple, Mapping[str, Any]] = {}
     for doc in runs:
         judges.setdefault(judge_key(doc["judge"]), doc["judge"])
@@ -208,7 +231,9 @@ def _markdown(runs: Sequence[dict[str, Any]], sources: Sequence[str | None], tit
     for i, (doc, src) in enumerate(zip(runs, sources)):
         run = doc["run"]
         ds = run.get("dataset") or {}
-        parts = [f"dataset {dataset_label(run)} ({ds.get('size', '?')} questions)", f"model `{run.get('model')}`"]
+        size = ds.get("size", "?")
+        parts = [f"dataset {dataset_label(run)} ({size} question{'' if size == 1 else 's'})",
+                 f"model `{run.get('model')}`"]
         for key in ("frames", "max_new_tokens", "batch_size", "seed", "world_size"):
             if run.get(key) is not None:
                 parts.append(f"{key} {run[key]}")
@@ -216,8 +241,10 @@ def _markdown(runs: Sequence[dict[str, Any]], sources: Sequence[str | None], tit
             parts.append(f"commit `{str(run['git_commit'])[:12]}`")
         parts.append(f"judge {_judge_legend(doc['judge'])}")
         if src:
-            parts.append(f"results `{src}`")
+            parts.append(f"results {source_reference(src, out_dir)}")
         lines.append(f"{i + 1}. " + ", ".join(_cell(p) for p in parts))
+        for w in doc.get("warnings") or []:
+            lines.append(f"   * warning: {_cell(w)}")
     return "\n".join(lines) + "\n"
 
 
@@ -307,7 +334,7 @@ def _figure(runs: Sequence[dict[str, Any]], title: str | None):
 
 
 def _atomic_write(path: str, write) -> None:
-    from video_eval.fileio import atomic_write
+    from videosparse.fileio import atomic_write
 
     atomic_write(path, write)
 
@@ -329,11 +356,14 @@ def write_report(results_docs_or_paths: Any, out_dir: str | os.PathLike[str],
     sources = [src for _, src in loaded]
 
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    from videosparse.fileio import writing
+
+    with writing(out_dir, "create the report directory"):
+        os.makedirs(out_dir, exist_ok=True)
     md_path = os.path.join(out_dir, REPORT_MD)
     png_path = os.path.join(out_dir, REPORT_PNG)
 
-    text = _markdown(runs, sources, title, REPORT_PNG)
+    text = _markdown(runs, sources, title, REPORT_PNG, out_dir)
 
     def write_md(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:

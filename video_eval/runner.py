@@ -11,6 +11,10 @@
   dropped on resume and its batch recomputed.
 * Under ``accelerate launch`` units are dealt to ranks round-robin; the last rank to finish (or the
   ``merge`` command) writes ``predictions.jsonl`` in the canonical order: dataset order, then config order.
+* Nothing is written before everything that can be refused was checked: the transformers version, every
+  config against the model's config and the frames, the run.json of an existing run (same command, same
+  videosparse/torch/transformers unless ``allow_version_change``). One process per rank: a second
+  ``run`` into the same directory stops with the holder's pid and host.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from videosparse.fileio import writing
 from videosparse.pipeline import _one_line
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,8 @@ FULL = "full"
 # run.json fields a resumed run must match (anything else may change between invocations)
 INVARIANT = ("dataset", "model", "num_frames", "frame_strategy", "max_new_tokens", "prompt_template", "dtype",
              "batch_size", "seed")
+# run.json "versions" entries a resumed run must match (unless --allow-version-change)
+VERSION_INVARIANT = ("videosparse", "torch", "transformers")
 
 
 class RunError(ValueError):
@@ -167,7 +174,7 @@ def _parse_lines(path: Path, repair: bool) -> list:
         if rec is None:
             logger.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", path, len(raw))
             if repair:
-                with open(path, "r+b") as f:
+                with writing(path, "repair"), open(path, "r+b") as f:
                     f.truncate(pos)
                     f.flush()
                     os.fsync(f.fileno())
@@ -189,24 +196,35 @@ def read_predictions(run_dir: str | os.PathLike, repair_rank: int | None = None)
     return out
 
 
+_RESUME_HINT = "finished batches are kept; fix this and re-run the same command to resume"
+
+
 class PredictionWriter:
-    """Appends records as JSON lines: one write per batch, flushed and fsync'd before returning."""
+    """Appends records as JSON lines: one write per batch, flushed and fsync'd before returning.
+
+    An OS error (full disk, read-only file system) is an OutputError naming the file; a partly written
+    batch is a torn last line, dropped and recomputed on resume."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._f = open(path, "ab")
+        with writing(path, "open", _RESUME_HINT):
+            self._f = open(path, "ab")
 
     def write(self, records: list) -> None:
         """Append ``records`` (one line each) in one write, then flush and fsync."""
         if not records:
             return
         blob = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
-        self._f.write(blob)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        with writing(self.path, "write", _RESUME_HINT):
+            self._f.write(blob)
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the write that failed already said why; buffered bytes of a full disk are lost
+            pass
 
 
 def record_key(rec: dict) -> tuple:
@@ -246,7 +264,10 @@ def _locked(run_dir: Path) -> Iterator[None]:
     """An exclusive lock on the run directory (ranks of one machine update run.json / merge in turn)."""
     import fcntl
 
-    with open(run_dir / ".lock", "a") as f:
+    path = run_dir / ".lock"
+    with writing(path, "open the lock file"):
+        f = open(path, "a")
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -254,8 +275,51 @@ def _locked(run_dir: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+RANK_LOCK = ".rank{rank}.lock"
+
+
+@contextlib.contextmanager
+def rank_lock(run_dir: Path, rank: int) -> Iterator[None]:
+    """Hold rank ``rank`` of a run directory for the duration of the block, or fail at once.
+
+    Two ``run`` commands into the same ``--out`` would otherwise both do all the work. The lock is an
+    ``flock`` on ``RUN/.rank<R>.lock`` (released by the kernel when the process dies, so a killed run
+    never leaves a stale lock); the file holds the holder's pid, host and start time for the message."""
+    import fcntl
+    import socket
+
+    path = Path(run_dir) / RANK_LOCK.format(rank=rank)
+    with writing(path, "open the lock file", "--out must be a writable directory"):
+        f = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                who = json.loads(f.read() or "{}")
+            except json.JSONDecodeError:
+                who = {}
+            holder = (f"pid {who.get('pid', '?')} on host {who.get('host', '?')}, since {who.get('since', '?')}"
+                      if who else "a process that has not written its name yet")
+            raise RunError(f"{run_dir} is in use: another `video_eval run` holds rank {rank} of it ({holder}); "
+                           f"wait for it to finish, or choose another --out") from None
+        with writing(path, "write the lock file"):
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+            f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    from video_eval.fileio import atomic_write_text
+    from videosparse.fileio import atomic_write_text
 
     atomic_write_text(path, text)
 
@@ -271,9 +335,15 @@ def load_spec(run_dir: str | os.PathLike) -> dict:
         raise RunError(f"{p}: not valid JSON ({e})") from None
 
 
-def _open_spec(run_dir: Path, spec: dict) -> dict:
+def _version_text(v: dict) -> str:
+    return ", ".join(f"{k} {v.get(k) or 'not installed'}" for k in VERSION_INVARIANT)
+
+
+def _open_spec(run_dir: Path, spec: dict, allow_version_change: bool = False) -> dict:
     """Create run.json, or check that the existing one was made by the same command (configs may be
-    added: the recorded list is the union, in order of first use)."""
+    added: the recorded list is the union, in order of first use) with the same videosparse, torch and
+    transformers versions. ``allow_version_change`` resumes on other versions anyway; ``versions``
+    keeps the run's first versions and each change is appended to ``version_changes``."""
     with _locked(run_dir):
         path = run_dir / RUN_FILE
         if path.exists():
@@ -286,6 +356,23 @@ def _open_spec(run_dir: Path, spec: dict) -> dict:
             merged = dict(spec)
             merged["configs"] = list(old.get("configs", [])) + [c for c in spec["configs"] if c not in old.get("configs", [])]
             merged["created"] = old.get("created", spec["created"])
+            old_v, new_v = old.get("versions") or {}, spec.get("versions") or {}
+            changes = list(old.get("version_changes") or [])
+            # the versions the run was last continued with (the first ones, or the last recorded change)
+            current = changes[-1]["versions"] if changes else old_v
+            if current and any(current.get(k) != new_v.get(k) for k in VERSION_INVARIANT):
+                if not allow_version_change:
+                    raise RunError(
+                        f"{run_dir} was run with {_version_text(current)}; this process has {_version_text(new_v)}: "
+                        f"resuming would mix versions in one run. Install the run's versions, choose another --out, "
+                        f"or pass --allow-version-change to continue anyway (recorded in run.json)")
+                logger.warning("%s: continuing a run made with %s on %s (--allow-version-change; recorded in %s)",
+                               run_dir, _version_text(current), _version_text(new_v), RUN_FILE)
+                changes.append({"since": spec["created"], "versions": dict(new_v),
+                                "records_before": len(read_predictions(run_dir))})
+            merged["versions"] = old_v or new_v
+            if changes:
+                merged["version_changes"] = changes
             spec = merged
         _atomic_write(path, json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
     return spec
@@ -425,9 +512,64 @@ def build_spec(dataset: Any, opts: RunOptions, world: int) -> dict:
     }
 
 
+def check_versions() -> None:
+    """Refuse (RunError, one line) a transformers version videosparse does not support, before a run
+    writes anything (the check itself is videosparse's)."""
+    from videosparse.models import base
+
+    try:
+        base.check_transformers_version()
+    except RuntimeError as e:
+        raise RunError(_one_line(e)) from None
+
+
+def _model_config(opts: RunOptions, qa: Any) -> tuple:
+    """(model config, checkpoint or None): read without loading weights when no model is given."""
+    if qa is not None:
+        return qa.model.config, None
+    from videosparse.loading import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(opts.model)
+    return ckpt.load_config(), ckpt
+
+
+@contextlib.contextmanager
+def quiet_loading(quiet: bool = True) -> Iterator[None]:
+    """Turn off transformers' (and huggingface_hub's) progress bars, e.g. the weight-loading bar, for the
+    block, through their own APIs, and restore the previous settings afterwards. Warnings still show."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hub = None
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        hub = not are_progress_bars_disabled()
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        pass
+    hf_logging.disable_progress_bar()
+    if hub:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        if hub:
+            enable_progress_bars()
+
+
 def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any = None,
-        rank: int | None = None, world: int | None = None) -> RunSummary:
+        rank: int | None = None, world: int | None = None, allow_version_change: bool = False) -> RunSummary:
     """Run ``dataset`` for every config of ``opts``; resumable; sharded over accelerate ranks.
+
+    Everything that can be refused is refused before anything is written to ``out_dir``: the
+    transformers version, every config against the model and the frames (a config that cannot run is
+    never recorded in run.json), a different command or different package versions in an existing run
+    (``allow_version_change`` overrides the latter), another process holding this rank.
 
     qa: an already loaded VideoQA (tests, benchmarks); loaded from ``opts.model`` otherwise.
     rank/world: override the accelerate state (tests)."""
@@ -436,51 +578,58 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
         raise RunError(f"--batch-size must be >= 1, got {opts.batch_size}")
     if not opts.configs:
         raise RunError("--configs: nothing to run")
+    check_versions()
     device = opts.device
     if rank is None or world is None:
         rank, world, device = dist_info(opts.device)
     run_dir = Path(out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out {run_dir} is a file, not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec = _open_spec(run_dir, build_spec(dataset, opts, world))
-    summary = RunSummary(run_dir=str(run_dir), rank=rank, world=world)
+    model_config, ckpt = _model_config(opts, qa)
+    sparsities = {c.label: c.sparsity(model_config, opts.num_frames) for c in opts.configs}
+    spec = build_spec(dataset, opts, world)
+    with writing(run_dir, "create the run directory"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with rank_lock(run_dir, rank):
+        spec = _open_spec(run_dir, spec, allow_version_change)
+        summary = RunSummary(run_dir=str(run_dir), rank=rank, world=world)
 
-    existing = read_predictions(run_dir, repair_rank=rank)
-    done = {record_key(r) for r in existing if not (opts.retry_errors and r.get("error"))}
-    units = shard(make_units(list(dataset.items), opts.batch_size), rank, world)
-    labels = [c.label for c in opts.configs]
-    todo = []
-    to_compute = 0
-    for u in units:
-        missing = sum(1 for it in u.items for lab in labels if (it.question_id, lab) not in done)
-        summary.skipped += len(u.items) * len(labels) - missing
-        to_compute += missing
-        if missing:
-            todo.append(u)
+        existing = read_predictions(run_dir, repair_rank=rank)
+        done = {record_key(r) for r in existing if not (opts.retry_errors and r.get("error"))}
+        units = shard(make_units(list(dataset.items), opts.batch_size), rank, world)
+        labels = [c.label for c in opts.configs]
+        todo = []
+        to_compute = 0
+        for u in units:
+            missing = sum(1 for it in u.items for lab in labels if (it.question_id, lab) not in done)
+            summary.skipped += len(u.items) * len(labels) - missing
+            to_compute += missing
+            if missing:
+                todo.append(u)
 
-    if todo:
-        if qa is None:
-            from videosparse import VideoQA
+        if todo:
+            if qa is None:
+                from videosparse import VideoQA
 
-            qa = VideoQA.from_pretrained(opts.model, sparsity=None, device=device, dtype=opts.dtype,
-                                         attn_implementation=opts.attn_implementation, num_frames=opts.num_frames,
-                                         frame_strategy=opts.frame_strategy,
-                                         **({"prompt_template": opts.prompt_template} if opts.prompt_template else {}))
-        sparsities = {c.label: c.sparsity(qa.model.config, opts.num_frames) for c in opts.configs}
-        _seed(opts.seed)
-        writer = PredictionWriter(run_dir / RANK_PATTERN.format(rank=rank))
-        from video_eval.progress import Progress
+                with quiet_loading(not opts.progress):
+                    qa = VideoQA.from_pretrained(ckpt, sparsity=None, device=device, dtype=opts.dtype,
+                                                 attn_implementation=opts.attn_implementation,
+                                                 num_frames=opts.num_frames, frame_strategy=opts.frame_strategy,
+                                                 **({"prompt_template": opts.prompt_template}
+                                                    if opts.prompt_template else {}))
+            _seed(opts.seed)
+            writer = PredictionWriter(run_dir / RANK_PATTERN.format(rank=rank))
+            from video_eval.progress import Progress
 
-        progress = Progress(to_compute, "answering" + (f" (rank 0 of {world})" if world > 1 else ""),
-                            enabled=opts.progress, log_every=opts.log_every, bar=rank == 0, noun="answered",
-                            prefix=f"[rank {rank}/{world}] " if world > 1 else "")
-        try:
-            _run_units(qa, dataset, todo, opts, sparsities, done, writer, progress, summary)
-        finally:
-            writer.close()
-            progress.close()
-    summary.merged = try_merge(run_dir)
+            progress = Progress(to_compute, "answering", enabled=opts.progress, log_every=opts.log_every,
+                                bar=rank == 0, noun="answered",
+                                prefix=f"[rank {rank}/{world}] " if world > 1 else "")
+            try:
+                _run_units(qa, dataset, todo, opts, sparsities, done, writer, progress, summary)
+            finally:
+                writer.close()
+                progress.close()
+        summary.merged = try_merge(run_dir)
     summary.wall_seconds = time.perf_counter() - t_start
     return summary
 

@@ -7,7 +7,9 @@ Errors print one line on stderr and exit with code 2 (`--debug` shows the traceb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -37,12 +39,13 @@ def _progress(enabled: bool):
 
 
 class _Bar:
-    """tqdm bar over generate's forward passes, on stderr, only on a terminal. An early stop (end of
-    sequence) closes the bar at the steps actually taken instead of freezing at e.g. 3/64."""
+    """tqdm bar over generate's forward passes, on ``stream`` (default stderr), only when it is a terminal.
+    An early stop (end of sequence) closes the bar at the steps actually taken instead of freezing at e.g. 3/64."""
 
-    def __init__(self, label: str, enabled: bool) -> None:
+    def __init__(self, label: str, enabled: bool, stream=None) -> None:
         self.label = label
-        self.enabled = enabled and sys.stderr.isatty()
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and _isatty(self.stream)
         self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -51,7 +54,7 @@ class _Bar:
         if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=f"[videosparse] {self.label}", file=sys.stderr, leave=True,
+            self.bar = tqdm(total=total, desc=f"[videosparse] {self.label}", file=self.stream, leave=True,
                             unit="step", dynamic_ncols=True)
         self.bar.update(max(0, min(done, total) - self.bar.n))
 
@@ -64,14 +67,68 @@ class _Bar:
             self.bar = None
 
 
-def _positive_int(text: str) -> int:
+def _isatty(stream) -> bool:
     try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or not a file
+        return False
+
+
+class _OnceFilter(logging.Filter):
+    """Each distinct message once per command (the question is checked before the model loads and again when
+    it is asked: its warning is printed once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"videosparse: {record.levelname.lower()}: {_flagged(record.getMessage())}"
+
+
+@contextlib.contextmanager
+def _cli_logging(quiet: bool):
+    """The library logs (`logging`); the CLI prints its warnings as ``videosparse: warning: ...`` lines on
+    stderr, each once, none with --quiet (the command's own `videosparse: error:` line still prints). Removed
+    again on exit."""
+    log = logging.getLogger("videosparse")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    handler.addFilter(_OnceFilter())
+    handler.setLevel(logging.CRITICAL + 1 if quiet else logging.WARNING)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
+def _int_at_least(minimum: int, words: str):
+    """An argparse type: an integer >= `minimum`, described as `words` in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be {words}, got {v}")
+        return v
+
+    return parse
+
+
+_nonnegative_int = _int_at_least(0, "an integer >= 0")
+_positive_int = _int_at_least(1, "a positive integer")
 
 
 def _positive_float(text: str) -> float:
@@ -109,10 +166,15 @@ def _parse_budget(text: str | None):
 BUDGET_HELP = ("visual-token budget: 'Neq' = N equivalent tokens, the SparseVLM paper's unit (mean visual tokens "
                "per decoder layer; e.g. 194eq, the paper's Video-LLaVA setting): the stage counts are solved for it; "
                "an int = tokens kept after the last stage (video, fastv, random, uniform), a float in (0, 1] = that "
-               "fraction, 'rank' = rank-adaptive; sparsevlm-v1: 192/128/64 = the release code's rank rule for that "
+               "fraction (1 keeps one token, 1.0 all of them), 'rank' = rank-adaptive; sparsevlm-v1: 192/128/64 = the release code's rank rule for that "
                "setting; sparsevlm-v1.5/v2: 192/128/96/64 select the seed's per-stage counts for 576 tokens (64 ends "
                "at 17 for v1.5), other values are nominal budgets scaled by the seed's ratios (the run prints what "
                "each stage keeps, and the equivalent tokens)")
+
+
+THREADS_HELP = ("torch CPU threads (default: auto = the usable CPUs minus the 1-minute load average, rounded to the "
+                "nearest integer with halves down, at least 1: on a 2-core machine 2 when the load is below 0.5, else 1; "
+                "oversubscribed threads made prefill 7-46x slower on a shared 2-core machine)")
 
 
 def _add_common(p: argparse.ArgumentParser, default_model: str) -> None:
@@ -140,8 +202,9 @@ def _add_common(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--no-strict", dest="strict", action="store_false",
                    help="use the decodable frames of a truncated or partly corrupt video instead of failing")
     p.add_argument("--heatmap", metavar="DIR", default=None, help="write PNG/MP4/JSON/NPZ retention heatmaps here")
+    p.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print the answer as JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress messages or warnings on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,12 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--no-video", action="store_true", help="skip the MP4 overlay")
     h.add_argument("--no-strict", dest="strict", action="store_false",
                    help="use the decodable frames of a truncated or partly corrupt video")
+    h.add_argument("--force", action="store_true",
+                   help="draw the trace even when --video is not the video it was made on (size, content hash, "
+                        "frame count or duration differ from what the trace recorded)")
     h.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     d = sub.add_parser("demo", help="run the whole pipeline offline on the embedded test-bed model")
     d.add_argument("--out", default="videosparse-demo", help="output directory (default ./videosparse-demo)")
-    d.add_argument("--seed", type=int, default=7, help="seed of the generated clip")
-    d.add_argument("--preset", default="video")
-    d.add_argument("--budget", default="0.1", help=BUDGET_HELP)
+    d.add_argument("--seed", type=_nonnegative_int, default=7, help="seed of the generated clip (an integer >= 0)")
+    d.add_argument("--preset", default="video", help="sparsity preset (as for ask), or 'none' (full model)")
+    d.add_argument("--budget", default=None, help=BUDGET_HELP + " (default: the preset's, 0.1 for video)")
+    d.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     d.add_argument("--json", action="store_true")
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -231,37 +298,55 @@ def _check_out_dir(path: str | None, flag: str) -> None:
         raise CLIError(f"{flag} {path}: directory is not writable")
 
 
-def _quiet_transformers(quiet: bool) -> None:
-    """transformers' weight-loading bar only on a terminal; its warnings only when not --quiet."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        return
-    if quiet or not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()
-    if quiet:
-        hf_logging.set_verbosity_error()
+def _runtime(args, say) -> bool:
+    """After the arguments were checked (nothing heavy imported before): transformers' output (weight-loading
+    bar only on a terminal, its warnings only without --quiet; restored when the command ends) and the torch
+    threads (--threads, else `default_threads()`; restored too). Returns whether progress bars are shown."""
+    from videosparse.pipeline import default_threads, hf_output, usable_cpus
+
+    quiet = getattr(args, "quiet", False)
+    bars = not quiet and _isatty(sys.stderr)
+    stack = args._stack
+    stack.enter_context(hf_output(progress=bars, warnings=not quiet))
+    threads = getattr(args, "threads", None)
+    why = "--threads"
+    if threads is None:
+        threads = default_threads()
+        try:
+            load = f"load average {os.getloadavg()[0]:.2f}"
+        except (AttributeError, OSError):
+            load = "load unknown"
+        why = f"auto: {usable_cpus()} usable CPUs, {load}; set --threads to choose"
+    import torch
+
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+        stack.callback(torch.set_num_threads, before)
+    say(f"{threads} torch thread{'s' if threads != 1 else ''} ({why})")
+    return bars
 
 
-def _answer(qa, video, question, max_new_tokens, say):
+def _answer(qa, clip, question, max_new_tokens, say, bars: bool, decode_seconds: float):
     say("encoding the frames (vision tower) ...")
     t0 = time.perf_counter()
-    qa.encode(video)
+    enc = qa.encode(clip)
     say(f"encoded in {time.perf_counter() - t0:.2f}s; generating ...")
-    bar = _Bar("generating", enabled=say is not None and getattr(say, "enabled", True))
+    bar = _Bar("generating", enabled=bars)
     qa.on_step = bar
     try:
-        ans = qa.ask(video, question, max_new_tokens=max_new_tokens)
+        ans = qa.ask(enc, question, max_new_tokens=max_new_tokens)  # the EncodedVideo keeps its vision time
     finally:
         bar.close()
         qa.on_step = None
+    ans.video_decode_seconds = decode_seconds  # decoded (and timed) here, before the model loaded
     say(f"answered: prefill {ans.prefill_seconds:.3f}s, decode {ans.decode_seconds:.3f}s ({ans.new_tokens} tokens)")
     return ans
 
 
-def _answer_long(qa, args, frames, pre_budget, say):
+def _answer_long(qa, args, frames, pre_budget, say, bars: bool):
     say("decoding, encoding and pre-selecting in chunks ...")
-    bar = _Bar("generating", enabled=say is not None and getattr(say, "enabled", True))
+    bar = _Bar("generating", enabled=bars)
     qa.on_step = bar
     try:
         ans = qa.ask(args.video, args.question, num_frames=frames, fps=args.fps, pre_budget=pre_budget,
@@ -275,13 +360,37 @@ def _answer_long(qa, args, frames, pre_budget, say):
     return ans
 
 
-def _print_answer(ans, as_json: bool, heat: dict | None, heat_error: str | None = None) -> None:
+def _pool_note(ans) -> str:
+    """What the long path's pre-selection dropped before the decoder (it runs even with --preset none)."""
+    dropped = 1 - ans.pool_tokens / ans.visual_tokens if ans.visual_tokens else 0.0
+    return (f"pool {ans.pool_tokens} (pre-selected before the decoder: {dropped:.1%} of the sampled frames' "
+            f"tokens dropped)")
+
+
+def _token_flow(ans) -> str:
+    """``visual tokens 296 -> 60 after layer 1 -> 30 after layer 2; equivalent tokens 170.5`` (with a pool:
+    ``visual tokens 9472 -> pool 296 (...) -> ...``; no stages: says that nothing is pruned in the decoder)."""
+    parts = [f"visual tokens {ans.visual_tokens}"]
+    if ans.pool_tokens:
+        parts.append(_pool_note(ans))
+    stages = ans.trace.stages if ans.trace is not None else []
+    parts += [f"{c} after layer {s.layer}" for c, s in zip(ans.counts, stages)]
+    line = " -> ".join(parts)
+    if not stages:
+        line += "; no pruning inside the decoder (--preset none)"
+    return f"{line}; equivalent tokens {ans.equivalent_tokens:.1f}"
+
+
+def _print_answer(ans, as_json: bool, heat: dict | None, heat_error: str | None = None,
+                  heat_note: str | None = None) -> None:
     if as_json:
         d = ans.to_dict()
         d["per_frame_kept"] = ans.trace.kept_per_frame()[0].tolist() if ans.trace is not None else None
         d["heatmap"] = heat
         if heat_error:
             d["heatmap_error"] = heat_error
+        if heat_note:
+            d["heatmap_note"] = heat_note
         print(json.dumps(d), flush=True)
         return
     print(f"Q: {ans.question}")
@@ -290,9 +399,7 @@ def _print_answer(ans, as_json: bool, heat: dict | None, heat_error: str | None 
         print(f"A{k}: {extra}")
     if ans.trace is not None:
         P = ans.trace.tokens_per_frame
-        stages = " -> ".join(f"{c} after layer {s.layer}" for c, s in zip(ans.counts, ans.trace.stages))
-        pool = f"pool {ans.pool_tokens} (pre-selected before the decoder) -> " if ans.pool_tokens else ""
-        print(f"visual tokens {ans.visual_tokens} -> {pool}{stages}; equivalent tokens {ans.equivalent_tokens:.1f}")
+        print(_token_flow(ans))
         per_frame = ans.trace.kept_per_frame()[0].tolist()
         shown = [(t, k) for t, k in enumerate(per_frame) if k or not ans.pool_tokens]
         if ans.pool_tokens:
@@ -302,6 +409,12 @@ def _print_answer(ans, as_json: bool, heat: dict | None, heat_error: str | None 
     else:
         print(f"visual tokens {ans.visual_tokens} (full model, no pruning)")
     print(f"prefill {ans.prefill_seconds:.3f}s, decode {ans.decode_seconds:.3f}s", flush=True)
+
+
+# why `--heatmap` (and the demo) writes nothing for the full model on whole frames
+NO_HEATMAP = ("no heatmap written: with --preset none on whole frames every visual token reaches the decoder and "
+              "none is pruned, so there is no retention to draw")
+NO_HEATMAP_ASK = NO_HEATMAP + " (on the long-video path, more frames than --pre-budget holds, the pool's retention is drawn)"
 
 
 def _time_label(timestamps, t: int) -> str:
@@ -321,19 +434,28 @@ def _write_heatmaps(qa, ans, out_dir: str, video: bool = True) -> dict | None:
     title = f"Q: {ans.question}  A: {ans.text}"
     meta = {"question": ans.question, "answer": ans.text, "video": ans.video,
             "frame_indices": ans.frame_indices, "preprocessing": qa.spec.to_dict()}
+    source = ans.video if os.path.isfile(ans.video) else None  # recorded: `heatmap --video` is checked against it
     return heatmap.write_all(ans.frames, ans.trace, out_dir, spec=qa.spec, timestamps=ans.timestamps,
-                             title=title, video=video, meta=meta)
+                             title=title, video=video, meta=meta, source=source)
+
+
+def _check_video_path(path: str, flag: str = "") -> None:
+    where = f"{flag} " if flag else ""
+    if not os.path.exists(path):
+        raise CLIError(f"{where}{path}: no such file")
+    if os.path.isdir(path):
+        raise CLIError(f"{where}{path}: is a directory, not a video file")
 
 
 def cmd_ask(args, say) -> int:
-    # 1. everything checkable from the arguments alone (milliseconds, no torch)
+    # 1. everything checkable from the arguments alone (milliseconds: neither torch nor transformers imported)
     if not args.question or not args.question.strip():
         raise CLIError("the question is empty")
-    if not os.path.exists(args.video):
-        raise CLIError(f"{args.video}: no such file")
+    _check_video_path(args.video)
     budget = _parse_budget(args.budget)
     _check_preset(args.preset, budget)
     _check_out_dir(args.heatmap, "--heatmap")
+    bars = _runtime(args, say)
     # 2. the checkpoint's config (no weights): architecture, depth, context; the hub fails fast
     from videosparse.loading import resolve_checkpoint, resolve_device
 
@@ -356,18 +478,25 @@ def cmd_ask(args, say) -> int:
     # 3. the video (a bad file fails before the model loads)
     from videosparse.video import load_video, probe_video
 
+    decode_seconds = None
     if long:
-        info = probe_video(args.video, strict=args.strict)
+        info = probe_video(args.video, strict=args.strict, progress=None if bars else False)
         what = f"{args.fps:g} frames/s" + (f" (at most {frames})" if frames else "") if args.fps else f"{frames} frames"
         say(f"long video: {info.num_frames} frames, {info.duration:.1f}s; sampling {what}, decoded in chunks, "
             f"a pool of {pre_budget} tokens enters the decoder")
+        if sparsity is None:
+            sampled = min(frames, info.num_frames) if frames else None
+            share = (f" (of {sampled} frames x {P} = {sampled * P} tokens: {1 - pre_budget / (sampled * P):.1%} "
+                     f"dropped)" if sampled and sampled * P > pre_budget else "")
+            say(f"--preset none prunes nothing inside the decoder, but the long-video pool still keeps only "
+                f"--pre-budget={pre_budget} tokens{share}, question-guided")
         clip = None
     else:
         say(f"decoding {frames} frames of {args.video} ...")
         t0 = time.perf_counter()
-        clip = load_video(args.video, num_frames=frames, strict=args.strict)
-        say(f"decoded in {time.perf_counter() - t0:.2f}s ({clip.frames.shape[2]}x{clip.frames.shape[1]}, "
-            f"{clip.backend})")
+        clip = load_video(args.video, num_frames=frames, strict=args.strict, progress=None if bars else False)
+        decode_seconds = time.perf_counter() - t0
+        say(f"decoded in {decode_seconds:.2f}s ({clip.frames.shape[2]}x{clip.frames.shape[1]}, {clip.backend})")
     # 4. the prompt against the tokenizer and the model's context
     from transformers import AutoTokenizer
 
@@ -385,60 +514,83 @@ def cmd_ask(args, say) -> int:
     say(f"loading model {args.model} ...")
     t0 = time.perf_counter()
     qa = VideoQA.from_pretrained(ckpt, sparsity=sparsity, device=args.device, dtype=args.dtype,
-                                 attn_implementation=args.attn, num_frames=8 if long else frames, tokenizer=tok)
+                                 attn_implementation=args.attn, num_frames=8 if long else frames, tokenizer=tok,
+                                 progress=bars)
+    qa.decode_progress = None if bars else False  # the long path's sequential decodes
     say(f"model loaded in {time.perf_counter() - t0:.1f}s")
     if long:
-        ans = _answer_long(qa, args, frames, pre_budget, say)
+        ans = _answer_long(qa, args, frames, pre_budget, say, bars)
     else:
-        ans = _answer(qa, clip, args.question, args.max_new_tokens, say)
+        ans = _answer(qa, clip, args.question, args.max_new_tokens, say, bars, decode_seconds)
     # 6. the answer is printed before anything else can fail; heatmaps after it
     if not args.json:
         _print_answer(ans, False, None)
-    heat, heat_error = None, None
+    heat, heat_error, heat_note = None, None, None
     if args.heatmap:
         try:
             heat = _write_heatmaps(qa, ans, args.heatmap)
         except Exception as e:  # the answer is already out; report the heatmap failure
             heat_error = f"writing heatmaps to {args.heatmap} failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        if heat is None and heat_error is None:
+            heat_note = NO_HEATMAP_ASK
     if args.json:
-        _print_answer(ans, True, heat, heat_error)
-    elif heat:
-        for kind, path in heat.items():
+        _print_answer(ans, True, heat, heat_error, heat_note)
+    else:
+        for kind, path in (heat or {}).items():
             print(f"heatmap {kind}: {path}")
+        if heat_note:
+            print(heat_note)
     if heat_error:
         raise CLIError(heat_error)
     return 0
 
 
 def cmd_heatmap(args, say) -> int:
-    from videosparse import heatmap
-    from videosparse.video import VideoProcessorSpec, load_video
-
     if not os.path.exists(args.trace):
         raise CLIError(f"{args.trace}: no such file")
-    if not os.path.exists(args.video):
-        raise CLIError(f"{args.video}: no such file")
+    _check_video_path(args.video, "--video")
     _check_out_dir(args.out, "--out")
+    from videosparse import heatmap
+
     try:
         trace, doc = heatmap.trace_from_json(args.trace)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise CLIError(f"{args.trace}: not a videosparse retention JSON ({type(e).__name__}: "
                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
-    indices = (doc.get("meta") or {}).get("frame_indices")
-    if indices:
-        clip = load_video(args.video, indices=indices, strict=args.strict)
+    meta = doc.get("meta") or {}
+    recorded = meta.get("source")
+    if recorded:
+        mismatch = heatmap.source_mismatch(recorded, args.video)
+        if mismatch and not args.force:
+            raise CLIError(f"--video {args.video} is not the video this trace was made on "
+                           f"({recorded.get('name') or recorded.get('path')}): {mismatch}; "
+                           f"pass --force to draw the trace on it anyway")
+        if mismatch:
+            _warn(f"--video {args.video} is not the video the trace was made on ({mismatch}); drawn anyway (--force)")
     else:
-        clip = load_video(args.video, num_frames=trace.num_frames, strict=args.strict)
+        _warn(f"{args.trace} does not record the video it was made on (written before videosparse recorded it): "
+              f"{args.video} cannot be checked against it")
+    from videosparse.video import VideoProcessorSpec, load_video
+
+    indices = meta.get("frame_indices")
+    progress = False if getattr(args, "quiet", False) else None
+    if indices:
+        clip = load_video(args.video, indices=indices, strict=args.strict, progress=progress)
+    else:
+        clip = load_video(args.video, num_frames=trace.num_frames, strict=args.strict, progress=progress)
     if clip.frames.shape[0] != trace.num_frames:
         raise CLIError(f"{args.video}: decoded {clip.frames.shape[0]} frames, the trace has {trace.num_frames}")
     spec = _spec_from_doc(doc) or VideoProcessorSpec()
-    meta = doc.get("meta") or {}
     title = f"Q: {meta.get('question', '')}  A: {meta.get('answer', '')}" if meta else None
     paths = heatmap.write_all(clip.frames, trace, args.out, spec=spec, timestamps=doc.get("timestamps"),
-                              title=title, video=not args.no_video, meta=meta)
+                              title=title, video=not args.no_video, meta=meta, source=recorded)
     for kind, p in paths.items():
         print(f"heatmap {kind}: {p}")
     return 0
+
+
+def _warn(msg: str) -> None:
+    print(f"videosparse: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def _spec_from_doc(doc):
@@ -451,23 +603,29 @@ def _spec_from_doc(doc):
 
 
 def cmd_demo(args, say) -> int:
-    from videosparse.demo import run_demo
-
     budget = _parse_budget(args.budget)
     _check_preset(args.preset, budget)
     _check_out_dir(args.out, "--out")
-    result = run_demo(out_dir=args.out, seed=args.seed, preset=args.preset, budget=budget, say=say)
+    bars = _runtime(args, say)
+    from videosparse.demo import run_demo
+
+    result = run_demo(out_dir=args.out, seed=args.seed, preset=args.preset, budget=budget, say=say, progress=bars)
     ans, heat = result["answer"], result["heatmap"]
+    note = None if heat else NO_HEATMAP
     if args.json:
         d = ans.to_dict()
         d.update({"expected": result["expected"], "video_file": result["video"], "heatmap": heat,
                   "per_frame_kept": ans.trace.kept_per_frame()[0].tolist() if ans.trace is not None else None})
+        if note:
+            d["heatmap_note"] = note
         print(json.dumps(d))
         return 0
     print(f"clip: {result['video']} ({result['description']})")
     _print_answer(ans, False, None)
     for kind, path in (heat or {}).items():
         print(f"heatmap {kind}: {path}")
+    if note:
+        print(note)
     print(f"expected answer: {result['expected']}  ->  {'correct' if ans.text == result['expected'] else 'WRONG'}")
     return 0
 
@@ -482,8 +640,9 @@ def main(argv: list | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     say = _progress(not quiet)
     try:
-        _quiet_transformers(quiet)
-        return {"ask": cmd_ask, "heatmap": cmd_heatmap, "demo": cmd_demo}[args.cmd](args, say)
+        with contextlib.ExitStack() as stack, _cli_logging(quiet):
+            args._stack = stack  # settings a command changes for its run (threads, transformers' output)
+            return {"ask": cmd_ask, "heatmap": cmd_heatmap, "demo": cmd_demo}[args.cmd](args, say)
     except KeyboardInterrupt:
         print("videosparse: interrupted", file=sys.stderr)
         return 130

@@ -7,9 +7,13 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Union
+
+logger = logging.getLogger(__name__)
 
 Budget = Union[int, float, str, tuple]
 
@@ -24,6 +28,10 @@ RANK_RULES = ("lambda", "linear", "rank")
 RECYCLE_RULES = ("share", "seed")
 RECYCLE_PLACES = ("center", "after")
 GRAVITY = (None, "bounded", "official")
+
+# An int budget keeping 1 token, or less than this share of the input's visual tokens, is logged as a likely
+# mistake (``--budget 1`` / ``video@01`` meant 100 %): see SparseConfig.stage_plan.
+TINY_BUDGET_SHARE = 0.01
 
 # Depth the published layer schedules were written for (Video-LLaVA-7B / LLaVA-1.5-7B).
 REFERENCE_LAYERS = 32
@@ -413,6 +421,8 @@ class SparseConfig:
         for a, c in zip(counts, counts[1:]):
             if c > a:
                 raise ValueError(f"SparseConfig.budget: per-stage counts must not increase, got {counts}")
+        if isinstance(b, int) and not isinstance(b, bool):
+            tiny_budget_warning(b, num_visual)
         return self._plan(counts, num_visual)
 
     def _geometric(self, final: int, num_visual: int) -> list:
@@ -627,6 +637,22 @@ class SparseConfig:
             spec["stage_shape"] = _fit(tuple(spec["stage_shape"]), len(layers))  # stages dropped on shallow decoders
         spec.update(overrides)
         return cls(budget=budget, layers=layers, name=name, **spec)
+
+
+@functools.lru_cache(maxsize=256)
+def tiny_budget_warning(budget: int, num_visual: int) -> str | None:
+    """Log (once per process for each budget and input size) and return a warning when an int budget is tiny for
+    an input of ``num_visual`` visual tokens: 1 token, or less than TINY_BUDGET_SHARE of them. A user who writes
+    ``1`` (or ``01``) usually means 100 %, which is ``1.0``. None when the budget is not tiny. Called where a
+    budget meets the actual input (`SparseConfig.stage_plan`), so the API, the CLI and the evaluation runner
+    all warn."""
+    if budget >= num_visual or (budget > 1 and budget >= TINY_BUDGET_SHARE * num_visual):
+        return None
+    msg = (f"SparseConfig.budget: {budget} is a token count: {budget} of the input's {num_visual} visual tokens "
+           f"({budget / num_visual:.1%}) {'is' if budget == 1 else 'are'} kept after the last stage; a fraction "
+           f"is written with a decimal point (1.0 keeps all of them, 0.1 keeps 10 %)")
+    logger.warning("%s", msg)
+    return msg
 
 
 def parse_budget(text: str) -> Any:

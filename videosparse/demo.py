@@ -7,12 +7,20 @@ question whose answer is known, prints kept tokens per frame and writes the heat
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any, Callable
 
 
-def run_demo(out_dir: str = "videosparse-demo", seed: int = 7, preset: str = "video", budget: Any = 0.1,
-             say: Callable = lambda msg: None, index: int = 0) -> dict:
+def run_demo(out_dir: str = "videosparse-demo", seed: int = 7, preset: str = "video", budget: Any = None,
+             say: Callable = lambda msg: None, index: int = 0, progress: bool = True) -> dict:
+    """Run the demo; ``preset`` "none" (or "full") answers with the full model (no trace, no heatmap: the
+    result's "heatmap" is None). ``budget`` None = the preset's default. ``seed`` >= 0 (ValueError otherwise).
+    ``progress``: transformers' weight-loading bar (`VideoQA.from_pretrained`)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if preset in ("none", "full") and budget is not None:
+        raise ValueError(f"a budget ({budget!r}) was given with preset {preset!r}: the full model prunes nothing")
     from videosparse.testbed import synthetic as syn
 
     from videosparse.testbed import path as testbed_path
@@ -28,7 +36,7 @@ def run_demo(out_dir: str = "videosparse-demo", seed: int = 7, preset: str = "vi
     say(f"writing a synthetic clip to {video} ...")
     syn.write_video(sample.frames, video)
     say("loading the embedded test-bed model ...")
-    qa = VideoQA.from_pretrained(path, sparsity=None, num_frames=sample.frames.shape[0])
+    qa = VideoQA.from_pretrained(path, sparsity=None, num_frames=sample.frames.shape[0], progress=progress)
     from videosparse import SparseConfig
 
     if preset not in ("none", "full"):
@@ -44,7 +52,8 @@ def run_demo(out_dir: str = "videosparse-demo", seed: int = 7, preset: str = "vi
                          meta={"question": ans.question, "answer": ans.text, "expected": sample.answer,
                                "video": video, "frame_indices": ans.frame_indices,
                                "target_cells": [list(t) for t in sample.target],
-                               "preprocessing": qa.spec.to_dict()})
+                               "preprocessing": qa.spec.to_dict()},
+                         source=video)
     qa.close()
     desc = f"seed {seed}, {sample.frames.shape[0]} frames of {sample.frames.shape[2]}x{sample.frames.shape[1]} px, " \
            f"question type '{sample.qtype}'"

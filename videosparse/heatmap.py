@@ -23,6 +23,7 @@ torch or matplotlib at module import.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # timestamps beyond this (seconds, ~115 days) are treated as garbage, like NaN / inf
 MAX_TIMESTAMP = 1e7
+# decimals of a timestamp in JSON / printed output (1 us: finer than any video clock; hides float noise)
+TIME_DECIMALS = 6
 # traces with more sampled frames than this show in the grid / MP4 only the frames holding kept tokens
 GRID_MAX_FRAMES = 64
 # write_all draws the timeline for traces with more sampled frames than this (or with a pre-decoder pool)
@@ -139,16 +142,26 @@ def token_table(trace: Any, sample: int = 0, timestamps: Sequence | None = None)
     return out
 
 
+def round_time(t: Any) -> Any:
+    """A timestamp (seconds) as written to JSON / printed: rounded to TIME_DECIMALS (1 us). Frame times are
+    pts x time_base, so float arithmetic leaves noise below any video's clock resolution (3 x 0.1 s =
+    0.30000000000000004 -> 0.3). None stays None; a non-finite value is returned unchanged."""
+    if t is None:
+        return None
+    v = float(t)
+    return round(v, TIME_DECIMALS) if math.isfinite(v) else v
+
+
 def clean_time(t: Any) -> float | None:
-    """A timestamp in seconds as a float, or None when missing, not a number, non-finite or absurd
-    (|t| > MAX_TIMESTAMP)."""
+    """A timestamp in seconds as a float (rounded by `round_time`), or None when missing, not a number,
+    non-finite or absurd (|t| > MAX_TIMESTAMP)."""
     try:
         v = float(t)
     except (TypeError, ValueError):
         return None
     if not math.isfinite(v) or abs(v) > MAX_TIMESTAMP:
         return None
-    return v
+    return round_time(v)
 
 
 def time_label(t: Any) -> str:
@@ -181,20 +194,70 @@ def _stage_doc(st: Any, b: int) -> dict:
     }
 
 
+# bytes of a video file hashed for its fingerprint (its head: container header and first frames)
+FINGERPRINT_BYTES = 1 << 20
+
+
+def video_fingerprint(path: str) -> dict:
+    """What identifies the video a trace was made on (stored as ``meta["source"]`` of the JSON, checked by
+    ``videosparse heatmap --video``): ``path`` (absolute), ``name``, ``size`` (bytes), ``head_sha256`` (SHA-256
+    of the first FINGERPRINT_BYTES bytes), ``num_frames`` and ``duration`` (seconds) from the container (None
+    when it cannot be probed). Reads 1 MiB and the container header, not the frames."""
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(FINGERPRINT_BYTES))
+    num_frames = duration = None
+    try:
+        from videosparse.video import VideoError, probe_video
+
+        try:
+            info = probe_video(path, strict=False)
+            num_frames, duration = int(info.num_frames), round_time(info.duration)
+        except (VideoError, OSError, ValueError) as e:
+            log.debug("video_fingerprint: cannot probe %s (%s)", path, e)
+    except ImportError:  # pragma: no cover - PyAV missing
+        pass
+    return {"path": os.path.abspath(path), "name": os.path.basename(path), "size": int(st.st_size),
+            "head_sha256": h.hexdigest(), "hashed_bytes": min(int(st.st_size), FINGERPRINT_BYTES),
+            "num_frames": num_frames, "duration": duration}
+
+
+def source_mismatch(recorded: dict, path: str) -> str | None:
+    """How the video file at ``path`` differs from the ``recorded`` fingerprint (`video_fingerprint`), in one
+    line, or None when it is the same video (size and head hash equal; frame count and duration equal where
+    both are known). The path itself may differ (a moved or copied file is the same video)."""
+    now = video_fingerprint(path)
+    diffs = []
+    if recorded.get("size") is not None and recorded["size"] != now["size"]:
+        diffs.append(f"{now['size']} bytes, the trace's video had {recorded['size']}")
+    if recorded.get("head_sha256") and recorded["head_sha256"] != now["head_sha256"]:
+        diffs.append(f"its content differs (SHA-256 of the first {now['hashed_bytes']} bytes)")
+    for key, unit in (("num_frames", " frames"), ("duration", " s")):
+        a, b = recorded.get(key), now.get(key)
+        if a is not None and b is not None and a != b:
+            diffs.append(f"{b:g}{unit}, the trace's video had {a:g}{unit}")
+    return "; ".join(diffs) if diffs else None
+
+
 def write_json(trace: Any, path: str, sample: int = 0, timestamps: Sequence | None = None,
-               meta: dict | None = None) -> str:
+               meta: dict | None = None, source: Any = None) -> str:
     """JSON: {"meta", "num_frames", "tokens_per_frame", "grid", "num_layers", "counts", "equivalent_tokens",
     "timestamps", "tokens": token_table(...), "stages": every stage record of `sample` (kept, merged,
     scores, raters, clusters, redundant), "raters_text_positions", "decoder_visual", "pool": the
     pre-decoder pool's record (layer -1; long-video path) or null}.
 
     `timestamps` default to the trace's own. Timestamps that are missing, non-finite or absurd are
-    written as null."""
+    written as null. `source`: the video file the trace was made on (a path: its `video_fingerprint`; or a
+    fingerprint dict), stored as ``meta["source"]`` so a re-render can check it is given the same video."""
     timestamps = _trace_timestamps(trace, timestamps)
     pool = getattr(trace, "pool", None)
     dv = getattr(trace, "decoder_visual", None)
+    meta = dict(meta or {})
+    if source is not None:
+        meta["source"] = dict(source) if isinstance(source, dict) else video_fingerprint(os.fspath(source))
     doc = {
-        "meta": meta or {},
+        "meta": meta,
         "num_frames": trace.num_frames,
         "tokens_per_frame": trace.tokens_per_frame,
         "has_cls": trace.has_cls,
@@ -212,9 +275,13 @@ def write_json(trace: Any, path: str, sample: int = 0, timestamps: Sequence | No
         "decoder_visual": None if dv is None else int(dv),
         "pool": None if pool is None else _stage_doc(pool, sample),
     }
-    with open(path, "w") as f:
-        json.dump(doc, f)
-    return path
+    from videosparse.fileio import atomic_write
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+
+    return atomic_write(path, dump)
 
 
 def write_npz(trace: Any, path: str, sample: int = 0, timestamps: Sequence | None = None) -> str:
@@ -232,8 +299,10 @@ def write_npz(trace: Any, path: str, sample: int = 0, timestamps: Sequence | Non
         arrays["pool_kept"] = pool.kept[sample].detach().cpu().numpy()
     if getattr(trace, "decoder_visual", None) is not None:
         arrays["decoder_visual"] = np.asarray(int(trace.decoder_visual))
-    np.savez_compressed(path, **arrays)
-    return path
+    from videosparse.fileio import atomic_write
+
+    # the temporary name ends in .npz too, so numpy does not append another suffix
+    return atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def model_view(frames: np.ndarray, spec: Any = None) -> np.ndarray:
@@ -634,9 +703,7 @@ def render_grid(frames: np.ndarray, trace: Any, path: str, sample: int = 0, spec
     canvas.paste(Image.fromarray(ramp), (gap, ly))
     for k, line in enumerate(legend_lines):
         draw_text(d, (gap + ramp_w + 5, ly - 1 + k * ls), line, small, (0, 0, 0))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
-    return path
+    return _save_atomic(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def write_video(frames: np.ndarray, trace: Any, path: str, sample: int = 0, spec: Any = None,
@@ -644,13 +711,16 @@ def write_video(frames: np.ndarray, trace: Any, path: str, sample: int = 0, spec
                 indices: Sequence | None = None) -> str:
     """Overlay MP4 (H.264 when available, else MPEG-4), one annotated frame per sampled frame (or per
     sampled frame in `indices`)."""
-    import av
-
     tiles = render_frames(frames, trace, sample, cell, spec, timestamps, indices)
     h, w = tiles[0].shape[:2]
     h2, w2 = h + (h % 2), w + (w % 2)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with av.open(path, "w") as out:
+    return _save_atomic(path, lambda tmp: _encode_mp4(tmp, tiles, h, w, h2, w2, fps))
+
+
+def _encode_mp4(path: str, tiles: list, h: int, w: int, h2: int, w2: int, fps: float) -> None:
+    import av
+
+    with av.open(path, "w", format="mp4") as out:
         try:
             stream = out.add_stream("libx264", rate=max(1, int(round(fps))))
         except Exception:  # pragma: no cover - builds without libx264
@@ -663,7 +733,6 @@ def write_video(frames: np.ndarray, trace: Any, path: str, sample: int = 0, spec
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    return path
 
 
 # ---------------------------------------------------------------- timeline: when did the model look
@@ -860,21 +929,36 @@ def render_timeline(trace: Any, path: str, sample: int = 0, timestamps: Sequence
             ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_xlabel(data["x_label"] if data["time"] is not None else
                        f"sampled frame (of {T}){'; timestamps unusable' if data['time_note'] else ''}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100, facecolor="white")
-    return path
+    return _save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, facecolor="white", format="png"))
+
+
+def _save_atomic(path: str, save: Any) -> str:
+    """Create the parent directory, then write `path` atomically with ``save(tmp_path)``; an OSError is one
+    line naming `path` (videosparse.fileio)."""
+    from videosparse.fileio import atomic_write, writing
+
+    parent = os.path.dirname(os.path.abspath(path))
+    with writing(parent, "create the directory"):
+        os.makedirs(parent, exist_ok=True)
+    return atomic_write(path, save)
 
 
 def write_all(frames: np.ndarray, trace: Any, out_dir: str, sample: int = 0, spec: Any = None,
               timestamps: Sequence | None = None, title: str | None = None, stem: str = "retention",
-              video: bool = True, meta: dict | None = None) -> dict:
+              video: bool = True, meta: dict | None = None, source: Any = None) -> dict:
     """PNG grid + timeline PNG + MP4 overlay + JSON + NPZ into `out_dir`; returns {kind: path}.
+
+    `source`: the video file the frames came from (path or `video_fingerprint` dict), recorded in the JSON
+    (see `write_json`) so that ``videosparse heatmap`` refuses to draw the trace on another video.
 
     `timestamps` default to the trace's own. The timeline (`{stem}_timeline.png`, key "timeline") is
     written for traces with more than TIMELINE_MIN_FRAMES frames or a pre-decoder pool (skipped with a
     warning when matplotlib is not installed). With more than GRID_MAX_FRAMES frames the grid and the MP4
     show only the frames holding kept tokens (`grid_frames`)."""
-    os.makedirs(out_dir, exist_ok=True)
+    from videosparse.fileio import writing
+
+    with writing(out_dir, "create the directory"):
+        os.makedirs(out_dir, exist_ok=True)
     timestamps = _trace_timestamps(trace, timestamps)
     if timestamps is not None:
         bad = sum(clean_time(t) is None for t in timestamps)
@@ -892,11 +976,12 @@ def write_all(frames: np.ndarray, trace: Any, out_dir: str, sample: int = 0, spe
         else:
             paths["timeline"] = render_timeline(trace, os.path.join(out_dir, f"{stem}_timeline.png"), sample,
                                                 timestamps, title)
-    paths["json"] = write_json(trace, os.path.join(out_dir, f"{stem}.json"), sample, timestamps, meta)
     paths["npz"] = write_npz(trace, os.path.join(out_dir, f"{stem}.npz"), sample, timestamps)
     if video:
         paths["mp4"] = write_video(frames, trace, os.path.join(out_dir, f"{stem}.mp4"), sample, spec, timestamps,
                                    indices=indices)
+    # the JSON last: a failure never leaves a JSON that points at a missing or partial PNG/NPZ/MP4
+    paths["json"] = write_json(trace, os.path.join(out_dir, f"{stem}.json"), sample, timestamps, meta, source)
     return paths
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
+
+from videosparse.heatmap import round_time
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,9 @@ class Answer:
     sequences: list = field(default_factory=list)  # every returned sequence (num_return_sequences), best first
     frames: Any = None  # the decoded frames (uint8 (T, H, W, 3)), for heatmaps; not serialised
     pool_tokens: int = 0  # long-video path: visual tokens that entered the decoder (the pool); 0 = whole frames
-    video_decode_seconds: float = 0.0  # decoding the frames (shared by the questions of one video)
+    # decoding the frames (shared by the questions of one video); None = not measured here (the caller passed
+    # frames it decoded itself: a Clip or an array)
+    video_decode_seconds: float | None = 0.0
     vision_seconds: float = 0.0  # vision tower + projector (shared likewise)
     preselect_seconds: float = 0.0  # long-video pre-selection (0 on the short path)
 
@@ -72,7 +77,7 @@ class Answer:
             "text": self.text,
             "question": self.question,
             "video": self.video,
-            "timestamps": [float(t) for t in self.timestamps],
+            "timestamps": [round_time(t) for t in self.timestamps],
             "frame_indices": [int(i) for i in self.frame_indices],
             "visual_tokens": self.visual_tokens,
             "counts": list(self.counts),
@@ -156,6 +161,8 @@ class VideoQA:
         self.handle = None
         self.sparsity = None
         self.on_step = None  # set to callable(step, max_new_tokens) to follow generation (the CLI's bar)
+        # progress bar of long sequential decodes (files without a seek index): None = on a terminal, False = never
+        self.decode_progress = None
         if sparsity is not None:
             self.set_sparsity(sparsity)
 
@@ -170,6 +177,7 @@ class VideoQA:
         attn_implementation: str = "sdpa",
         num_frames: int = 8,
         tokenizer: Any = None,
+        progress: bool = True,
         **kwargs: Any,
     ) -> "VideoQA":
         """Load a Video-LLaVA checkpoint the normal Hugging Face way, after checking everything that can
@@ -184,6 +192,8 @@ class VideoQA:
         device: "cpu" (default), "cuda", "cuda:1", "mps" -- checked to exist here.
         dtype: torch dtype or its name ("float16", "bf16", ...); None = the checkpoint's.
         tokenizer: an already loaded tokenizer of this checkpoint (None: loaded here).
+        progress: False silences transformers' weight-loading progress bar (and the hub's download bars)
+            while this call loads, through transformers' own switch; the previous setting is restored after.
         """
         from videosparse.loading import resolve_checkpoint, resolve_device, resolve_dtype
 
@@ -200,13 +210,16 @@ class VideoQA:
         from videosparse.video import VideoProcessorSpec
 
         local = {"local_files_only": True} if ckpt.local_files_only else {}
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(ckpt.source, **local)
-        spec = VideoProcessorSpec.from_pretrained(_preprocessor_file(ckpt.source, ckpt.local_files_only))
-        load_kw: dict = {"attn_implementation": attn_implementation, "config": config, **local}
-        if dtype is not None:
-            load_kw["dtype"] = dtype
-        model = VideoLlavaForConditionalGeneration.from_pretrained(ckpt.source, **load_kw)
+        with hf_output(progress=progress):
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(ckpt.source, **local)
+            spec = VideoProcessorSpec.from_pretrained(_preprocessor_file(ckpt.source, ckpt.local_files_only))
+            from videosparse.compat import load_kwargs
+
+            load_kw: dict = {"attn_implementation": attn_implementation, "config": config, **local, **load_kwargs()}
+            if dtype is not None:
+                load_kw["dtype"] = dtype
+            model = VideoLlavaForConditionalGeneration.from_pretrained(ckpt.source, **load_kw)
         if device != "cpu":
             model = model.to(device)
         return cls(model, tokenizer, spec=spec, sparsity=sparsity, num_frames=nf, **kwargs)
@@ -237,7 +250,7 @@ class VideoQA:
         if isinstance(video, (str, os.PathLike)):
             sp = sampling or self._default_sampling()
             return load_video(video, num_frames=sp.num_frames, strategy=sp.strategy, start=sp.start, end=sp.end,
-                              sample_fps=sp.fps)
+                              sample_fps=sp.fps, progress=self.decode_progress)
         arr = video
         if hasattr(arr, "detach"):
             arr = arr.detach().cpu().numpy()
@@ -269,15 +282,20 @@ class VideoQA:
         key = _video_key(video, sampling)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
-            # the same features; this call decoded and encoded nothing
-            return dataclasses.replace(self._cache[key], seconds={"video_decode": 0.0, "vision": 0.0})
+            # the same features; this call decoded and encoded nothing (a Clip / array: nothing measured)
+            hit = self._cache[key]
+            decode = 0.0 if hit.seconds.get("video_decode") is not None else None
+            return dataclasses.replace(hit, seconds={"video_decode": decode, "vision": 0.0})
         t0 = time.perf_counter()
         clip = self.load(video, sampling)
         t1 = time.perf_counter()
         with torch.no_grad():
             feats = self._features(clip.frames)
+        # a path is decoded here (timed); a Clip or an array was decoded by the caller: not measured (None)
+        decoded_here = isinstance(video, (str, os.PathLike))
         enc = EncodedVideo(clip=clip, features=feats, key=key or "", source=video,
-                           seconds={"video_decode": t1 - t0, "vision": time.perf_counter() - t1})
+                           seconds={"video_decode": t1 - t0 if decoded_here else None,
+                                    "vision": time.perf_counter() - t1})
         if key is not None:
             self._cache[key] = enc
             while len(self._cache) > self._cache_size:
@@ -324,7 +342,7 @@ class VideoQA:
         """
         from videosparse.video import VideoError
 
-        pairs = list(pairs)
+        pairs = _as_pairs(pairs)
         if on_error not in ("raise", "record"):
             raise ValueError("on_error must be 'raise' or 'record'")
         if batch_size < 1:
@@ -342,6 +360,8 @@ class VideoQA:
                 raise e
             results[i] = Answer(text="", question=str(question), video=_video_name(video), error=_one_line(e))
 
+        asked = [q for _, q in pairs]  # as the caller wrote them (Answer.question)
+        pairs = [(v, model_question(self.tokenizer, q) if isinstance(q, str) else q) for v, q in pairs]
         for i, (video, question) in enumerate(pairs):
             try:
                 _check_question(question)
@@ -394,6 +414,9 @@ class VideoQA:
                 done += len(chunk)
                 if progress is not None:
                     progress(done, len(pairs))
+        for a, q in zip(results, asked):
+            if a is not None and isinstance(q, str):
+                a.question = q
         return results
 
     # ------------------------------------------------------------------ long videos
@@ -475,7 +498,8 @@ class VideoQA:
                 # repeats a frame (a video shorter than num_frames gives fewer frames)
                 chunks = stack.enter_context(ChunkedVideo(
                     video, cfg.chunk_frames, num_frames=sampling.num_frames, strategy=sampling.strategy,
-                    start=sampling.start, end=sampling.end, sample_fps=sampling.fps, distinct=True))
+                    start=sampling.start, end=sampling.end, sample_fps=sampling.fps, distinct=True,
+                    progress=self.decode_progress))
                 T = int(chunks.indices.size)
                 if sampling.num_frames is not None and T < sampling.num_frames:
                     logger.info("%s: %d distinct frames sampled (%d asked for)", os.fspath(video), T,
@@ -491,8 +515,12 @@ class VideoQA:
             text, valid = question_text_tokens(self.tokenizer, self.prompt_template, questions,
                                                self.model.get_input_embeddings())
             with torch.no_grad():
-                return build_pools(chunks, self._features, text.to(dev), valid.to(dev), T, self.tokens_per_frame,
-                                   capacity, cfg, thumbnail=(lambda f: thumbnails(f, self.spec)) if keep_frames else None)
+                pools = build_pools(chunks, self._features, text.to(dev), valid.to(dev), T, self.tokens_per_frame,
+                                    capacity, cfg, thumbnail=(lambda f: thumbnails(f, self.spec)) if keep_frames else None)
+            if not isinstance(video, (str, os.PathLike)):  # frames decoded by the caller: not measured here
+                for pv in pools:
+                    pv.seconds["video_decode"] = None
+            return pools
 
     def _generate_pooled(self, chunk: list, generation: dict, keep_frames: bool) -> list:
         """Generate for questions whose video tokens are pools (the same pool size and frame count)."""
@@ -711,6 +739,90 @@ class VideoQA:
         self._cache.clear()
 
 
+def default_threads(cpus: int | None = None, load: float | None = None) -> int:
+    """Torch threads for a process that did not choose: the CPUs it may use minus the CPUs other processes keep
+    busy, at least 1.
+
+    cpus: the usable CPUs (``os.sched_getaffinity``; ``os.cpu_count`` where that does not exist), capped by a
+    cgroup v2 CPU quota (``/sys/fs/cgroup/cpu.max``) when one is set. load: the 1-minute load average
+    (``os.getloadavg``; 0 where unavailable). Rule: ``ceil(cpus - load - 0.5)`` clamped to [1, cpus], i.e. a
+    core counts as taken once the load on it reaches one half. On 2 CPUs: load < 0.5 -> 2 threads, load >= 0.5
+    -> 1. Oversubscribing a busy machine is what costs (on a shared 2-core machine torch's default of one
+    thread per core made prefill 7-46x slower than one thread, scripts/bench_threads.py); one thread too few
+    costs at most the parallel speed-up. The load average lags by about a minute: a job that has just started
+    is not seen."""
+    if cpus is None:
+        cpus = usable_cpus()
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load = 0.0
+    cpus = max(1, int(cpus))
+    return max(1, min(cpus, math.ceil(cpus - float(load) - 0.5)))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its CPU affinity (``os.cpu_count`` where that does not exist), capped by a
+    cgroup v2 CPU quota when one is set."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    return max(1, min(cpus, quota) if quota is not None else cpus)
+
+
+def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """CPUs allowed by a cgroup v2 quota ("200000 100000" -> 2), None when unlimited or unknown."""
+    try:
+        with open(path) as fh:
+            quota, period = fh.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+@contextlib.contextmanager
+def hf_output(progress: bool = True, warnings: bool = True):
+    """While inside: transformers' progress bars (the weight-loading bar; the hub's download bars) off unless
+    ``progress``, and transformers' log at errors only unless ``warnings``. Uses transformers' own switches
+    (``transformers.utils.logging``), and restores the previous settings on exit."""
+    if progress and warnings:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled
+
+        hub_bars = not are_progress_bars_disabled()
+    except ImportError:  # pragma: no cover
+        hub_bars = bars
+    verbosity = hf_logging.get_verbosity()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    if not warnings:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if not progress:
+            if bars:
+                hf_logging.enable_progress_bar()  # also the hub's
+            if not hub_bars:
+                from huggingface_hub.utils import disable_progress_bars
+
+                disable_progress_bars()
+
+
 def prompt_length(tokenizer: Any, question: str, num_frames: int, tokens_per_frame: int,
                   template: str = DEFAULT_TEMPLATE) -> int:
     """Tokens of the full prompt: the template's text + ``num_frames x tokens_per_frame`` video tokens."""
@@ -725,13 +837,12 @@ def check_prompt(tokenizer: Any, question: str, num_frames: int, tokens_per_fram
     """Everything about a question that can be checked with the tokenizer alone (no model, no video):
     not empty, mostly known tokens, and prompt + ``max_new_tokens`` within ``max_positions``.
     Raises ValueError naming the problem (frames, tokens and the limit for an overlong prompt)."""
-    from videosparse.loading import context_error, vocabulary_problem
+    from videosparse.loading import context_error
 
     _check_question(question)
     _positive_int(max_new_tokens, "max_new_tokens")
-    problem = vocabulary_problem(tokenizer, question.strip())
-    if problem:
-        raise ValueError(problem)
+    question = model_question(tokenizer, question)
+    _check_vocabulary(tokenizer, question)
     err = context_error(prompt_length(tokenizer, question, num_frames, tokens_per_frame, template),
                         max_new_tokens, max_positions, num_frames, tokens_per_frame)
     if err:
@@ -742,13 +853,10 @@ def check_pool_prompt(tokenizer: Any, question: str, capacity: int, frames: int 
                       max_positions: Any, max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE) -> None:
     """`check_prompt` for the long-video path: the decoder sees a pool of at most ``capacity`` visual tokens
     picked from ``frames`` frames. Raises ValueError naming frames, tokens and the context size."""
-    from videosparse.loading import vocabulary_problem
-
     _check_question(question)
     _positive_int(max_new_tokens, "max_new_tokens")
-    problem = vocabulary_problem(tokenizer, question.strip())
-    if problem:
-        raise ValueError(problem)
+    question = model_question(tokenizer, question)
+    _check_vocabulary(tokenizer, question)
     n = prompt_length(tokenizer, question, 1, capacity, template)
     if max_positions and n + max_new_tokens > max_positions:
         text = n - capacity
@@ -763,8 +871,102 @@ def check_pool_prompt(tokenizer: Any, question: str, capacity: int, frames: int 
 
 
 def _check_question(question: Any) -> None:
-    if not isinstance(question, str) or not question.strip():
+    if not isinstance(question, str):
+        raise ValueError(f"a question must be a str, got {type(question).__name__} {_short_repr(question)}")
+    if not question.strip():
         raise ValueError("the question is empty")
+
+
+def _short_repr(x: Any, n: int = 60) -> str:
+    r = repr(x)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _as_pairs(pairs: Any) -> list:
+    """``ask_many``'s input as a list of (video, question) pairs; TypeError naming the first item that is not one
+    (a list of paths without questions, a single pair instead of a list of pairs, ...)."""
+    if isinstance(pairs, (str, bytes, os.PathLike)):
+        raise TypeError(f"ask_many takes a list of (video, question) pairs, got a single {type(pairs).__name__} "
+                        f"{_short_repr(pairs)}: pass [(video, question), ...] or use ask(video, question)")
+    try:
+        items = list(pairs)
+    except TypeError:
+        raise TypeError(f"ask_many takes a list of (video, question) pairs, got {type(pairs).__name__}") from None
+    for i, item in enumerate(items):
+        if isinstance(item, (str, bytes, os.PathLike)) or not isinstance(item, (tuple, list)) or len(item) != 2:
+            what = (f"a {type(item).__name__} of {len(item)} items" if isinstance(item, (tuple, list)) else
+                    f"a {type(item).__name__} ({_short_repr(item)})")
+            raise TypeError(f"ask_many takes (video, question) pairs; item {i} is {what}, not a pair: pass "
+                            f"[(video, question), ...], e.g. [('clip.mp4', 'what happens?')], or use ask(video, question)")
+    return [tuple(it) for it in items]
+
+
+def _normalise_words(text: str) -> str:
+    """Lower case, punctuation -> spaces, spaces collapsed ("Where is the RED object?" -> "where is the red object")."""
+    import unicodedata
+
+    t = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text.lower())
+    return " ".join(t.split())
+
+
+def _unknown_ids(tokenizer: Any, text: str) -> int:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not text:
+        return 0
+    return sum(1 for t in tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if t == unk)
+
+
+def model_question(tokenizer: Any, question: str) -> str:
+    """The question as the model's tokenizer reads it. Closed word-level vocabularies (the test bed's: lower-case
+    words, no punctuation) turn "Where is the RED object?" into unknown tokens. Every whitespace-separated word
+    the tokenizer does not know is replaced by its lower-cased, punctuation-free form when that form is known;
+    words the tokenizer knows are never changed, so this is lossless for the vocabulary (logged at INFO when
+    it changes anything). Tokenizers without unknown tokens (byte-level BPE, Llama's) get the question as is.
+    Not a str: returned unchanged (the checks name the problem)."""
+    if not isinstance(question, str):
+        return question
+    q = question.strip()
+    if _unknown_ids(tokenizer, q) == 0:
+        return q
+    words = []
+    for w in q.split():
+        if _unknown_ids(tokenizer, w):
+            norm = _normalise_words(w)
+            if norm and _unknown_ids(tokenizer, norm) == 0:
+                w = norm
+            elif not norm:  # punctuation alone ("?" as its own word): nothing the model could read
+                continue
+        words.append(w)
+    out = " ".join(words)
+    if out != q and out:
+        logger.info("question %r read as %r (words the model's tokenizer knows)", q, out)
+        return out
+    return q
+
+
+def _check_vocabulary(tokenizer: Any, question: str) -> None:
+    """ValueError when most of the question's tokens are unknown to the tokenizer; a closed vocabulary's words are
+    listed in the message (a minority of unknown words is logged by `vocabulary_problem`)."""
+    from videosparse.loading import vocabulary_problem
+
+    problem = vocabulary_problem(tokenizer, question.strip())
+    if problem:
+        words = _plain_vocabulary(tokenizer)
+        if words:
+            problem += f"; it reads lower-case words without punctuation from: {', '.join(words)}"
+        raise ValueError(problem)
+
+
+def _plain_vocabulary(tokenizer: Any, limit: int = 200) -> list:
+    """The words of a small closed vocabulary (special tokens excluded); [] for real LLM vocabularies."""
+    try:
+        n = len(tokenizer)
+    except TypeError:
+        return []
+    if n > limit:
+        return []
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return sorted(w for w in tokenizer.get_vocab() if w not in special and not w.startswith("<"))
 
 
 def _video_key(video: Any, sampling: Sampling) -> str | None:

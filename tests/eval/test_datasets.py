@@ -355,7 +355,7 @@ def test_errors_for_duplicates_and_unjoined_ids(fixtures, tmp_path):
     # questions without answers, answers without questions: counts and ids on both sides
     _rw(a, lambda r: r[2:] + [{"answer": "one", "question_id": "ghost_1"}])
     _err(lambda: load_dataset("msvd", root), "2 of 9 questions", "have no answer", repr(rows[0]["question_id"]),
-         repr(rows[1]["question_id"]), "1 answers match no question", "'ghost_1'", "same release and split")
+         repr(rows[1]["question_id"]), "1 answer matches no question", "'ghost_1'", "same release and split")
     # extra answers alone are fine (a subset question file)
     a.write_text(good_a)
     _rw(a, lambda r: r + [{"answer": "one", "question_id": "ghost_2"}])
@@ -419,3 +419,15 @@ def test_check_of_good_datasets_and_unloadable_ones(fixtures, tmp_path):
         assert words in rep.text() and "fix:" in rep.text()
         json.dumps(rep.to_dict())
     assert isinstance(load_dataset("msvd", fixtures["msvd"]["root"]), Dataset)
+
+
+def test_check_counts_only_videos_that_opened_and_pluralises(tmp_path):
+    fx = make_fixture_dataset(tmp_path, "msvd", n_videos=3, questions_per_video=1, seed=9, missing=1, corrupt=1)
+    rep = check("msvd", fx["root"])
+    assert (rep.probed, rep.opened, len(rep.unreadable_videos)) == (2, 1, 1)
+    assert rep.to_dict()["opened"] == 1
+    text = rep.text()
+    assert "2 of 3 videos found, 1 opened, 1 unreadable" in text, text
+    assert "1 of 3 videos (1 question) is not in" in text and "1 of 2 probed videos (1 question) cannot" in text
+    assert "3 questions (no limit) on 3 videos" in text
+    assert "1 questions" not in text and " 1 videos" not in text

@@ -183,7 +183,8 @@ def test_corrupt_video_recorded_and_run_goes_on(big_msvd, reference_run):
 def test_eval_script_runs_inference_judge_and_report(tmp_path):
     fx = make_fixture_dataset(tmp_path / "data", "tgif", n_videos=2, questions_per_video=2, seed=5)
     out = tmp_path / "run"
-    r = subprocess.run(["bash", str(REPO / "scripts" / "eval_tgif.sh"), "--root", str(fx["root"]), "--out", str(out),
+    # the --out=DIR form is accepted too
+    r = subprocess.run(["bash", str(REPO / "scripts" / "eval_tgif.sh"), "--root", str(fx["root"]), f"--out={out}",
                         "--model", "testbed", "--configs", "full,video@0.1", "--gpus", "1", "--quiet",
                         "--judge", "offline"], env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

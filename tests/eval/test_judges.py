@@ -53,11 +53,11 @@ class FakeServer:
             def log_message(self, *args):  # keep the test output quiet
                 pass
 
-            def _send(self, status, body, headers=()):
+            def _send(self, status, body, headers=(), content_type="application/json"):
                 data = json.dumps(body).encode() if not isinstance(body, bytes) else body
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     for k, v in headers:
                         self.send_header(k, v)
@@ -152,6 +152,20 @@ class FakeServer:
             ok(served="served-snapshot-2")
         elif marker == "auth":
             err(401, "invalid api key")
+        # 200 responses that are not chat completions (a flaky proxy); "...-once" ones heal on the retry
+        elif marker in ("truncated", "truncated-once"):
+            if marker == "truncated" or n == 0:
+                h._send(200, json.dumps(self.completion(GOOD, model)).encode()[:57])  # a cut JSON body
+            else:
+                ok()
+        elif marker == "nochoices":
+            d = self.completion(GOOD, model)
+            del d["choices"]
+            h._send(200, d)
+        elif marker == "nullcontent":
+            h._send(200, self.completion(None, model))
+        elif marker == "html":
+            h._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html")
         else:
             err(500, f"unknown marker {marker}")
 
@@ -388,8 +402,10 @@ def test_api_key_variable_must_be_set(monkeypatch, server):
     with pytest.raises(JudgeConfigError, match=KEY_VAR):
         OpenAIJudge(server.url, MODEL, api_key_env=KEY_VAR)
     monkeypatch.setenv(KEY_VAR, "  ")
-    with pytest.raises(JudgeConfigError, match="not set"):
+    with pytest.raises(JudgeConfigError, match="not set") as ei:
         OpenAIJudge(server.url, MODEL, api_key_env=KEY_VAR)
+    # the message says how to use a keyless local server
+    assert "--judge-api-key-env none" in str(ei.value)
     # a key passed where the variable NAME belongs is refused without being echoed
     with pytest.raises(JudgeConfigError) as ei:
         OpenAIJudge(server.url, MODEL, api_key_env="sk-live-abc123-def")
@@ -580,3 +596,71 @@ def test_judge_stats_summary():
     s = JudgeStats(total=3)
     s.add(judged=2, failures=1)
     assert "2 judged" in s.summary() and "1 judge failures" in s.summary()
+
+
+# ============================================================================ 200 responses that are not completions
+BROKEN_200 = {"truncated": "not valid JSON", "nochoices": "no 'choices'", "nullcontent": "without message content",
+              "html": "text/html"}
+
+
+def test_broken_200_bodies_are_retried_then_judge_failures(server, api_key, tmp_path):
+    recs = [pred_record(i, f"<<m:{mk}>> q{i}?", "a", f"p{i}") for i, mk in enumerate([*BROKEN_200, "truncated-once"])]
+    judge = make_judge(server.url, cache=str(tmp_path / "c.sqlite"), max_retries=2)
+    out, stats = judge_records(recs, judge)  # completes: nothing escapes from a worker
+    judge.close()
+    by = {r["question"].split()[0][4:-2]: r for r in out}
+    for mk, what in BROKEN_200.items():
+        r = by[mk]
+        # a judge failure, never a "no"; the error names the server and what was wrong with the body
+        assert (r["judge_pred"], r["judge_score"]) == (None, None), r
+        assert server.url in r["judge_error"] and what in r["judge_error"] and "HTTP 200" in r["judge_error"], r
+        assert "\n" not in r["judge_error"] and "(after 3 attempts)" in r["judge_error"]
+        assert len(server.by_marker(mk)) == 3  # retried like a 5xx: 1 + max_retries
+    healed = by["truncated-once"]
+    assert (healed["judge_pred"], healed["judge_score"], healed["judge_error"]) == ("yes", 4, None)
+    assert len(server.by_marker("truncated-once")) == 2
+    assert (stats.failures, stats.judged) == (len(BROKEN_200), 1)
+
+
+def _judge_cli_run(tmp_path, questions):
+    """A run directory with merged predictions for ``questions`` (no model needed)."""
+    from video_eval.runner import PredictionWriter, _open_spec
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _open_spec(run, {"schema": 1, "dataset": {"name": "msvd", "split": "test", "limit": None,
+                                               "size": len(questions), "total": len(questions)},
+                     "model": "testbed", "configs": ["full"], "num_frames": 8, "frame_strategy": "uniform",
+                     "max_new_tokens": 8, "prompt_template": "t", "dtype": None, "batch_size": 4, "seed": 0,
+                     "created": "now"})
+    recs = [dict(pred_record(i, q, "a", f"p{i}"), index=i) for i, q in enumerate(questions)]
+    PredictionWriter(run / "predictions.rank0.jsonl").write(recs)
+    return run
+
+
+def test_cli_judge_completes_on_a_broken_200_and_stores_served_model(server, api_key, tmp_path, capsys):
+    from video_eval.cli import main
+
+    run = _judge_cli_run(tmp_path, ["<<m:ok>> q0?", "<<m:truncated>> q1?", "<<m:other>> q2?"])
+    argv = ["judge", str(run), "--judge", "openai", "--judge-base-url", server.url, "--judge-model", MODEL,
+            "--judge-api-key-env", KEY_VAR, "--judge-retries", "1", "--judge-timeout", "5"]
+    assert main([*argv, "--judge-cache", str(tmp_path / "c.sqlite")]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((run / f"results.openai-{MODEL}.json").read_text())
+    m = res["metrics"]["full"]
+    assert (m["judged"], m["judge_failures"], m["accuracy"]) == (2, 1, 1.0)  # the failure is not a "no"
+    assert f"a judge failure: the judge server at {server.url} answered HTTP 200" in out
+    assert "everything else comes from the cache" in out
+    # the served-model mismatch is in the results, not only in a log line
+    assert res["judge_stats"]["served_models"] == {MODEL: 1, "served-snapshot-2": 1}
+    assert len(res["warnings"]) == 1 and "served-snapshot-2" in res["warnings"][0] and MODEL in res["warnings"][0]
+    assert "WARNING: the judge server answered 1 verdict with model 'served-snapshot-2'" in out
+    # re-judged from the cache: the served model still counted, the warning still stored
+    assert main([*argv, "--judge-cache", str(tmp_path / "c.sqlite")]) == 0
+    res = json.loads((run / f"results.openai-{MODEL}.json").read_text())
+    assert res["judge_stats"]["served_models"]["served-snapshot-2"] == 1 and res["warnings"]
+    # with the cache off, the hint does not promise a cache
+    capsys.readouterr()
+    assert main([*argv, "--judge-cache", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "comes from the cache" not in out and "cache is off" in out

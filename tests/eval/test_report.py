@@ -302,3 +302,28 @@ def test_report_rejects_bad_input(tmp_path):
         write_report(tmp_path / "missing.json", tmp_path)
     with pytest.raises(ReportError, match="unsupported results schema"):
         write_report({"metrics": {}}, tmp_path)
+
+
+def test_report_links_results_relative_to_itself_never_a_foreign_temporary_path(tmp_path):
+    import shutil
+    import tempfile
+
+    kept = tmp_path / "runs" / "msvd" / "results.offline.json"
+    kept.parent.mkdir(parents=True)
+    write_results(kept, make_doc())
+    temp_run = tempfile.mkdtemp(prefix="eval_tmp_run_")  # a run in its own temporary directory
+    try:
+        gone = os.path.join(temp_run, "run", "results.offline.json")
+        os.makedirs(os.path.dirname(gone))
+        write_results(gone, make_doc())
+        md_path, _ = write_report([str(kept), gone], tmp_path / "reports")
+    finally:
+        shutil.rmtree(temp_run)
+    md = open(md_path, encoding="utf-8").read()
+    # a relative link that resolves from the report's directory
+    assert "[../runs/msvd/results.offline.json](<../runs/msvd/results.offline.json>)" in md
+    assert os.path.isfile(os.path.join(tmp_path / "reports", "../runs/msvd/results.offline.json"))
+    # the deleted temporary run is named, not linked
+    assert temp_run not in md and os.path.basename(temp_run) not in md
+    assert "`run/results.offline.json` (not linked" in md
+    assert str(tmp_path) not in md  # no absolute paths at all

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,105 @@ def test_incomplete_merge_reports_missing(tmp_path):
     assert not (tmp_path / "predictions.jsonl").exists()
     s = merge(tmp_path, partial=True)
     assert s.path and s.records == 1
+
+
+# ----------------------------------------------------------------------------- versions on resume
+def test_resume_on_other_versions_is_refused_unless_allowed(tmp_path, caplog):
+    v1 = {"python": "3.12.0", "videosparse": "0.3.0", "torch": "2.13.0", "transformers": "5.23.0"}
+    _open_spec(tmp_path, _spec(versions=v1))
+    # another python or accelerate is fine; another transformers is not
+    assert _open_spec(tmp_path, _spec(versions=dict(v1, python="3.12.1")))["versions"] == v1
+    v2 = dict(v1, transformers="5.30.0")
+    before = (tmp_path / "run.json").read_text()
+    with pytest.raises(RunError) as e:
+        _open_spec(tmp_path, _spec(versions=v2))
+    msg = str(e.value)
+    assert "\n" not in msg and "transformers 5.23.0" in msg and "transformers 5.30.0" in msg
+    assert "--allow-version-change" in msg
+    assert (tmp_path / "run.json").read_text() == before  # nothing recorded
+    spec = _open_spec(tmp_path, _spec(versions=v2), allow_version_change=True)
+    assert spec["versions"] == v1  # the run's first versions stay
+    assert [c["versions"]["transformers"] for c in spec["version_changes"]] == ["5.30.0"]
+    assert "allow-version-change" in caplog.text
+    # once continued on v2, resuming on v2 needs no flag; going back to v1 is another change
+    assert len(_open_spec(tmp_path, _spec(versions=v2))["version_changes"]) == 1
+    with pytest.raises(RunError, match="transformers 5.30.0"):
+        _open_spec(tmp_path, _spec(versions=v1))
+
+
+# ----------------------------------------------------------------------------- one process per rank
+def test_second_process_on_the_same_rank_is_refused_naming_the_holder(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from video_eval.runner import rank_lock
+
+    code = ("import sys, pathlib\nfrom video_eval.runner import rank_lock\n"
+            "with rank_lock(pathlib.Path(sys.argv[1]), 0):\n    print('locked', flush=True)\n    sys.stdin.read()\n")
+    repo = str(Path(__file__).resolve().parents[2])
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, cwd=repo)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(RunError) as e:
+            with rank_lock(tmp_path, 0):
+                pass
+        msg = str(e.value)
+        assert f"pid {p.pid}" in msg and socket.gethostname() in msg and "rank 0" in msg and "\n" not in msg
+        with rank_lock(tmp_path, 1):  # another rank of the same run is free
+            pass
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
+    with rank_lock(tmp_path, 0):  # released when the holder ends
+        pass
+
+
+# ----------------------------------------------------------------------------- output files
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask_and_keep_a_replaced_files_mode(tmp_path, umask, mode):
+    import os
+
+    from videosparse.fileio import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        p = tmp_path / "results.x.json"
+        atomic_write_text(p, "{}")
+        assert p.stat().st_mode & 0o777 == mode
+        os.chmod(p, 0o600)
+        atomic_write_text(p, "{}\n")
+        assert p.stat().st_mode & 0o777 == 0o600 and p.read_text() == "{}\n"
+        s = merge_after_spec(tmp_path)
+        assert Path(s.path).stat().st_mode & 0o777 == mode
+        assert (tmp_path / "run.json").stat().st_mode & 0o777 == mode
+    finally:
+        os.umask(old)
+
+
+def merge_after_spec(run_dir):
+    _open_spec(run_dir, _spec(configs=["full"], dataset={"name": "msvd", "split": "test", "limit": None, "size": 1,
+                                                          "total": 1}))
+    PredictionWriter(run_dir / "predictions.rank0.jsonl").write([{"index": 0, "question_id": "a", "config": "full"}])
+    return merge(run_dir, partial=False)
+
+
+def test_write_errors_are_one_line_naming_the_path(tmp_path):
+    from videosparse.fileio import OutputError, atomic_write_text
+
+    # a directory where the file should be: the final path is named, never the temporary file
+    (tmp_path / "results.offline.json").mkdir()
+    with pytest.raises(OutputError) as e:
+        atomic_write_text(tmp_path / "results.offline.json", "{}")
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {tmp_path / 'results.offline.json'}: ") and "\n" not in msg
+    assert ".tmp" not in msg and [p.name for p in tmp_path.iterdir()] == ["results.offline.json"]
+    # a full disk (/dev/full answers every write with ENOSPC)
+    w = PredictionWriter(Path("/dev/full"))
+    with pytest.raises(OutputError) as e:
+        w.write([{"question_id": "1", "config": "full"}])
+    w.close()
+    msg = str(e.value)
+    assert "/dev/full" in msg and "No space left on device" in msg and "re-run the same command" in msg
+    assert "\n" not in msg and isinstance(e.value, OSError)

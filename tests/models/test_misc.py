@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_transformers_outside_supported_range_fails_clearly(tiny_models, monkeypatch):
     import transformers
 
-    from videosparse.models.compat import SUPPORTED_SPEC
+    from videosparse.compat import SUPPORTED_SPEC
 
     for bad in ("4.46.3", "5.17.0", "5.40.0", "6.0.0"):
         monkeypatch.setattr(transformers, "__version__", bad)

@@ -22,6 +22,24 @@ def _nv(model, inp):
     return int((inp["input_ids"][0] == VIDEO_TOKEN).sum())
 
 
+def patch_core_function(monkeypatch, name, wrap):
+    """Replace the core scoring function `name` (videosparse.core.scores) by wrap(original) in every videosparse
+    module that imported it (the adapter or the engine, wherever the pruned prefill calls it)."""
+    import importlib
+    import sys
+
+    for mod in ("videosparse.models.video_llava", "videosparse.engine.engine"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError:
+            pass
+    orig = getattr(importlib.import_module("videosparse.core.scores"), name)
+    hit = [m for n, m in list(sys.modules.items()) if n.startswith("videosparse") and getattr(m, name, None) is orig]
+    assert hit, f"no videosparse module calls {name}"
+    for m in hit:
+        monkeypatch.setattr(m, name, wrap(orig))
+
+
 @pytest.mark.parametrize("attn", ATTN)
 @pytest.mark.parametrize("layers", [(1,), (0, 2)])
 def test_keep_all_matches_untouched_forward_and_generate(tiny_models, attn, layers):
@@ -42,28 +60,30 @@ def test_keep_all_matches_untouched_forward_and_generate(tiny_models, attn, laye
     assert torch.equal(seq, ref_seq)
 
 
+def _hooks_and_attrs(model):
+    """Every module's hooks and instance attributes (what installing a patch may change)."""
+    return {name: (tuple(m._forward_pre_hooks), tuple(m._forward_hooks), tuple(m._backward_hooks),
+                   frozenset(m.__dict__), m.__dict__.get("forward")) for name, m in model.named_modules()}
+
+
 @pytest.mark.parametrize("attn", ATTN)
 def test_remove_restores_model_exactly(attn):
     model = make_model(attn, seed=3)
     inp = make_inputs(model, questions=QUESTIONS)
-    decoder = model.model.language_model
-    before_dict = dict(decoder.__dict__)
-    hooks_before = (len(model.model._forward_pre_hooks), len(decoder._forward_pre_hooks))
     with torch.no_grad():
         ref = model(**inp).logits
         ref_seq, _ = _gen(model, inp)
+        before = _hooks_and_attrs(model)  # after a first run (transformers adds its own hooks lazily)
         h = sparsify(model, SparseConfig.preset("video", budget=0.2, num_layers=4))
+        assert _hooks_and_attrs(model) != before  # something is installed ...
         pruned = model(**inp).logits
-        assert pruned.shape[1] < ref.shape[1]
-        assert "forward" in decoder.__dict__
+        assert pruned.shape[1] < ref.shape[1]  # ... and it prunes
         h.remove()
+        assert not h.active
         h.remove()  # idempotent
         after = model(**inp).logits
         seq, _ = _gen(model, inp)
-    assert "forward" not in decoder.__dict__
-    assert "_videosparse_handles" not in decoder.__dict__
-    assert set(decoder.__dict__) == set(before_dict)
-    assert (len(model.model._forward_pre_hooks), len(decoder._forward_pre_hooks)) == hooks_before
+    assert _hooks_and_attrs(model) == before  # no hook, attribute or instance forward left anywhere
     assert torch.equal(after, ref)
     assert torch.equal(seq, ref_seq)
 
@@ -174,13 +194,59 @@ def test_text_tokens_never_dropped_logits_match_positions(tiny_models):
     """Logits of the pruned model line up with the kept positions: the last position is the prompt end."""
     model = tiny_models["eager"]
     inp = make_inputs(model, questions=QUESTIONS)
-    with torch.no_grad(), sparsify(model, SparseConfig(budget=5, layers=(1,))) as h:
-        out = model(**inp, output_hidden_states=True)
+    with torch.no_grad():
+        ref = model(**inp, output_hidden_states=True)
+        with sparsify(model, SparseConfig(budget=5, layers=(1,))) as h:
+            out = model(**inp, output_hidden_states=True)
+            # the last kept position is the prompt's end: generate's next token is read from it
+            nxt = model.generate(**inp, max_new_tokens=1, do_sample=False, pad_token_id=0)[:, -1]
     assert len(out.hidden_states) == 5
     N = inp["input_ids"].shape[1]
-    # hidden_states[i] is the input of layer i: layers 0..1 see everything, layers 2.. the kept tokens
-    assert [x.shape[1] for x in out.hidden_states] == [N, N, N] + [N - _nv(model, inp) + 5] * 2
-    assert out.logits.shape[1] == N - _nv(model, inp) + 5
+    nv = _nv(model, inp)
+    K = N - nv + 5
+    # hidden_states[i] is the input of layer i: layers 0..1 see everything, layers 2.. the kept tokens;
+    # hidden_states[2] (layer 1's output) is reported whole or already pruned (see the fresh-model test below)
+    shapes = [x.shape[1] for x in out.hidden_states]
+    assert shapes in ([N, N, N, K, K], [N, N, K, K, K]), shapes
+    assert out.logits.shape[1] == K
+    # before the stage nothing differs from the untouched model
+    for i in range(2):
+        assert torch.allclose(out.hidden_states[i], ref.hidden_states[i], atol=1e-5), i
+    kept_rows = torch.stack([torch.cat([(inp["input_ids"][b] != VIDEO_TOKEN).nonzero()[:, 0],
+                                        int((inp["input_ids"][b] == VIDEO_TOKEN).nonzero()[0, 0])
+                                        + h.trace.stages[0].kept[b]]).sort().values for b in range(2)])
+    want = ref.hidden_states[2] if shapes[2] == N else _gather_seq(ref.hidden_states[2], kept_rows)
+    assert torch.allclose(out.hidden_states[2], want, atol=1e-5)
+    # after it, every text token is still there, in place: the tokens before the video (padding + prefix) see
+    # only themselves (causal), so their states equal the untouched model's at every layer
+    for b in range(2):
+        fv = int((inp["input_ids"][b] == VIDEO_TOKEN).nonzero()[0, 0])
+        pre = inp["attention_mask"][b, :fv].bool()  # the prefix (left padding excluded: its rows are arbitrary)
+        assert int(pre.sum()) == 3
+        for i in range(3, 5):
+            assert torch.allclose(out.hidden_states[i][b, :fv][pre], ref.hidden_states[i][b, :fv][pre], atol=1e-5)
+        assert torch.allclose(out.logits[b, :fv][pre], ref.logits[b, :fv][pre], atol=1e-5), b
+    assert h.trace.counts == [5]
+    assert torch.equal(nxt, out.logits[:, -1].argmax(-1))
+    assert not torch.allclose(out.logits[:, -1], ref.logits[:, -1], atol=1e-3)
+
+
+def _gather_seq(x, rows):
+    return x.gather(1, rows[:, :, None].expand(*rows.shape, x.shape[-1]))
+
+
+def test_output_hidden_states_do_not_depend_on_what_ran_before():
+    outs = []
+    model = make_model("eager", seed=0)  # fresh: transformers installs its output-capture hooks lazily
+    inp = make_inputs(model, questions=QUESTIONS)
+    with torch.no_grad():
+        for _ in range(2):
+            with sparsify(model, SparseConfig(budget=5, layers=(1,))):
+                outs.append(model(**inp, output_hidden_states=True))
+    first, second = outs
+    assert [x.shape for x in first.hidden_states] == [x.shape for x in second.hidden_states]
+    for a, b in zip(first.hidden_states, second.hidden_states):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 @pytest.mark.parametrize("attn", ATTN)
@@ -227,23 +293,172 @@ def test_cached_decoding_equals_no_cache_recompute(tiny_models, attn, positions)
     assert err < 1e-4
 
 
-@pytest.mark.parametrize("mode", ["beam", "sample"])
-def test_generate_modes_run_pruned(tiny_models, mode):
+# ----------------------------------------------------------------------------- beam search and sampling
+EOS = 2  # conftest's eos_token_id: suppressed below, so every beam and sample runs to max_new_tokens
+NEW = 4
+BEAMS = 3
+TOP_K = 5
+
+
+class _ForcePrefix:
+    """Logits processor that makes greedy decoding emit `prefix` (rows x s) first: teacher forcing through
+    generate's own cached decode loop (output_logits are the raw logits, before this processor)."""
+
+    def __init__(self, prompt_len, prefix):
+        self.n, self.prefix = prompt_len, prefix
+
+    def __call__(self, input_ids, scores):
+        s = input_ids.shape[1] - self.n
+        if s >= self.prefix.shape[1]:
+            return scores
+        return torch.full_like(scores, float("-inf")).scatter_(1, self.prefix[:, s : s + 1], 0.0)
+
+
+def _next_logprobs_cached(model, h, inp, rep, gen):
+    """Next-token log-probs after prompt + `gen` (rows = sample x rep), by a pruned prefill of the prompt and
+    pruned cached decode steps over `gen` (greedy, forced; no beam reordering, no sampling)."""
+    from transformers import LogitsProcessorList
+
+    x = {k: v.repeat_interleave(rep, 0) for k, v in inp.items()}
+    n = x["input_ids"].shape[1]
+    out = model.generate(**x, max_new_tokens=gen.shape[1] + 1, do_sample=False, pad_token_id=0,
+                         logits_processor=LogitsProcessorList([_ForcePrefix(n, gen)]), output_logits=True,
+                         return_dict_in_generate=True)
+    assert torch.equal(out.sequences[:, n:-1], gen)
+    return out.logits[-1].float()
+
+
+def _next_logprobs_no_cache(model, h, inp, rep, gen):
+    """The same by one forward of prompt + `gen` without a cache, the selection forced to the prompt's own
+    (raters are the prompt's text tokens only, so the pruned prefill selects the same tokens for every prefix)."""
+    B = inp["input_ids"].shape[0]
+    model(**inp)  # the prompt's selection
+    kept = [s.kept.repeat_interleave(rep, 0) for s in h.trace.stages]
+    mask = torch.cat([inp["attention_mask"].repeat_interleave(rep, 0),
+                      torch.ones(B * rep, gen.shape[1], dtype=torch.long)], 1)
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    ids = torch.cat([inp["input_ids"].repeat_interleave(rep, 0), gen], 1)
+    with h.override_selection(kept):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                       pixel_values_videos=inp["pixel_values_videos"].repeat_interleave(rep, 0)).logits
+    return logits[:, -1].float()
+
+
+# "cached": the video preset as it is (recycling on: a selection override cannot reproduce merged tokens);
+# "no_cache": the video preset without recycling, against a cache-free recompute
+REFERENCES = {
+    "cached": (_next_logprobs_cached, {}),
+    "no_cache": (_next_logprobs_no_cache, {"recycle": False}),
+}
+
+
+def _logprobs(scorer, model, h, inp, rep, gen):
+    lp = torch.log_softmax(scorer(model, h, inp, rep, gen), -1)
+    lp[:, EOS] = float("-inf")  # suppress_tokens=[EOS]
+    return lp
+
+
+def _ref_beam_search(scorer, model, h, inp, nb, steps):
+    """Plain beam search (length penalty 1, no EOS): keep the nb best (beam, token) continuations by summed
+    log-prob; returns every sample's nb beams best first and their scores (sum / generated length)."""
+    B = inp["input_ids"].shape[0]
+    gen = torch.zeros(B * nb, 0, dtype=torch.long)
+    scores = torch.full((B, nb), float("-inf"))
+    scores[:, 0] = 0.0  # one live beam at the start
+    for _ in range(steps):
+        lp = _logprobs(scorer, model, h, inp, nb, gen).view(B, nb, -1) + scores[:, :, None]
+        V = lp.shape[-1]
+        scores, idx = lp.view(B, -1).topk(nb)
+        rows = (torch.arange(B)[:, None] * nb + idx // V).reshape(-1)
+        gen = torch.cat([gen[rows], (idx % V).reshape(-1, 1)], 1)
+    return gen, scores.reshape(-1) / steps
+
+
+def _ref_sample(scorer, model, h, inp, steps, top_k, seed):
+    """Top-k sampling drawing from torch's global generator exactly as generate does: one
+    multinomial(softmax(top-k filtered scores), 1) per step, nothing else consuming random numbers."""
+    torch.manual_seed(seed)
+    gen = torch.zeros(inp["input_ids"].shape[0], 0, dtype=torch.long)
+    for _ in range(steps):
+        lp = _logprobs(scorer, model, h, inp, 1, gen)
+        lp = lp.masked_fill(lp < lp.topk(top_k).values[:, -1:], float("-inf"))
+        gen = torch.cat([gen, torch.multinomial(torch.softmax(lp, -1), 1)], 1)
+    return gen
+
+
+def _beam(model, inp):
+    return model.generate(**inp, max_new_tokens=NEW, num_beams=BEAMS, num_return_sequences=BEAMS, pad_token_id=0,
+                          suppress_tokens=[EOS], output_scores=True, return_dict_in_generate=True)
+
+
+def _sample(model, inp, seed):
+    torch.manual_seed(seed)
+    return model.generate(**inp, max_new_tokens=NEW, do_sample=True, top_k=TOP_K, pad_token_id=0,
+                          suppress_tokens=[EOS])
+
+
+def test_keep_all_beam_search_and_sampling_equal_the_stock_model(tiny_models):
     model = tiny_models["sdpa"]
     inp = make_inputs(model, questions=QUESTIONS)
-    kw = {"num_beams": 3} if mode == "beam" else {"do_sample": True, "top_k": 5}
-    torch.manual_seed(0)
     with torch.no_grad():
-        ref = model.generate(**inp, max_new_tokens=4, pad_token_id=0, **kw)
-        torch.manual_seed(0)
-        with sparsify(model, SparseConfig(budget=1.0, layers=(1,))):
-            same = model.generate(**inp, max_new_tokens=4, pad_token_id=0, **kw)
-        with sparsify(model, SparseConfig.preset("video", budget=0.1, num_layers=4)) as h:
-            out = model.generate(**inp, max_new_tokens=4, pad_token_id=0, **kw)
-    assert torch.equal(same, ref)  # keep-all is exact in every decoding mode
-    assert out.shape == ref.shape
-    nb = 3 if mode == "beam" else 1
-    assert h.trace.stages[0].kept.shape[0] == 2 * nb
+        ref_beam, ref_samples = _beam(model, inp), [_sample(model, inp, seed) for seed in (0, 1)]
+        with sparsify(model, SparseConfig(budget=1.0, layers=(1,))) as h:
+            beam, samples = _beam(model, inp), [_sample(model, inp, seed) for seed in (0, 1)]
+    assert h.trace.counts == [_nv(model, inp)]  # the pruned path ran (keeping everything)
+    assert torch.equal(beam.sequences, ref_beam.sequences)  # every returned beam, token for token
+    assert torch.allclose(beam.sequences_scores, ref_beam.sequences_scores, atol=1e-6)
+    for got, ref in zip(samples, ref_samples):
+        assert torch.equal(got, ref)
+    assert not torch.equal(ref_samples[0], ref_samples[1])  # the seed matters, so equality above means something
+
+
+@pytest.mark.parametrize("ref", sorted(REFERENCES))
+def test_pruned_beam_search_equals_a_reference_beam_search(tiny_models, ref):
+    model = tiny_models["sdpa"]
+    inp = make_inputs(model, questions=QUESTIONS)
+    scorer, over = REFERENCES[ref]
+    cfg = SparseConfig.preset("video", budget=0.1, num_layers=4).replace(**over)
+    with torch.no_grad():
+        stock = _beam(model, inp)
+        with sparsify(model, cfg) as h:
+            model(**inp)
+            prompt_kept = [s.kept for s in h.trace.stages]
+            out = _beam(model, inp)
+            beam_kept = [s.kept for s in h.trace.stages]
+            ref_gen, ref_scores = _ref_beam_search(scorer, model, h, inp, BEAMS, NEW)
+    # real pruning: two stages, far fewer tokens than the video has
+    assert h.trace.counts[-1] < _nv(model, inp) // 5
+    # the beams' prefill (batch x beams rows) selects, per row, what the prompt alone selects
+    for a, b in zip(prompt_kept, beam_kept):
+        assert torch.equal(b, a.repeat_interleave(BEAMS, 0))
+    n = inp["input_ids"].shape[1]
+    assert torch.equal(out.sequences[:, :n], inp["input_ids"].repeat_interleave(BEAMS, 0))
+    assert torch.equal(out.sequences[:, n:], ref_gen), (out.sequences[:, n:], ref_gen)
+    assert torch.allclose(out.sequences_scores, ref_scores, atol=1e-4), (out.sequences_scores, ref_scores)
+    assert not torch.allclose(out.sequences_scores, stock.sequences_scores, atol=1e-3)  # pruning changed them
+
+
+@pytest.mark.parametrize("ref", sorted(REFERENCES))
+def test_pruned_sampling_equals_a_reference_sampler_and_only_the_seed_changes_it(tiny_models, ref):
+    model = tiny_models["sdpa"]
+    inp = make_inputs(model, questions=QUESTIONS)
+    scorer, over = REFERENCES[ref]
+    cfg = SparseConfig.preset("video", budget=0.1, num_layers=4).replace(**over)
+    n = inp["input_ids"].shape[1]
+    with torch.no_grad(), sparsify(model, cfg) as h:
+        runs, kept = {}, {}
+        for key in ((0, "a"), (0, "b"), (1, "a")):
+            runs[key] = _sample(model, inp, key[0])
+            kept[key] = [s.kept for s in h.trace.stages]
+        refs = {seed: _ref_sample(scorer, model, h, inp, NEW, TOP_K, seed) for seed in (0, 1)}
+    assert h.trace.counts[-1] < _nv(model, inp) // 5
+    for key, seq in runs.items():
+        assert torch.equal(seq[:, :n], inp["input_ids"])
+        assert torch.equal(seq[:, n:], refs[key[0]]), (key, seq[:, n:], refs[key[0]])
+        for a, b in zip(kept[key], kept[(0, "a")]):
+            assert torch.equal(a, b)  # the selection never depends on the sampling seed
+    assert torch.equal(runs[(0, "a")], runs[(0, "b")])  # same seed: same tokens
+    assert not torch.equal(runs[(0, "a")][:, n:], runs[(1, "a")][:, n:])  # another seed: other tokens
 
 
 def test_preset_schedules_and_trace_counts():
@@ -277,28 +492,72 @@ def test_preset_schedules_and_trace_counts():
         assert set(h.trace.stages[2].kept[b].tolist()) <= set(h.trace.stages[1].kept[b].tolist())
 
 
-def test_rank_adaptive_v1_runs_and_counts_follow_rank(tiny_models):
+def test_rank_adaptive_v1_runs_and_counts_follow_rank(tiny_models, monkeypatch):
+    from videosparse.config import seed_recycle_counts
+    from videosparse.core.budget import rank_adaptive_count
+
     model = tiny_models["sdpa"]
     inp = make_inputs(model, questions=QUESTIONS)
     cfg = SparseConfig.preset("sparsevlm-v1", num_layers=4)
+    assert cfg.budget == "rank" and cfg.recycle_rule == "seed" and not cfg.clamp_counts
+    ranks = []
+
+    def spy(orig):
+        def rank(*args):
+            r = orig(*args)
+            ranks.append(r.clone())
+            return r
+
+        return rank
+
+    patch_core_function(monkeypatch, "relevance_rank", spy)
     with torch.no_grad(), sparsify(model, cfg) as h:
         model.generate(**inp, max_new_tokens=3, pad_token_id=0)
     counts = h.trace.counts
-    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    assert len(ranks) == len(counts) == len(cfg.layers)  # one rank per stage, prefill only
+    # each stage keeps the seed's linear rule of its measured rank (the larger of the batch), then the seed's
+    # recycled tokens on top: int((int(0.3 p) + 1) / 10) + 1 of the p pruned
+    n, expected = _nv(model, inp), []
+    for r in ranks:
+        k = min(int(int(r.max()) * cfg.rank_scale + cfg.rank_bias), n)
+        assert k == rank_adaptive_count(n, r, cfg.rank_lambda, rule="linear", scale=cfg.rank_scale, bias=cfg.rank_bias)
+        merged = int((int(0.3 * (n - k)) + 1) / 10) + 1 if n > k else 0
+        assert merged == (seed_recycle_counts(n - k)[1] if n > k else 0)
+        n = k + merged
+        expected.append(n)
+    assert counts == expected, (counts, expected, [r.tolist() for r in ranks])
     assert counts[-1] < _nv(model, inp)
 
 
 def test_baselines_through_same_machinery(tiny_models):
-    model = tiny_models["sdpa"]
+    from videosparse.baselines import random_scores
+
+    model = tiny_models["eager"]
     inp = make_inputs(model, questions=QUESTIONS)
-    kept = {}
+    nv = _nv(model, inp)
+    kept, traces = {}, {}
     for name in ("random", "uniform", "fastv"):
-        with torch.no_grad(), sparsify(model, SparseConfig.preset(name, budget=10, num_layers=4)) as h:
+        cfg = SparseConfig.preset(name, budget=10, num_layers=4)
+        assert cfg.frame_floor == 0 and cfg.temporal_tau is None and not cfg.recycle and cfg.layers == (1,)
+        with torch.no_grad(), sparsify(model, cfg) as h:
             model(**inp)
-        kept[name] = h.trace.stages[0].kept
+        kept[name], traces[name] = h.trace.stages[0].kept, h.trace.stages[0]
         assert kept[name].shape == (2, 10)
-    assert torch.equal(kept["uniform"][0], kept["uniform"][1])
-    assert torch.equal(kept["random"][0], kept["random"][1])  # seeded per sample, same video grid
+        # the kept tokens are the 10 best of the recorded scores, in order
+        assert torch.equal(kept[name], h.trace.stages[0].scores.topk(10).indices.sort(1).values), name
+    # uniform: evenly spaced slots floor((j + 0.5) * nv / 10)
+    assert kept["uniform"].tolist() == [[int((j + 0.5) * nv / 10) for j in range(10)]] * 2
+    # random: the top 10 of the seeded per-token table, the same for every sample of the batch
+    table = random_scores(torch.arange(nv)[None], nv, seed=SparseConfig.preset("random").seed)[0]
+    assert kept["random"].tolist() == [table.topk(10).indices.sort().values.tolist()] * 2
+    # fastv: attention received by each video token at layer 1, averaged over heads and the valid queries
+    with torch.no_grad():
+        att = model(**inp, output_attentions=True).attentions[1].double()  # (B, H, N, N)
+    mask = inp["attention_mask"].bool()
+    for b in range(2):
+        vis = (inp["input_ids"][b] == VIDEO_TOKEN).nonzero()[:, 0]
+        recv = att[b].mean(0)[mask[b]].sum(0) / mask[b].sum()
+        assert torch.allclose(traces["fastv"].scores[b].double(), recv[vis], atol=1e-5), b
 
 
 # ----------------------------------------------------------------------------- errors
@@ -341,7 +600,10 @@ def test_unknown_preset_and_model_dependent_errors(tiny_models):
         with pytest.raises(ValueError, match="no video tokens"):
             model(**text_only)
         with h.disabled():
-            model(**text_only)  # explicitly unpruned
+            unpruned = model(**text_only).logits  # explicitly unpruned: exactly the untouched model
+    with torch.no_grad():
+        assert torch.equal(unpruned, model(**text_only).logits)
+    with sparsify(model, SparseConfig()):
         with pytest.raises(ValueError, match="image inputs"):
             model(**inp, pixel_values=torch.zeros(2, 3, 16, 16))
     with pytest.raises(ValueError, match="does not support model class"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from video_helpers import FPS, GIF_DELAYS_MS, H, N, VFR_PTS_MS, W  # noqa: F401
+from video_helpers import FPS, GIF_DELAYS_MS, H, MPEG_FRAMES, MPEG_STREAMS, N, VFR_PTS_MS, W  # noqa: F401
 
 from videosparse.video.synth import pattern_frame, write_video
 
@@ -123,6 +123,25 @@ def media(tmp_path_factory):
         "bframes_avi": bframes_avi,
         "dir_path": str(d),
     }
+
+
+
+
+@pytest.fixture(scope="session")
+def mpeg_media(tmp_path_factory):
+    """The MPEG-PS/TS files above (190 frames, 64x48, 25 fps) plus ``h264_ts_cut``: the second half of
+    ``h264.ts`` cut at a 188-byte packet boundary, as a broadcast recording or an HLS segment starts
+    mid-GOP (the frames before the first keyframe do not decode)."""
+    d = tmp_path_factory.mktemp("mpeg")
+    out = {}
+    for name, (fname, fmt, codec, opts, mux_opts) in MPEG_STREAMS.items():
+        out[name] = write_video(str(d / fname), _frames(MPEG_FRAMES), codec=codec, options=opts,
+                                container_format=fmt, container_options=mux_opts)
+    data = open(out["h264_ts"], "rb").read()
+    cut = d / "h264_cut.ts"
+    cut.write_bytes(data[(len(data) // 2) // 188 * 188:])
+    out["h264_ts_cut"] = str(cut)
+    return out
 
 
 def _write_audio(path):

@@ -36,3 +36,16 @@ def test_cli_truncated_names_no_strict_and_no_strict_works(media, capsys):
                    "--frames", "4", "--max-new-tokens", "4", "--no-strict"])
     out = capsys.readouterr().out
     assert rc == 0 and "A: " in out
+
+
+def test_cli_image_renamed_mp4_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    from videosparse.video.synth import pattern_frame
+
+    path = str(tmp_path / "clip_0001.mp4")  # a PNG saved under a video name, as found in eval datasets
+    Image.fromarray(pattern_frame(0, 48, 64)).save(path, format="PNG")
+    rc = cli.main(["ask", path, "what happens", "--model", "testbed", "--quiet", "--max-new-tokens", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert path in err[0] and "is a PNG image, not a video" in err[0]

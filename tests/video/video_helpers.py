@@ -11,6 +11,18 @@ H, W, N, FPS = 48, 64, 40, 25
 VFR_PTS_MS = [0, 40, 80, 200, 240, 400, 410, 420, 600, 1000, 1040, 1300]
 GIF_DELAYS_MS = [100, 200, 50, 300, 100, 250]
 
+# MPEG program/transport streams, written by PyAV's own muxers; B-frames and GOP > 1 so seeking matters.
+# name -> (file name, muxer, codec, encoder options, muxer options)
+MPEG_STREAMS = {
+    "mpeg1_ps": ("mpeg1.mpg", "mpeg", "mpeg1video", {"bf": "2", "g": "12", "qscale": "2"}, None),
+    "mpeg2_ps": ("mpeg2.mpg", "mpeg", "mpeg2video", {"bf": "2", "g": "15", "qscale": "2"}, None),
+    "mpeg2_vob": ("dvd.vob", "vob", "mpeg2video", {"bf": "2", "g": "15", "qscale": "2"}, None),
+    "mpeg2_ts": ("mpeg2.ts", "mpegts", "mpeg2video", {"bf": "2", "g": "15", "qscale": "2"}, None),
+    "h264_ts": ("h264.ts", "mpegts", "libx264", {"bf": "2", "g": "30"}, None),
+    "h264_m2ts": ("h264.m2ts", "mpegts", "libx264", {"bf": "2", "g": "30"}, {"mpegts_m2ts_mode": "1"}),
+}
+MPEG_FRAMES = 190
+
 
 def decord_installed() -> bool:
     """Without importing it: importing decord loads its bundled FFmpeg 4.1 libraries, after which

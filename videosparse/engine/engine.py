@@ -36,12 +36,6 @@ def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _replace_output(output: Any, h: torch.Tensor) -> Any:
-    if isinstance(output, tuple):
-        return (h, *output[1:])
-    return h
-
-
 class PruningEngine:
     """Installs the hooks on one model for one family adapter and one SparseHandle.
 
@@ -71,6 +65,9 @@ class PruningEngine:
         for i, layer in enumerate(fam.decoder.layers):
             hooks.append(layer.register_forward_pre_hook(self._layer_pre(i), with_kwargs=True))
             hooks.append(layer.register_forward_hook(self._layer_post(i)))
+        norm = getattr(fam.decoder, "norm", None)
+        if norm is not None:  # a stage at the last layer shrinks the final norm's input
+            hooks.append(norm.register_forward_pre_hook(self._norm_pre))
         self._hooks = hooks
         fam.decoder._videosparse_handles = [handle]
 
@@ -131,6 +128,13 @@ class PruningEngine:
 
         return hook
 
+    def _norm_pre(self, module: Any, args: tuple) -> Any:
+        run = self._run
+        if isinstance(run, _Prefill) and run.shrunk is not None and args:
+            shrunk, run.shrunk = run.shrunk, None
+            return (shrunk, *args[1:])
+        return None
+
     def _layer_post(self, i: int) -> Any:
         def hook(module: Any, args: tuple, output: Any) -> Any:
             run = self._run
@@ -154,6 +158,9 @@ class _Prefill:
         self.pruned = False  # a stage has shrunk the sequence: later layers get replaced inputs
         self.q_rows = None
         self.h_in = None
+        # the kept rows of a stage layer's output: they replace the next layer's input (not the stage layer's
+        # output, so transformers' output capture records the layer's whole output as without pruning)
+        self.shrunk: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- layer 0: read the stock inputs
     def _start(self, x: torch.Tensor, kwargs: dict) -> None:
@@ -219,6 +226,14 @@ class _Prefill:
                 return None
             self._start(h, kwargs)
         changed = None
+        if self.shrunk is not None:
+            h, self.shrunk = self.shrunk, None
+            if args:
+                args = (h, *args[1:])
+            else:
+                kwargs = dict(kwargs)
+                kwargs["hidden_states"] = h
+            changed = (args, kwargs)
         if self.pruned:
             kwargs = dict(kwargs)
             kwargs["position_embeddings"] = (self.cos, self.sin)
@@ -230,17 +245,17 @@ class _Prefill:
             self.q_rows = self.stage_queries(layer, h)
         return changed
 
-    def after_layer(self, i: int, layer: Any, output: Any) -> Any:
+    def after_layer(self, i: int, layer: Any, output: Any) -> None:
         if not self.started or i not in self.stage_of:
             return None
         h = output[0] if isinstance(output, tuple) else output
-        return _replace_output(output, self._stage(i, layer, h))
+        self.shrunk = self._stage(i, layer, h)
+        return None
 
     # ---------------------------------------------------------------- scoring inputs
     def stage_queries(self, layer: Any, h: torch.Tensor) -> Any:
         """Post-rotary queries of the rows that score at this stage (from the layer's input)."""
         fam, cfg = self.family, self.cfg
-        B = h.shape[0]
         if cfg.method == "sparsevlm":
             raters = self.raters
             R = int(raters.sum(dim=1).max().item())

@@ -124,7 +124,9 @@ class SparseHandle:
     * `trace`: the RetentionTrace of the last pruned prefill (None before the first one).
     * `disabled()`: a context in which the model runs unpruned (e.g. text-only prompts).
     * `override_selection(stages)`: a context in which the kept visual tokens are given
-      (list of (B, k) original visual indices, one per stage) instead of selected.
+      (list of (B, k) original visual indices, one per stage) instead of selected. The given tokens are
+      kept as they are: no recycling runs (a recycled cluster of a traced run is not rebuilt, so replaying a
+      trace of a recycling config reproduces its kept set, not its merged tokens).
     * `pooled(ids, num_frames)`: a context in which the video tokens are a pre-selected pool
       (the long-video path) instead of whole frames.
     """

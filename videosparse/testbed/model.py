@@ -270,7 +270,9 @@ def load_testbed(path: str | None = None, attn_implementation: str | None = None
     from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
 
     path = path or default_path()
-    kw = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    from videosparse.compat import load_kwargs
+
+    kw = load_kwargs() if attn_implementation is None else {"attn_implementation": attn_implementation, **load_kwargs()}
     model = VideoLlavaForConditionalGeneration.from_pretrained(path, **kw).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer, load_spec(path)

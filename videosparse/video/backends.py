@@ -31,6 +31,17 @@ a composition-offset table), the whole stream is decoded once at open and frame 
 decoder's ``i``-th output frame; its time is the ``i``-th smallest container timestamp (or
 ``i / fps`` without timestamps).
 
+**Seeking** is used only where it lands where the index says. Containers whose format allows
+timestamp discontinuities (libav's ``AVFMT_TS_DISCONT``: MPEG program streams ``.mpg``/``.vob``,
+transport streams ``.ts``/``.m2ts``, Ogg, ...) have no seek index -- libav bisects byte positions and
+lands on arbitrary packets -- so they are decoded sequentially from the start (``seek_reliable`` is
+False) and decord, which seeks by timestamp, is refused for them. Every other seek is verified: the
+first packet after it must be a keyframe at or before the one asked for, else the reader switches to
+sequential decoding for good. A sequential pass converts only the sampled frames to RGB and holds one
+frame, and its position is kept between ``iter_frames`` calls (chunks continue one pass), so memory
+does not grow with the video's length; long passes show a tqdm bar (``progress``: on a terminal only
+by default). Still images (PNG/JPEG/... also under a video name) raise :class:`ImageNotVideoError`.
+
 **libav log lines.** libav's messages never reach stderr. While a file is opened and its packets
 are demuxed (the index pass), PyAV's messages are captured and re-emitted through Python
 ``logging`` on loggers ``libav.<component>`` (e.g. ``libav.mov,mp4,m4a,3gp,3g2,mj2``), prefixed
@@ -51,6 +62,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from fractions import Fraction
 
@@ -60,6 +72,7 @@ from videosparse.video.errors import (
     BackendUnavailableError,
     CorruptVideoError,
     EmptyVideoFileError,
+    ImageNotVideoError,
     NoFramesError,
     NotAFileError,
     NotAVideoError,
@@ -87,6 +100,15 @@ BACKENDS = ("auto", "decord", "pyav")
 DEFAULT_MAX_SIDE = 8192  # DCI 8K width; anything larger is treated as absurd unless raised explicitly
 _MAX_DECODE_ERRORS = 64  # non-strict mode: give up after this many bitstream errors
 _ORDER_CHECK_FRAMES = 12  # decoder output frames compared against the container timestamps at open
+# libavformat's AVFMT_TS_DISCONT: the format allows timestamp discontinuities (MPEG-PS/VOB, MPEG-TS/M2TS, Ogg,
+# live FLV, raw MPEG-4 part 2, HLS, ...). Such containers have no seek index: libav seeks by bisecting byte
+# positions and reading timestamps, and lands on arbitrary packets (not the keyframe asked for).
+_AVFMT_TS_DISCONT = 0x200
+# libavformat's still-image demuxers (img2dec.c): "image2", "image2pipe" and "<codec>_pipe" (png_pipe, jpeg_pipe, ...)
+_IMAGE_NAMES = {"mjpeg": "JPEG", "jpegls": "JPEG-LS", "jpeg2000": "JPEG 2000", "jpegxl": "JPEG XL", "png": "PNG",
+                "bmp": "BMP", "webp": "WebP", "tiff": "TIFF", "gif": "GIF", "qoi": "QOI", "ppm": "PPM", "pgm": "PGM",
+                "pbm": "PBM", "pam": "PAM", "exr": "OpenEXR", "dpx": "DPX", "sgi": "SGI", "psd": "PSD",
+                "hdr": "Radiance HDR", "svg": "SVG", "xwd": "XWD", "pcx": "PCX", "dds": "DDS"}
 
 _libav_logger = logging.getLogger("libav")
 _logging_configured = {"av": False, "decord": False}
@@ -272,12 +294,17 @@ class PyAVReader(_ReaderBase):
     backend = "pyav"
 
     def __init__(self, path, *, max_side: int = DEFAULT_MAX_SIDE, strict: bool = True, mode: str = "seek",
-                 index: bool = True):
+                 index: bool = True, progress: bool | None = None):
         if mode not in ("seek", "sequential"):
             raise ValueError(f"mode must be 'seek' or 'sequential', got {mode!r}")
         self.path = check_path(path)
         self.strict = strict
         self.mode = mode
+        self.progress = progress
+        self.seek_problem: str | None = None  # why seeking is not used (set when it is unreliable)
+        self.frames_converted = 0  # decoded frames converted to RGB (the sampled ones only)
+        self._cursor: _Cursor | None = None  # a decode in progress, resumed by the next iter_frames call
+        self._first_packet = None  # (pts or dts, size) of the stream's first packet, to verify rewinds
         self.decode_errors = 0
         self.index_mode = "unindexed"  # "pts" | "decode-order" once indexed
         self.libav_messages: list[str] = []
@@ -310,6 +337,12 @@ class PyAVReader(_ReaderBase):
         s = self._stream = streams[0]
         s.thread_type = "AUTO"
         cc = s.codec_context
+        fmt = c.format
+        self.format_name = str(fmt.name or "")
+        self._check_not_an_image(cc)
+        if int(getattr(fmt, "flags", 0) or 0) & _AVFMT_TS_DISCONT:
+            self.seek_problem = (f"{fmt.long_name or self.format_name} ({self.format_name}) has no seek index: seeks "
+                                 f"land on arbitrary packets, not on the keyframe asked for")
         w, h = int(cc.width or 0), int(cc.height or 0)
         if w <= 0 or h <= 0:
             raise ResolutionError(self.path, f"invalid frame size {w}x{h} (stream header unreadable)")
@@ -345,6 +378,35 @@ class PyAVReader(_ReaderBase):
         self.width, self.height = (h, w) if rot in (90, 270) else (w, h)
         self.decode_errors = 0
 
+    @property
+    def seek_reliable(self) -> bool:
+        """False for containers without a seek index (MPEG-PS/TS, ...) and after a seek that missed:
+        frames are then decoded sequentially from the start, never by seeking."""
+        return self.seek_problem is None
+
+    def _check_not_an_image(self, cc) -> None:
+        """A still image is not a video, whatever the file is called: FFmpeg opens PNG/JPEG/... files (also
+        renamed ``.mp4``/``.avi``) with an image demuxer that yields the picture as a one-frame stream,
+        which would be sampled as copies of one frame. Decided by content (the demuxer FFmpeg's probe
+        chose from the bytes, and one picture in it); a pipe of several images is a video."""
+        name = self.format_name
+        if not (name in ("image2", "image2pipe") or name.endswith("_pipe")):
+            return
+        pictures = 0
+        try:
+            for pkt in self._container.demux(self._stream):
+                if pkt.size:
+                    pictures += 1
+                    if pictures > 1:
+                        break
+        except self._av.error.FFmpegError:
+            pass
+        if pictures > 1:
+            return  # the next decode rewinds
+        kind = _IMAGE_NAMES.get(str(cc.name or ""), str(cc.name or name.replace("_pipe", "")).upper())
+        raise ImageNotVideoError(self.path, f"is a {kind} image, not a video (a single still picture; detected from "
+                                            f"the file's content, not its name)")
+
     def _build_index(self) -> None:
         """Demux every packet (no decoding) and decide how frames are identified (see module doc)."""
         av = self._av
@@ -355,6 +417,8 @@ class PyAVReader(_ReaderBase):
                 for pkt in self._container.demux(self._stream):
                     if pkt.size == 0:  # flush packet, or an AVI "repeat the previous frame" index entry
                         continue
+                    if not times:
+                        self._first_packet = _packet_id(pkt)
                     times.append(pkt.pts if pkt.pts is not None else pkt.dts)
                     durs.append(int(pkt.duration or 0))
                     keys.append(bool(pkt.is_keyframe))
@@ -448,7 +512,7 @@ class PyAVReader(_ReaderBase):
         count = 0
         saved, self.strict = self.strict, False
         try:
-            for _ in self._decode_from(None):
+            for _ in self._decode_from(None, progress=("indexing", packets)):
                 count += 1
         finally:
             self.strict = saved
@@ -474,11 +538,17 @@ class PyAVReader(_ReaderBase):
         saved, self.strict = self.strict, False
         try:
             keys = [k for k in self._key_pts if k <= int(self._pts[-1])]
-            for key in reversed(keys[-4:]):
+            # without reliable seeking: one sequential pass over the whole stream
+            starts = reversed(keys[-4:]) if self.seek_reliable else [None]
+            for key in starts:
                 last = -1
-                for frame in self._decode_from(key):
-                    if frame.pts is not None and int(frame.pts) in self._pts_to_index:
-                        last = max(last, self._pts_to_index[int(frame.pts)])
+                try:
+                    for frame in self._decode_from(key, progress=None if key is not None else ("checking", None)):
+                        if frame.pts is not None and int(frame.pts) in self._pts_to_index:
+                            last = max(last, self._pts_to_index[int(frame.pts)])
+                except _SeekMissed as e:
+                    self._seek_missed(e)
+                    return self._trim_to_decodable()
                 if last >= 0:
                     n = last + 1
                     if n < self.num_frames:
@@ -500,22 +570,36 @@ class PyAVReader(_ReaderBase):
     # ------------------------------------------------------------------ decoding
     def _rewind(self) -> None:
         """Back to the first packet. Raw elementary streams (``.h264``, ``.m4v``) cannot seek at
-        all (libav: "Operation not permitted"): reopen the file instead."""
+        all (libav: "Operation not permitted"), and containers without a seek index (MPEG-PS/TS)
+        may not land on the first packet: reopen the file instead."""
         av = self._av
-        try:
-            self._container.seek(0)
-            return
-        except av.error.FFmpegError as e:
-            logger.debug("%s: cannot seek to the start (%s); reopening", self.path, _av_msg(e))
+        if self.seek_reliable:
+            try:
+                self._container.seek(0)
+                return
+            except av.error.FFmpegError as e:
+                logger.debug("%s: cannot seek to the start (%s); reopening", self.path, _av_msg(e))
+        self._reopen()
+
+    def _reopen(self) -> None:
+        av = self._av
         index = self._stream.index
         self._container.close()
         self._container = av.open(self.path, metadata_errors="ignore")
         self._stream = self._container.streams[index]
         self._stream.thread_type = "AUTO"
 
-    def _decode_from(self, seek_pts: int | None, limit_packets: int | None = None):
-        """Yield decoded frames starting at the keyframe at or before ``seek_pts`` (None: start)."""
+    def _decode_from(self, seek_pts: int | None, limit_packets: int | None = None, progress=None):
+        """Decoded frames (a generator) starting at the keyframe at or before ``seek_pts`` (None: start).
+        The container is repositioned now, not when the generator is first advanced.
+
+        Where the demuxer landed is verified before anything is decoded: after a seek, the first packet
+        must be a keyframe at or before ``seek_pts`` (else :class:`_SeekMissed` is raised: the caller
+        decodes sequentially instead); after a rewind, it must be the stream's first packet (else the
+        file is reopened). ``progress=(label, total)`` shows a progress bar over the frames decoded
+        (long sequential passes; see :func:`_progress_bar`)."""
         av = self._av
+        self._cursor = None  # the container is repositioned: any decode in progress is invalid
         c, s = self._container, self._stream
         try:
             if seek_pts is None:
@@ -524,9 +608,24 @@ class PyAVReader(_ReaderBase):
                 c.seek(int(seek_pts), stream=s, backward=True, any_frame=False)
         except av.error.FFmpegError as e:
             raise CorruptVideoError(self.path, f"seek failed ({_av_msg(e)})") from e
-        c, s = self._container, self._stream
-        it = c.demux(s)
+        it = self._container.demux(self._stream)
+        return self._decode_packets(it, seek_pts, limit_packets, progress)
+
+    def _decode_packets(self, it, seek_pts, limit_packets, progress):
+        bar = None
+        if progress is not None:
+            bar = _progress_bar(self.progress, progress[1], f"{progress[0]} {os.path.basename(self.path)}")
+        try:
+            yield from self._decode_packets_inner(it, seek_pts, limit_packets, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _decode_packets_inner(self, it, seek_pts, limit_packets, bar):
+        av = self._av
+        s = self._stream
         k = 0
+        verify = True
         while True:
             try:
                 pkt = next(it)
@@ -538,6 +637,19 @@ class PyAVReader(_ReaderBase):
                     raise CorruptVideoError(self.path, f"demuxing failed ({_av_msg(e)})") from e
                 logger.warning("%s: demuxing stopped (%s)", self.path, _av_msg(e))
                 pkt = None
+            if verify and pkt is not None and pkt.size:
+                verify = False
+                if seek_pts is not None:
+                    where = pkt.pts if pkt.pts is not None else pkt.dts
+                    if not (pkt.is_keyframe and where is not None and where <= seek_pts):
+                        raise _SeekMissed(f"a seek to the keyframe at pts {seek_pts} landed on "
+                                          f"{'a keyframe' if pkt.is_keyframe else 'a non-keyframe packet'} at pts "
+                                          f"{where}")
+                elif self._first_packet is not None and _packet_id(pkt) != self._first_packet:
+                    logger.debug("%s: rewinding did not reach the first packet; reopening", self.path)
+                    self._reopen()
+                    it, s = self._container.demux(self._stream), self._stream
+                    continue
             k += 1
             if limit_packets is not None and k > limit_packets:
                 return
@@ -550,11 +662,18 @@ class PyAVReader(_ReaderBase):
                 if self.decode_errors > _MAX_DECODE_ERRORS:
                     raise CorruptVideoError(self.path, f"too many bitstream errors ({self.decode_errors})") from e
                 continue
+            if bar is not None and frames:
+                bar.update(len(frames))
             yield from frames
             if pkt is None:
                 return
 
+    def _seek_missed(self, e: "_SeekMissed") -> None:
+        self.seek_problem = f"seeking is unreliable in this file ({e})"
+        logger.info("%s: %s; decoding sequentially from the start instead", self.path, self.seek_problem)
+
     def _to_rgb(self, frame) -> np.ndarray:
+        self.frames_converted += 1
         arr = frame.to_ndarray(format="rgb24")
         return _rotate(arr, self.rotation)
 
@@ -571,6 +690,11 @@ class PyAVReader(_ReaderBase):
         return self._key_pts[max(j, 0)]
 
     def iter_frames(self, indices) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(index, RGB frame)`` for non-decreasing ``indices``. Only the wanted frames are
+        converted to RGB and only the last one is held, so memory does not grow with the video's length.
+        The decode position is kept between calls: consecutive calls with increasing indices (the
+        chunked reader) continue one pass instead of restarting it, which matters for files that are
+        decoded sequentially (no reliable seeking, decoder-order index)."""
         if self._pts is None and not hasattr(self, "timestamps"):
             self._build_index()
         idx = np.asarray(indices, dtype=np.int64)
@@ -578,56 +702,98 @@ class PyAVReader(_ReaderBase):
             return
         if np.any(np.diff(idx) < 0):
             raise ValueError("iter_frames needs non-decreasing indices")
-        seekable = self.mode == "seek" and self._pts is not None
-        gen, cur, counter = None, -1, -1
-        last_frame, last_i = None, -1
+        st = self._cursor if self._cursor is not None else _Cursor()
         pos = 0
         while pos < idx.size:
+            seekable = self.mode == "seek" and self._pts is not None and self.seek_reliable
             target = int(idx[pos])
-            if target == last_i:  # repeated index: reuse the frame we hold
-                yield target, last_frame
+            if target == st.last_i:  # repeated index: reuse the frame we hold
+                yield target, st.last_frame
                 pos += 1
                 continue
-            need_seek = gen is None or cur >= target
-            if seekable and not need_seek and self._keyframe_before(target) > int(self._pts[max(cur, 0)]):
+            need_seek = st.gen is None or st.cur >= target
+            if seekable and not need_seek and self._keyframe_before(target) > int(self._pts[max(st.cur, 0)]):
                 need_seek = True
             if need_seek:
-                seek_pts = self._keyframe_before(target) if seekable else None
-                gen, cur, counter = self._decode_from(seek_pts), -1, -1
-                if not seekable:
-                    counter = -1
+                st = _Cursor()
+                st.seek_pts = self._keyframe_before(target) if seekable else None
+                st.gen = self._decode_from(st.seek_pts, progress=None if seekable else ("decoding", self.num_frames))
+                self._cursor = st  # after _decode_from, which resets it
             found = False
-            for frame in gen:
-                counter += 1
-                i = self._frame_index(frame, counter)
-                cur = i
-                if i == target:
-                    found = True
-                    break
-                if i > target:
-                    break
+            try:
+                for frame in st.gen:
+                    st.counter += 1
+                    i = self._frame_index(frame, st.counter)
+                    st.cur = i
+                    if i == target:
+                        found = True
+                        break
+                    if i > target:
+                        break
+            except _SeekMissed as e:  # the demuxer did not land on the keyframe: never seek again here
+                self._seek_missed(e)
+                st.gen = None
+                continue
             if not found:
-                if cur > target and seekable and seek_pts is not None and seek_pts > int(self._pts[0]):
+                if st.cur > target and seekable and st.seek_pts is not None and st.seek_pts > int(self._pts[0]):
                     # the seek landed past the target (bad index in the file): decode from the start
-                    seekable = False
-                    gen = None
+                    self._seek_missed(_SeekMissed(f"a seek for frame {target} landed past it"))
+                    st.gen = None
                     continue
+                self._cursor = None
                 raise CorruptVideoError(
                     self.path,
-                    f"frame {target} could not be decoded (stream ended or broke near frame {max(cur, 0)} "
+                    f"frame {target} could not be decoded (stream ended or broke near frame {max(st.cur, 0)} "
                     f"of {self.num_frames}; truncated or corrupt)",
                 )
-            last_frame, last_i = self._to_rgb(frame), target
-            yield target, last_frame
+            st.last_frame, st.last_i = self._to_rgb(frame), target
+            del frame
+            yield target, st.last_frame
             pos += 1
 
     def close(self) -> None:
+        cur, self._cursor = getattr(self, "_cursor", None), None
+        if cur is not None and cur.gen is not None:
+            cur.gen.close()  # closes its progress bar
         c = getattr(self, "_container", None)
         if c is not None:
             try:
                 c.close()
             finally:
                 self._container = None
+
+
+class _Cursor:
+    """Where a decode in progress is: its frame generator, the last decoded index and the last frame
+    handed out (kept for a repeated index)."""
+
+    __slots__ = ("gen", "cur", "counter", "seek_pts", "last_i", "last_frame")
+
+    def __init__(self):
+        self.gen, self.cur, self.counter, self.seek_pts, self.last_i, self.last_frame = None, -1, -1, None, -1, None
+
+
+class _SeekMissed(Exception):
+    """A seek did not land where the index says the keyframe is (internal: the reader then decodes
+    sequentially)."""
+
+
+def _packet_id(pkt) -> tuple:
+    return (pkt.pts if pkt.pts is not None else pkt.dts, int(pkt.size))
+
+
+def _progress_bar(enabled: bool | None, total: int | None, desc: str):
+    """A tqdm bar on stderr for a long decoding pass, or None. ``enabled``: ``False`` never, ``True``
+    always, ``None`` (default) only on a terminal and only once the pass has run for 2 s."""
+    if enabled is False:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        return None
+    kw = {} if enabled else {"disable": None, "delay": 2.0}
+    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False, dynamic_ncols=True,
+                mininterval=0.5, **kw)
 
 
 class DecordReader(_ReaderBase):
@@ -655,6 +821,10 @@ class DecordReader(_ReaderBase):
         _configure_decord_logging(decord)
         if probe.rotation:
             raise DecordFailure(self.path, f"decord does not handle rotation metadata ({probe.rotation} degrees)")
+        if not probe.seek_reliable:
+            raise DecordFailure(
+                self.path, f"decord seeks by timestamp, and {probe.seek_problem}; decord's frames would be wrong "
+                           f"(PyAV decodes this file sequentially)")
         if probe.index_mode != "pts":
             raise DecordFailure(
                 self.path, "decord locates frames by container timestamps, which do not identify the frames in this "
@@ -829,19 +999,20 @@ def _first_line(e) -> str:
 
 
 def open_reader(path, backend: str = "auto", *, max_side: int = DEFAULT_MAX_SIDE, strict: bool = True,
-                pyav_mode: str = "seek") -> _ReaderBase:
+                pyav_mode: str = "seek", progress: bool | None = None) -> _ReaderBase:
     """Open ``path`` with the requested backend (``"auto"``: decord when it agrees with PyAV's
     index, else PyAV).
 
     PyAV always opens and indexes the file first (it classifies bad input the same way for every
     backend and provides the reference index); for decord that reader is then closed, for a
-    fallback it is returned as is (no second open).
+    fallback it is returned as is (no second open). ``progress``: tqdm bar for long sequential
+    decoding passes (``None``: only on a terminal; ``False``: never).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pyav" or (backend == "auto" and not decord_available()):
-        return PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode)
-    pyav = PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode)
+        return PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode, progress=progress)
+    pyav = PyAVReader(path, max_side=max_side, strict=strict, mode=pyav_mode, progress=progress)
     try:
         reader = DecordReader(path, pyav, strict=strict)
     except (DecordFailure, BackendUnavailableError) as e:

@@ -17,6 +17,7 @@ __all__ = [
     "NotAFileError",
     "EmptyVideoFileError",
     "NotAVideoError",
+    "ImageNotVideoError",
     "NoVideoStreamError",
     "CorruptVideoError",
     "TruncatedVideoError",
@@ -59,6 +60,12 @@ class EmptyVideoFileError(VideoError):
 
 class NotAVideoError(VideoError):
     """No demuxer recognises the file (text, image, random bytes, ...)."""
+
+
+class ImageNotVideoError(NotAVideoError):
+    """The file is a still image (PNG, JPEG, BMP, WebP, ...), whatever its name says (a PNG renamed
+    ``.mp4`` included): one picture is not a video, so it is refused rather than answered as copies
+    of one frame. Detected by content (FFmpeg's image demuxers, one picture), never by extension."""
 
 
 class NoVideoStreamError(VideoError):

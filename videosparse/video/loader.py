@@ -44,6 +44,7 @@ def load_video(
     sample_fps: float = 1.0,
     max_side: int = DEFAULT_MAX_SIDE,
     strict: bool = True,
+    progress: bool | None = None,
 ) -> Clip:
     """Decode sampled frames of a video file.
 
@@ -62,6 +63,8 @@ def load_video(
         sample_fps: rate for ``strategy="fps"``.
         max_side: largest accepted width/height (:class:`ResolutionError` above it).
         strict: raise on truncated or corrupt streams; ``False`` logs and uses what decodes.
+        progress: tqdm bar on stderr for long sequential decoding passes (files without reliable
+            seeking, decoder-order indexing): ``None`` (default) only on a terminal, ``False`` never.
 
     Returns:
         :class:`Clip` with ``frames`` ``uint8 (T, H, W, 3)`` RGB.
@@ -69,7 +72,7 @@ def load_video(
     Raises:
         VideoError: a subclass naming the file and the reason (see ``videosparse.video.errors``).
     """
-    reader = open_reader(path, backend, max_side=max_side, strict=strict)
+    reader = open_reader(path, backend, max_side=max_side, strict=strict, progress=progress)
     try:
         idx = sample_indices(reader.timestamps, num_frames, strategy, indices=indices, start=start, end=end,
                              sample_fps=sample_fps, path=reader.path)
@@ -80,7 +83,7 @@ def load_video(
                 raise
             logger.info("%s; falling back to PyAV", e)
             reader.close()
-            reader = open_reader(path, "pyav", max_side=max_side, strict=strict)
+            reader = open_reader(path, "pyav", max_side=max_side, strict=strict, progress=progress)
             idx = sample_indices(reader.timestamps, num_frames, strategy, indices=indices, start=start, end=end,
                                  sample_fps=sample_fps, path=reader.path)
             frames = reader.get_frames(idx)
@@ -103,7 +106,8 @@ class ChunkedVideo:
     def __init__(self, path, chunk_size: int = 32, *, num_frames: int | None = None, strategy: str = "uniform",
                  indices: Sequence[int] | np.ndarray | None = None, start: float | None = None,
                  end: float | None = None, sample_fps: float = 1.0, backend: str = "auto",
-                 max_side: int = DEFAULT_MAX_SIDE, strict: bool = True, distinct: bool = False) -> None:
+                 max_side: int = DEFAULT_MAX_SIDE, strict: bool = True, distinct: bool = False,
+                 progress: bool | None = None) -> None:
         if int(chunk_size) != chunk_size or chunk_size < 1:
             raise SamplingError(None if path is None else str(path),
                                 f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -112,7 +116,8 @@ class ChunkedVideo:
         self._sampling = dict(num_frames=num_frames, strategy=strategy, indices=indices, start=start, end=end,
                               sample_fps=sample_fps)
         self._distinct = distinct
-        self._reader = open_reader(path, backend, max_side=max_side, strict=strict)
+        self._progress = progress
+        self._reader = open_reader(path, backend, max_side=max_side, strict=strict, progress=progress)
         try:
             self.indices = self._sample()
         except BaseException:
@@ -144,7 +149,8 @@ class ChunkedVideo:
                     raise
                 logger.info("%s; falling back to PyAV", e)
                 reader.close()
-                self._reader = reader = open_reader(self._path, "pyav", max_side=self._max_side, strict=self._strict)
+                self._reader = reader = open_reader(self._path, "pyav", max_side=self._max_side, strict=self._strict,
+                                                      progress=self._progress)
                 self.indices = idx = self._sample()
 
     def close(self) -> None:
@@ -170,6 +176,7 @@ def iter_chunks(
     backend: str = "auto",
     max_side: int = DEFAULT_MAX_SIDE,
     strict: bool = True,
+    progress: bool | None = None,
 ) -> Iterator[Clip]:
     """Yield the sampled frames of a (long) video as :class:`Clip` chunks of ``<= chunk_size``.
 
@@ -183,7 +190,8 @@ def iter_chunks(
     The fallback from decord to PyAV happens only before the first chunk is yielded.
     """
     with ChunkedVideo(path, chunk_size, num_frames=num_frames, strategy=strategy, indices=indices, start=start,
-                      end=end, sample_fps=sample_fps, backend=backend, max_side=max_side, strict=strict) as video:
+                      end=end, sample_fps=sample_fps, backend=backend, max_side=max_side, strict=strict,
+                      progress=progress) as video:
         yield from video
 
 
@@ -201,11 +209,13 @@ class VideoInfo:
     rotation: int
 
 
-def probe_video(path, backend: str = "auto", *, max_side: int = DEFAULT_MAX_SIDE, strict: bool = True) -> VideoInfo:
-    """Validate a file and return its metadata without decoding frames (beyond the first).
-
+def probe_video(path, backend: str = "auto", *, max_side: int = DEFAULT_MAX_SIDE, strict: bool = True,
+                progress: bool | None = None) -> VideoInfo:
+    """Validate a file and return its metadata, decoding the first frame only -- except files whose
+    container timestamps do not identify the frames, which are counted by decoding them once
+    (``progress`` as in :func:`load_video`).
     """
-    with open_reader(path, backend, max_side=max_side, strict=strict) as r:
+    with open_reader(path, backend, max_side=max_side, strict=strict, progress=progress) as r:
         return VideoInfo(path=r.path, backend=r.backend, num_frames=int(r.num_frames), fps=float(r.fps),
                          duration=float(r.duration), width=int(r.width), height=int(r.height),
                          rotation=int(r.rotation))

@@ -46,11 +46,13 @@ def write_video(
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
     input_format: str = "rgb24",
+    container_format: str | None = None,
 ) -> str:
     """Encode ``frames`` (``(H, W, 3)`` RGB uint8, or ``(H, W)`` with ``input_format="gray"``).
 
     ``pts_ms`` gives per-frame presentation times in milliseconds (variable frame rate);
-    ``rotation`` writes a display-matrix rotation (counter-clockwise degrees).
+    ``rotation`` writes a display-matrix rotation (counter-clockwise degrees); ``container_format``
+    names the muxer (``"mpeg"``, ``"vob"``, ``"mpegts"``, ...) when the extension does not.
     Returns the path.
     """
     import av
@@ -60,7 +62,7 @@ def write_video(
     first = next(it)
     h, w = first.shape[:2]
     rate = Fraction(fps).limit_denominator(1001) if pts_ms is None else None
-    with av.open(path, "w", options=container_options or {}) as c:
+    with av.open(path, "w", format=container_format, options=container_options or {}) as c:
         s = c.add_stream(codec, rate=rate) if rate is not None else c.add_stream(codec)
         s.width, s.height, s.pix_fmt = w, h, pix_fmt
         if options:
