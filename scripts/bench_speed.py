@@ -441,14 +441,12 @@ def layer_flops(n: int, geo: Geometry) -> float:
 
 
 def seen_per_layer(geo: Geometry, stage_layers: list, counts: list) -> list:
-    """Visual tokens each decoder layer sees (a stage at L shrinks after L)."""
-    stages = dict(zip(stage_layers, counts))
-    cur, out = geo.num_visual, []
-    for layer in range(geo.layers):
-        out.append(cur)
-        if layer in stages:
-            cur = stages[layer]
-    return out
+    """Visual tokens each decoder layer sees (a stage at L shrinks after L), from the tokens left after each stage
+    (the trace's counts): ``videosparse.config.Schedule.tokens_per_layer``, the package's one implementation."""
+    from videosparse.config import Schedule, Stage
+
+    stages = tuple(Stage(layer, int(c), 0) for layer, c in zip(stage_layers, counts))
+    return Schedule(geo.num_visual, geo.layers, stages).tokens_per_layer()
 
 
 def stage_recycling(cfg, geo: Geometry, prev_vis: int, total: int, planned: tuple | None = None) -> dict:

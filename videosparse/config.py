@@ -11,11 +11,9 @@ import functools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 logger = logging.getLogger(__name__)
-
-Budget = Union[int, float, str, tuple]
 
 METHODS = ("sparsevlm", "fastv", "random", "uniform")
 RATERS = ("sparsevlm", "last", "all")
@@ -241,7 +239,7 @@ class SparseConfig:
         if isinstance(b, list):
             b = tuple(tuple(x) for x in b)
             object.__setattr__(self, "budget", b)
-        self._validate_budget(self.budget)
+        Budget.of(self.budget)  # ValueError naming `budget`
         if isinstance(self.budget, tuple):
             # a schedule defines its stage layers: `layers` always reports the layers that run
             object.__setattr__(self, "layers", tuple(layer for layer, _ in self.budget))
@@ -324,50 +322,27 @@ class SparseConfig:
 
     @staticmethod
     def _validate_budget(b: Any) -> None:
-        if isinstance(b, bool):
-            raise ValueError(f"SparseConfig.budget: a bool is not a budget, got {b!r}")
-        if isinstance(b, int):
-            if b <= 0:
-                raise ValueError(f"SparseConfig.budget: must be > 0 tokens, got {b}")
-        elif isinstance(b, float):
-            if not (0.0 < b <= 1.0) or math.isnan(b):
-                raise ValueError(f"SparseConfig.budget: a fraction must be in (0, 1], got {b}")
-        elif isinstance(b, str):
-            if b != "rank":
-                eq = parse_equivalent(b)
-                if eq is None:
-                    raise ValueError(
-                        f"SparseConfig.budget: a string budget is 'rank' or equivalent tokens such as '194eq' "
-                        f"(or '0.094eq', a fraction of the visual tokens), got {b!r}")
-        elif isinstance(b, tuple):
-            if not b:
-                raise ValueError("SparseConfig.budget: a per-stage schedule needs at least one (layer, count)")
-            prev_layer, prev_count = -1, None
-            for item in b:
-                if len(item) != 2:
-                    raise ValueError(f"SparseConfig.budget: schedule items are (layer, count), got {item!r}")
-                layer, count = item
-                if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
-                    raise ValueError(f"SparseConfig.budget: schedule layer must be an int >= 0, got {layer!r}")
-                if layer <= prev_layer:
-                    raise ValueError(f"SparseConfig.budget: schedule layers must be strictly increasing, got {b}")
-                if isinstance(count, bool) or not isinstance(count, (int, float)) or count <= 0:
-                    raise ValueError(f"SparseConfig.budget: schedule count must be > 0, got {count!r}")
-                if isinstance(count, float) and count > 1.0:
-                    raise ValueError(f"SparseConfig.budget: a schedule fraction must be in (0, 1], got {count}")
-                if prev_count is not None and type(count) is type(prev_count) and count > prev_count:
-                    raise ValueError(f"SparseConfig.budget: schedule counts must not increase, got {b}")
-                prev_layer, prev_count = layer, count
-        else:
-            raise ValueError(
-                f"SparseConfig.budget: expected int, float fraction, 'rank' or [(layer, count), ...], got {b!r}"
-            )
+        """Deprecated alias of ``Budget.of(b)`` (kept for callers of earlier releases)."""
+        Budget.of(b)
+
+    @property
+    def budget_value(self) -> "Budget":
+        """The budget as a typed value (what kind of budget, and its value)."""
+        return Budget.of(self.budget)
 
     # ------------------------------------------------------------------ derived
     @property
     def stage_layers(self) -> tuple:
         """Layers of the stages that run (always equal to ``layers``; a schedule budget sets them)."""
         return self.layers
+
+    def schedule(self, num_visual: int, num_layers: int | None = None) -> "Schedule":
+        """The stages this config runs on an input of ``num_visual`` visual tokens per sample and a
+        ``num_layers``-layer decoder: the one place stage layers and counts are resolved (the engine, the
+        trace, ``describe``, the equivalent-token solver and the benchmarks read it). Resolved once per
+        (config, input size, depth). ``num_layers`` is needed for an equivalent-token budget ('194eq').
+        Raises ValueError (naming ``budget``) when a count is impossible for ``num_visual``."""
+        return _schedule(self, int(num_visual), None if num_layers is None else int(num_layers))
 
     def stage_counts(self, num_visual: int, num_layers: int | None = None) -> list:
         """Visual tokens each stage selects (before recycled tokens added on top) for ``num_visual``
@@ -377,12 +352,16 @@ class SparseConfig:
         ``num_layers`` (the decoder depth) is needed for an equivalent-token budget ('194eq').
         Raises ValueError (naming ``budget``) when a count is impossible for ``num_visual``.
         """
-        return [k for _, k, _ in self.stage_plan(num_visual, num_layers)]
+        return [st.selected for st in self.schedule(num_visual, num_layers).stages]
 
     def stage_plan(self, num_visual: int, num_layers: int | None = None) -> list:
-        """``[(layer, selected, merged_on_top), ...]`` per stage: the tokens a stage selects and the merged
-        tokens recycle_rule='seed' adds on top (0 otherwise); the stage leaves selected + merged tokens.
-        ``None`` counts for rank-adaptive stages."""
+        """``[(layer, selected, merged_on_top), ...]`` per stage (the tuples of ``schedule(...).stages``): the
+        tokens a stage selects and the merged tokens recycle_rule='seed' adds on top (0 otherwise); the stage
+        leaves selected + merged tokens. ``None`` counts for rank-adaptive stages."""
+        return [(st.layer, st.selected, st.merged) for st in self.schedule(num_visual, num_layers).stages]
+
+    def _resolve_plan(self, num_visual: int, num_layers: int | None) -> list:
+        """Resolve the budget into ``[(layer, selected, merged_on_top)]`` (uncached; see ``schedule``)."""
         if num_visual <= 0:
             raise ValueError("SparseConfig.budget: the input has no visual tokens to prune")
         b = self.budget
@@ -531,7 +510,7 @@ class SparseConfig:
         or a ``num_layers``-layer decoder, as running it would.
         """
         self.check_layers(num_layers)
-        plan = self.stage_plan(num_visual, num_layers)
+        plan = self.stage_plan(num_visual, num_layers)  # the schedule's stages, as tuples
         head = f"{self.name} ({self.method}): {num_visual} visual tokens, {num_layers} layers; "
         n = len(self.layers)
         layers = ", ".join(str(x) for x in self.layers)
@@ -565,7 +544,7 @@ class SparseConfig:
         """SparseVLM's equivalent tokens: mean over decoder layers of the visual tokens each layer sees
         (merged tokens included). ``counts``: tokens left after each stage (default: from the plan)."""
         if counts is None:
-            counts = [None if k is None else k + m for _, k, m in self.stage_plan(num_visual, num_layers)]
+            counts = [st.after for st in self.schedule(num_visual, num_layers).stages]
         return equivalent_tokens(num_visual, num_layers, self.stage_layers, counts)
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -637,6 +616,140 @@ class SparseConfig:
             spec["stage_shape"] = _fit(tuple(spec["stage_shape"]), len(layers))  # stages dropped on shallow decoders
         spec.update(overrides)
         return cls(budget=budget, layers=layers, name=name, **spec)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A budget as a typed value: what the user asked for, parsed and validated once.
+
+    kind:  ``"kept"`` (int: visual tokens left after the last stage), ``"fraction"`` (float in (0, 1] of the
+           input's visual tokens), ``"equivalent"`` (``'194eq'``: mean visual tokens per decoder layer;
+           ``'0.094eq'``: a fraction of the visual tokens), ``"rank"`` (rank-adaptive counts) or
+           ``"schedule"`` (``((layer, count), ...)``).
+    value: the int, the float, the equivalent target (float), ``"rank"``, or the schedule tuple.
+    raw:   what ``SparseConfig.budget`` holds (and config files store) for it.
+    """
+
+    kind: str
+    value: Any
+    raw: Any
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        """A budget as typed on a command line (``'194'``, ``'0.1'``, ``'194eq'``, ``'rank'``), syntax and
+        ranges checked. Raises ValueError naming what is wrong."""
+        return cls.of(parse_budget(text))
+
+    @classmethod
+    def of(cls, b: Any) -> "Budget":
+        """The Budget of a ``SparseConfig.budget`` value; ValueError (naming ``SparseConfig.budget``) otherwise."""
+        if isinstance(b, bool):
+            raise ValueError(f"SparseConfig.budget: a bool is not a budget, got {b!r}")
+        if isinstance(b, int):
+            if b <= 0:
+                raise ValueError(f"SparseConfig.budget: must be > 0 tokens, got {b}")
+            return cls("kept", b, b)
+        if isinstance(b, float):
+            if not (0.0 < b <= 1.0) or math.isnan(b):
+                raise ValueError(f"SparseConfig.budget: a fraction must be in (0, 1], got {b}")
+            return cls("fraction", b, b)
+        if isinstance(b, str):
+            if b == "rank":
+                return cls("rank", "rank", b)
+            eq = parse_equivalent(b)
+            if eq is None:
+                raise ValueError(
+                    f"SparseConfig.budget: a string budget is 'rank' or equivalent tokens such as '194eq' "
+                    f"(or '0.094eq', a fraction of the visual tokens), got {b!r}")
+            return cls("equivalent", eq, b)
+        if isinstance(b, list):
+            b = tuple(tuple(x) for x in b)
+        if isinstance(b, tuple):
+            _check_schedule(b)
+            return cls("schedule", b, b)
+        raise ValueError(
+            f"SparseConfig.budget: expected int, float fraction, 'rank' or [(layer, count), ...], got {b!r}"
+        )
+
+
+def _check_schedule(b: tuple) -> None:
+    if not b:
+        raise ValueError("SparseConfig.budget: a per-stage schedule needs at least one (layer, count)")
+    prev_layer, prev_count = -1, None
+    for item in b:
+        if len(item) != 2:
+            raise ValueError(f"SparseConfig.budget: schedule items are (layer, count), got {item!r}")
+        layer, count = item
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+            raise ValueError(f"SparseConfig.budget: schedule layer must be an int >= 0, got {layer!r}")
+        if layer <= prev_layer:
+            raise ValueError(f"SparseConfig.budget: schedule layers must be strictly increasing, got {b}")
+        if isinstance(count, bool) or not isinstance(count, (int, float)) or count <= 0:
+            raise ValueError(f"SparseConfig.budget: schedule count must be > 0, got {count!r}")
+        if isinstance(count, float) and count > 1.0:
+            raise ValueError(f"SparseConfig.budget: a schedule fraction must be in (0, 1], got {count}")
+        if prev_count is not None and type(count) is type(prev_count) and count > prev_count:
+            raise ValueError(f"SparseConfig.budget: schedule counts must not increase, got {b}")
+        prev_layer, prev_count = layer, count
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a Schedule: it scores with ``layer``'s attention and shrinks the sequence after it.
+
+    selected: visual tokens it selects (None: rank-adaptive, decided from the data)
+    merged:   merged tokens the seed's recycling adds on top (0 otherwise; None when decided from the data)
+    """
+
+    layer: int
+    selected: int | None
+    merged: int | None
+
+    @property
+    def after(self) -> int | None:
+        """Visual tokens left after the stage (None when decided from the data)."""
+        return None if self.selected is None else self.selected + (self.merged or 0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a config does on one input size and decoder depth (``SparseConfig.schedule``)."""
+
+    num_visual: int
+    num_layers: int | None
+    stages: tuple
+
+    @property
+    def layers(self) -> tuple:
+        return tuple(st.layer for st in self.stages)
+
+    @property
+    def adaptive(self) -> bool:
+        """True when counts are decided from the data (rank-adaptive)."""
+        return any(st.selected is None for st in self.stages)
+
+    def tokens_per_layer(self) -> list | None:
+        """Visual tokens each decoder layer sees (layers up to a stage see what it starts with); None when
+        the depth is unknown or the counts are decided from the data."""
+        if self.num_layers is None or self.adaptive:
+            return None
+        out, current, after = [], self.num_visual, {st.layer: st.after for st in self.stages}
+        for layer in range(self.num_layers):
+            out.append(current)
+            current = after.get(layer, current)
+        return out
+
+    @property
+    def equivalent_tokens(self) -> float | None:
+        """SparseVLM's equivalent tokens: the mean of ``tokens_per_layer()`` (None when not fixed)."""
+        seen = self.tokens_per_layer()
+        return None if seen is None else sum(seen) / len(seen)
+
+
+@functools.lru_cache(maxsize=1024)
+def _schedule(cfg: "SparseConfig", num_visual: int, num_layers: int | None) -> Schedule:
+    plan = cfg._resolve_plan(num_visual, num_layers)
+    return Schedule(num_visual, num_layers, tuple(Stage(layer, k, m) for layer, k, m in plan))
 
 
 @functools.lru_cache(maxsize=256)

@@ -178,7 +178,7 @@ class _Prefill:
         self.pooled = lay.ids is not None
         self.Nv = int(lay.ids.shape[1]) if self.pooled else T * P  # visual tokens in the sequence
         self.Nv_all = T * P  # visual tokens of the sampled frames (trace coordinates)
-        self.counts = cfg.stage_counts(self.Nv, fam.num_layers)  # ValueError naming `budget` when impossible
+        self.schedule = cfg.schedule(self.Nv, fam.num_layers)  # ValueError naming `budget` when impossible
         vis_start = vm.float().argmax(dim=1)
         vis_pos = vis_start[:, None] + torch.arange(self.Nv, device=dev)[None]
         if bool((vis_pos >= N).any()) or not bool(vm.gather(1, vis_pos.clamp(max=N - 1)).all()):
@@ -301,7 +301,7 @@ class _Prefill:
         key_valid = self.mask2d.gather(1, self.cur)
         vis_local = torch.searchsorted(self.cur, self.cur_vis)  # positions of visual tokens in the current sequence
         M = self.cur_vis.shape[1]
-        count = self.counts[s_idx]
+        count = self.schedule.stages[s_idx].selected  # None: rank-adaptive, decided below from the scores
         if cfg.method == "sparsevlm":
             k = self.stage_keys(layer, li, h_in)
             q, qpos_local, rater_valid = q_rows
@@ -327,6 +327,9 @@ class _Prefill:
                 rank = relevance_rank(probs, rater_valid, vis_local)
                 count = rank_adaptive_count(M, rank, cfg.rank_lambda, rule=cfg.rank_rule, scale=cfg.rank_scale,
                                             bias=cfg.rank_bias)
+                count = min(int(count), M)
+                if cfg.clamp_counts and M > 1:
+                    count = min(count, M - 1)  # the seed's min(count, N - 1), as the schedule does for fixed counts
                 # the seed rules ('linear', 'rank') are reproduced as published; only the lambda rule warns
                 msg = (rank_count_warning(count, rank, li, T, self.Nv, cfg.rank_lambda)
                        if cfg.rank_rule == "lambda" else None)
@@ -339,9 +342,8 @@ class _Prefill:
             scores = random_scores(self.cur_vis_id, self.Nv_all, cfg.seed)
         else:  # uniform
             scores = uniform_scores(self.cur_vis_id, count)
-        count = min(int(count), M)
-        if cfg.clamp_counts and M > 1:
-            count = min(count, M - 1)  # the seed's min(count, N - 1)
+        if count > M:  # the schedule resolved the counts for this input: a stage never asks for more than it has
+            raise RuntimeError(f"videosparse: internal error: stage {s_idx} was scheduled to keep {count} of {M} tokens")
         frame_id = self.cur_vis_id // P
         forced = (self.cur_vis_id % P == 0) if (cfg.keep_cls and fam.has_cls) else None
         override = None

@@ -1,0 +1,221 @@
+"""The contract every model family passes (tiny random models built from configs, both attention backends).
+
+A new family gets the whole suite by adding one `Family` to FAMILIES:
+* keep-all is exact: with every visual token kept, forward logits and greedy generation (batch 1 and 2, left
+  padding) equal the stock model's;
+* scores equal the stock model's eager attention of the rater rows at the stage layer;
+* a pruned prefill equals a slow reference that drives the stock decoder layers by hand, without a cache, on
+  the gathered rows (its own causal mask and gathered rotary tables; nothing of the engine);
+* a batch equals each sample alone (kept sets and generated tokens);
+* `remove()` restores the model bit-exactly (hooks, attributes, logits, generation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from conftest import VIDEO_TOKEN, make_inputs, make_model
+from videosparse import SparseConfig, sparsify
+
+ATTN = ["eager", "sdpa"]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    build: Callable[..., Any]  # (attn, seed) -> model in eval mode
+    inputs: Callable[..., dict]  # (model, questions, seed) -> generate/forward kwargs, left padded
+    visual_mask: Callable[..., torch.Tensor]  # (model, inputs) -> (B, N) bool, the visual tokens
+    decoder: Callable[..., Any]  # model -> the language model (layers, norm)
+    lm_head: Callable[..., Any]  # model -> the output projection
+    single: Callable[..., dict]  # (inputs, b) -> sample b alone, unpadded
+    num_layers: int = 4
+
+
+def _vl_single(inp: dict, b: int) -> dict:
+    L = int(inp["attention_mask"][b].sum())
+    return {"input_ids": inp["input_ids"][b : b + 1, -L:], "attention_mask": inp["attention_mask"][b : b + 1, -L:],
+            "pixel_values_videos": inp["pixel_values_videos"][b : b + 1]}
+
+
+FAMILIES = {
+    "video_llava": Family(
+        name="video_llava",
+        build=lambda attn, seed=0: make_model(attn, seed=seed),
+        inputs=lambda model, questions, seed=1: make_inputs(model, questions=questions, seed=seed),
+        visual_mask=lambda model, inp: inp["input_ids"] == VIDEO_TOKEN,
+        decoder=lambda model: model.model.language_model,
+        lm_head=lambda model: model.lm_head,
+        single=_vl_single,
+    ),
+}
+QUESTIONS = ((9, 10, 11, 12, 13), (14, 15))  # different lengths -> left padding
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request):
+    return FAMILIES[request.param]
+
+
+@pytest.fixture(scope="module")
+def models(family):
+    return {attn: family.build(attn, seed=0) for attn in ATTN}
+
+
+def _gen(model, inp, n=6):
+    out = model.generate(**inp, max_new_tokens=n, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=0)
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+def _hooks_and_attrs(model):
+    return {name: (tuple(m._forward_pre_hooks), tuple(m._forward_hooks), frozenset(m.__dict__),
+                   m.__dict__.get("forward")) for name, m in model.named_modules()}
+
+
+# ----------------------------------------------------------------------------- keep-all is exact
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("layers", [(1,), (0, 2)])
+def test_keep_all_equals_the_stock_model(family, models, attn, batch, layers):
+    model = models[attn]
+    inp = family.inputs(model, QUESTIONS[:batch])
+    nv = int(family.visual_mask(model, inp)[0].sum())
+    with torch.no_grad():
+        ref = model(**inp).logits
+        ref_seq, ref_logits = _gen(model, inp)
+        cfg = SparseConfig(budget=1.0, layers=layers, recycle=True, temporal_tau=0.9, frame_floor=1)
+        with sparsify(model, cfg) as h:
+            out = model(**inp).logits
+            seq, logits = _gen(model, inp)
+            assert h.trace.counts == [nv] * len(layers)
+    assert (out - ref).abs().max().item() <= 1e-6
+    assert (logits - ref_logits).abs().max().item() <= 1e-6
+    assert torch.equal(seq, ref_seq)
+
+
+# ----------------------------------------------------------------------------- scores
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_scores_equal_the_stock_eager_attention_of_the_rater_rows(family, layer):
+    model = family.build("eager", seed=4)
+    inp = family.inputs(model, QUESTIONS)
+    vm = family.visual_mask(model, inp)
+    with torch.no_grad():
+        att = model(**inp, output_attentions=True).attentions[layer]  # (B, H, N, N)
+        with sparsify(model, SparseConfig(budget=0.3, layers=(layer,))) as h:
+            model(**inp)
+    st = h.trace.stages[0]
+    for b in range(vm.shape[0]):
+        vis = vm[b].nonzero()[:, 0]
+        rpos = h.trace.raters_text_positions[b][st.raters[b]]
+        ref = att[b][:, rpos][:, :, vis].float().mean(0).mean(0)  # heads, then raters
+        assert (st.scores[b] - ref).abs().max().item() < 1e-5
+
+
+# ----------------------------------------------------------------------------- pruned == slow reference
+def _reference_logits(family, model, inp, stages):
+    """Drive the stock layers by hand, without a cache: layers 0..L on every row, then only the rows a stage
+    keeps (the text rows and its kept visual tokens), each layer with a causal mask and rotary tables built
+    here for those rows. stages: [(layer, kept (B, K) visual indices)]. Returns (B, N_last, V) logits and
+    the rows (B, N_last) they belong to."""
+    dec = family.decoder(model)
+    grab = {}
+
+    def capture(module, args, kwargs):
+        grab["x"] = args[0] if args else kwargs["hidden_states"]
+        grab["pe"] = kwargs["position_embeddings"]
+        raise StopIteration  # the stock inputs of layer 0 are all the reference needs
+
+    hook = dec.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        model(**inp)
+    except StopIteration:
+        pass
+    finally:
+        hook.remove()
+    x, (cos, sin) = grab["x"], grab["pe"]
+    B, N, _ = x.shape
+    vm = family.visual_mask(model, inp)
+    vis_pos = torch.stack([vm[b].nonzero()[:, 0] for b in range(B)])  # (B, Nv)
+    mask2d = inp["attention_mask"].bool()
+    rows = torch.arange(N).expand(B, N)
+    h = x
+    kept_after = dict(stages)
+    for i, layer in enumerate(dec.layers):
+        n = rows.shape[1]
+        allowed = (rows[:, None, :] <= rows[:, :, None]) & mask2d.gather(1, rows)[:, None, :]
+        allowed |= torch.eye(n, dtype=torch.bool)[None]  # padded query rows attend to themselves (no NaN)
+        m4 = torch.zeros(B, 1, n, n, dtype=h.dtype).masked_fill(~allowed[:, None], torch.finfo(h.dtype).min)
+        pe = (cos.expand(B, -1, -1).gather(1, rows[..., None].expand(-1, -1, cos.shape[-1])),
+              sin.expand(B, -1, -1).gather(1, rows[..., None].expand(-1, -1, sin.shape[-1])))
+        out = layer(h, attention_mask=m4, position_embeddings=pe, position_ids=None)
+        h = out[0] if isinstance(out, tuple) else out
+        if i in kept_after:
+            keep_pos = vis_pos.gather(1, kept_after[i])  # original positions of the kept visual tokens
+            alive = ~vm.clone()
+            alive.scatter_(1, keep_pos, True)
+            alive = alive.gather(1, rows)  # among the current rows
+            sel = torch.stack([alive[b].nonzero()[:, 0] for b in range(B)])
+            h = h.gather(1, sel[..., None].expand(-1, -1, h.shape[-1]))
+            rows = rows.gather(1, sel)
+    return family.lm_head(model)(dec.norm(h)), rows
+
+
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("layers", [(1,), (0, 2)])
+def test_pruned_prefill_equals_a_slow_reference_on_the_stock_layers(family, models, attn, layers):
+    model = models[attn]
+    inp = family.inputs(model, QUESTIONS, seed=3)
+    cfg = SparseConfig(budget=0.25, layers=layers, recycle=False, temporal_tau=None, frame_floor=1)
+    with torch.no_grad():
+        with sparsify(model, cfg) as h:
+            pruned = model(**inp, use_cache=False).logits
+        stages = [(s.layer, s.kept) for s in h.trace.stages]
+        ref, rows = _reference_logits(family, model, inp, stages)
+    assert pruned.shape == ref.shape
+    valid = inp["attention_mask"].bool().gather(1, rows)  # compare real tokens (padding rows are free)
+    err = (pruned - ref).abs().amax(-1)[valid].max().item()
+    assert err < 1e-4, err
+    # and the pruned run really dropped tokens
+    assert rows.shape[1] < inp["input_ids"].shape[1]
+
+
+# ----------------------------------------------------------------------------- batch == alone
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("preset", ["video", "sparsevlm-v1.5"])
+def test_batch_equals_each_sample_alone(family, models, attn, preset):
+    model = models[attn]
+    inp = family.inputs(model, QUESTIONS, seed=7)
+    cfg = SparseConfig.preset(preset, budget=0.2, num_layers=family.num_layers)
+    with torch.no_grad(), sparsify(model, cfg) as h:
+        seq, _ = _gen(model, inp)
+        kept_b = [s.kept for s in h.trace.stages]
+        for b in range(seq.shape[0]):
+            seq1, _ = _gen(model, family.single(inp, b))
+            for sb, s1 in zip(kept_b, h.trace.stages):
+                assert torch.equal(sb[b], s1.kept[0])
+            assert torch.equal(seq[b, -6:], seq1[0, -6:])
+
+
+# ----------------------------------------------------------------------------- remove() is bit-exact
+@pytest.mark.parametrize("attn", ATTN)
+def test_remove_restores_the_model_exactly(family, attn):
+    model = family.build(attn, seed=3)
+    inp = family.inputs(model, QUESTIONS)
+    with torch.no_grad():
+        ref = model(**inp).logits
+        ref_seq, _ = _gen(model, inp)
+        before = _hooks_and_attrs(model)  # after a first run (transformers adds its own hooks lazily)
+        h = sparsify(model, SparseConfig.preset("video", budget=0.2, num_layers=family.num_layers))
+        assert _hooks_and_attrs(model) != before
+        assert model(**inp).logits.shape[1] < ref.shape[1]
+        h.remove()
+        h.remove()  # idempotent
+        after = model(**inp).logits
+        seq, _ = _gen(model, inp)
+    assert _hooks_and_attrs(model) == before
+    assert torch.equal(after, ref) and torch.equal(seq, ref_seq)
