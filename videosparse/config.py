@@ -342,7 +342,11 @@ class SparseConfig:
         trace, ``describe``, the equivalent-token solver and the benchmarks read it). Resolved once per
         (config, input size, depth). ``num_layers`` is needed for an equivalent-token budget ('194eq').
         Raises ValueError (naming ``budget``) when a count is impossible for ``num_visual``."""
-        return _schedule(self, int(num_visual), None if num_layers is None else int(num_layers))
+        schedule = _schedule(self, int(num_visual), None if num_layers is None else int(num_layers))
+        b = self.budget
+        if isinstance(b, int) and not isinstance(b, bool):
+            tiny_budget_warning(b, int(num_visual))  # outside the cache: its own cache says it once per process
+        return schedule
 
     def stage_counts(self, num_visual: int, num_layers: int | None = None) -> list:
         """Visual tokens each stage selects (before recycled tokens added on top) for ``num_visual``
@@ -400,8 +404,6 @@ class SparseConfig:
         for a, c in zip(counts, counts[1:]):
             if c > a:
                 raise ValueError(f"SparseConfig.budget: per-stage counts must not increase, got {counts}")
-        if isinstance(b, int) and not isinstance(b, bool):
-            tiny_budget_warning(b, num_visual)
         return self._plan(counts, num_visual)
 
     def _geometric(self, final: int, num_visual: int) -> list:

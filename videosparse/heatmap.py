@@ -1,18 +1,20 @@
 """Per-frame token-retention heatmaps from a RetentionTrace.
 
-* `render_grid`  -> one PNG: the sampled frames (as the model sees them: resized and center-cropped)
-  in a grid; each kept token's patch outlined over a score colour map, pruned patches dimmed,
-  recycled (merged) tokens outlined in magenta, the CLS token's fate as a corner badge, and the
+* `render_grid`  -> one PNG: the sampled frames as the model sees them (`model_view`: the model input's
+  own resize and center crop, `videosparse.video.preprocess_frames`, before normalisation) in a grid;
+  each kept token's patch outlined over a score colour map, pruned patches dimmed, recycled (merged)
+  tokens outlined in magenta, the CLS token's fate as a corner badge, and the
   frame timestamp plus kept count under every frame.
 * `write_video`  -> an overlay MP4 of the same, one frame of the grid per sampled frame.
 * `render_timeline` / `timeline_data` -> a PNG of WHEN the model looked over the whole video: kept (and,
   on the long-video path, pooled) tokens per sampled frame and the max pre-selection score per frame,
   over seconds (matplotlib, Agg). Long traces (more than GRID_MAX_FRAMES frames) show in the grid and
   the MP4 only the frames that hold kept tokens (`grid_frames`).
-* `token_table` / `write_json` / `write_npz` -> one row per visual token: frame, row, col, score,
-  kept, stage, cluster (+ pooled, pool_score on the long-video path).
-* `trace_from_json` -> the trace back from a JSON written by `write_json` (lossless: the JSON carries
-  every stage record of the sample), for re-rendering.
+* `token_table` / `write_npz` -> one row per visual token: frame, row, col, score, kept, stage, cluster
+  (+ pooled, pool_score on the long-video path).
+* `write_json` -> the trace format (docs/trace-format.md; `RetentionTrace.to_dict` of the sample) plus the
+  token table, meta and the video's fingerprint; `trace_from_json` -> the trace back (lossless) through the
+  one reader, `RetentionTrace.from_dict`, which also reads the API's `save_json` and older files.
 * `summary_text` / `wrap_text` -> the PNG's header text (token counts per stage, wrapped title).
 
 Pillow draws (with a scalable TrueType font, so spaces and non-ASCII text render); PyAV writes the
@@ -33,12 +35,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from videosparse.core.trace import MAX_TIMESTAMP, TIME_DECIMALS, clean_time, round_time  # noqa: F401
+
 log = logging.getLogger(__name__)
 
-# timestamps beyond this (seconds, ~115 days) are treated as garbage, like NaN / inf
-MAX_TIMESTAMP = 1e7
-# decimals of a timestamp in JSON / printed output (1 us: finer than any video clock; hides float noise)
-TIME_DECIMALS = 6
+# timestamps: MAX_TIMESTAMP (beyond it a timestamp is garbage, like NaN / inf), TIME_DECIMALS, round_time and
+# clean_time are the trace format's (videosparse.core.trace; torch-free at import), re-exported here
 # traces with more sampled frames than this show in the grid / MP4 only the frames holding kept tokens
 GRID_MAX_FRAMES = 64
 # write_all draws the timeline for traces with more sampled frames than this (or with a pre-decoder pool)
@@ -142,56 +144,10 @@ def token_table(trace: Any, sample: int = 0, timestamps: Sequence | None = None)
     return out
 
 
-def round_time(t: Any) -> Any:
-    """A timestamp (seconds) as written to JSON / printed: rounded to TIME_DECIMALS (1 us). Frame times are
-    pts x time_base, so float arithmetic leaves noise below any video's clock resolution (3 x 0.1 s =
-    0.30000000000000004 -> 0.3). None stays None; a non-finite value is returned unchanged."""
-    if t is None:
-        return None
-    v = float(t)
-    return round(v, TIME_DECIMALS) if math.isfinite(v) else v
-
-
-def clean_time(t: Any) -> float | None:
-    """A timestamp in seconds as a float (rounded by `round_time`), or None when missing, not a number,
-    non-finite or absurd (|t| > MAX_TIMESTAMP)."""
-    try:
-        v = float(t)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(v) or abs(v) > MAX_TIMESTAMP:
-        return None
-    return round_time(v)
-
-
 def time_label(t: Any) -> str:
     """Frame time label: "t=1.50s", or "t=?" for a missing / NaN / infinite / absurd timestamp."""
     v = clean_time(t)
     return "t=?" if v is None else f"t={v:.2f}s"
-
-
-def _float_list(x: Any) -> list:
-    """float32 values as the shortest decimals that read back to the same float32 (NaN -> None)."""
-    a = x.detach().cpu().float().numpy().ravel()
-    return [None if np.isnan(v) else float(str(v)) for v in a]
-
-
-def _opt_list(x: Any) -> list | None:
-    return None if x is None else x.detach().cpu().tolist()
-
-
-def _stage_doc(st: Any, b: int) -> dict:
-    """One StageRecord of sample `b` as JSON-able lists (read back by `trace_from_json`)."""
-    return {
-        "layer": int(st.layer),
-        "count": int(st.kept.shape[1]),
-        "kept": st.kept[b].tolist(),
-        "merged": [bool(v) for v in st.merged[b].tolist()],
-        "scores": _float_list(st.scores[b]),
-        "raters": _opt_list(None if st.raters is None else st.raters[b]),
-        "clusters": _opt_list(None if st.clusters is None else st.clusters[b]),
-        "redundant": _opt_list(None if st.redundant is None else st.redundant[b]),
-    }
 
 
 # bytes of a video file hashed for its fingerprint (its head: container header and first frames)
@@ -242,39 +198,27 @@ def source_mismatch(recorded: dict, path: str) -> str | None:
 
 def write_json(trace: Any, path: str, sample: int = 0, timestamps: Sequence | None = None,
                meta: dict | None = None, source: Any = None) -> str:
-    """JSON: {"meta", "num_frames", "tokens_per_frame", "grid", "num_layers", "counts", "equivalent_tokens",
-    "timestamps", "tokens": token_table(...), "stages": every stage record of `sample` (kept, merged,
-    scores, raters, clusters, redundant), "raters_text_positions", "decoder_visual", "pool": the
-    pre-decoder pool's record (layer -1; long-video path) or null}.
+    """The trace of `sample` as a document of the trace format (docs/trace-format.md; the API's
+    `RetentionTrace.to_dict` of `trace.select(sample)`: geometry, counts, equivalent tokens, config, timestamps,
+    every stage record, the pre-decoder pool, raters_text_positions, decoder_visual) plus what the heatmap adds:
+    "meta" (what the caller passes, e.g. question, answer, preprocessing; and "source"), "sample" (the index of
+    the sample in the trace's batch) and "tokens" (`token_table`, one row per visual token).
 
     `timestamps` default to the trace's own. Timestamps that are missing, non-finite or absurd are
     written as null. `source`: the video file the trace was made on (a path: its `video_fingerprint`; or a
-    fingerprint dict), stored as ``meta["source"]`` so a re-render can check it is given the same video."""
+    fingerprint dict), stored as ``meta["source"]`` so a re-render can check it is given the same video.
+    Read back by `trace_from_json` (= `RetentionTrace.from_dict`)."""
     timestamps = _trace_timestamps(trace, timestamps)
-    pool = getattr(trace, "pool", None)
-    dv = getattr(trace, "decoder_visual", None)
     meta = dict(meta or {})
     if source is not None:
         meta["source"] = dict(source) if isinstance(source, dict) else video_fingerprint(os.fspath(source))
-    doc = {
-        "meta": meta,
-        "num_frames": trace.num_frames,
-        "tokens_per_frame": trace.tokens_per_frame,
-        "has_cls": trace.has_cls,
-        "grid": list(trace.grid),
-        "num_layers": trace.num_layers,
-        "counts": trace.counts,
-        "equivalent_tokens": trace.equivalent_tokens,
-        "stage_layers": [s.layer for s in trace.stages],
-        "timestamps": [clean_time(t) for t in timestamps] if timestamps is not None else None,
-        "config": trace.config,
-        "tokens": token_table(trace, sample, timestamps),
-        "stages": [_stage_doc(st, sample) for st in trace.stages],
-        "raters_text_positions": (None if getattr(trace, "raters_text_positions", None) is None
-                                  else trace.raters_text_positions[sample].tolist()),
-        "decoder_visual": None if dv is None else int(dv),
-        "pool": None if pool is None else _stage_doc(pool, sample),
-    }
+    if not 0 <= int(sample) < trace.batch_size:
+        raise ValueError(f"heatmap: sample {sample} out of range for a batch of {trace.batch_size}")
+    one = trace.select(int(sample))
+    one.timestamps = None if timestamps is None else list(timestamps)
+    body = one.to_dict()
+    doc = {"format": body.pop("format"), "version": body.pop("version"), "meta": meta, "sample": int(sample),
+           **body, "tokens": token_table(trace, sample, timestamps)}
     from videosparse.fileio import atomic_write
 
     def dump(tmp: str) -> None:
@@ -306,29 +250,19 @@ def write_npz(trace: Any, path: str, sample: int = 0, timestamps: Sequence | Non
 
 
 def model_view(frames: np.ndarray, spec: Any = None) -> np.ndarray:
-    """The frames as the model sees them: shortest-edge resize + center crop (uint8, not normalised)."""
-    from PIL import Image
+    """The frames as the model sees them (uint8 (T, h, w, 3), not normalised): the model input's own
+    preprocessing (`videosparse.video.preprocess_frames` with `spec`, default VideoProcessorSpec(): the same
+    resize, resampling filter and center crop, zero padding where the frame is smaller than the crop) with
+    rescaling and normalisation left out, so the pixels are exactly the uint8 ones the model's input is
+    computed from."""
+    import dataclasses
 
-    from videosparse.video import VideoProcessorSpec
+    from videosparse.video import VideoProcessorSpec, preprocess_frames
 
     spec = spec or VideoProcessorSpec()
-    ch, cw = spec.crop_hw
-    out = []
-    for f in np.asarray(frames):
-        img = Image.fromarray(f)
-        h, w = f.shape[:2]
-        if spec.do_resize and spec.shortest_edge:
-            s = spec.shortest_edge / min(h, w)
-            nh, nw = max(ch, int(round(h * s))), max(cw, int(round(w * s)))
-            img = img.resize((nw, nh), Image.BICUBIC)
-        a = np.asarray(img)
-        H, W = a.shape[:2]
-        top, left = max(0, (H - ch) // 2), max(0, (W - cw) // 2)
-        a = a[top : top + ch, left : left + cw]
-        if a.shape[:2] != (ch, cw):
-            a = np.asarray(Image.fromarray(a).resize((cw, ch), Image.BICUBIC))
-        out.append(a)
-    return np.stack(out)
+    geometry = dataclasses.replace(spec, do_rescale=False, do_normalize=False)
+    x = preprocess_frames(np.asarray(frames), geometry, return_tensors="np")  # float32 of uint8 values
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).astype(np.uint8)
 
 
 def _normalise_scores(score: np.ndarray, log: bool = True) -> np.ndarray:
@@ -986,92 +920,18 @@ def write_all(frames: np.ndarray, trace: Any, out_dir: str, sample: int = 0, spe
 
 
 def trace_from_json(path: str) -> Any:
-    """Rebuild a single-sample RetentionTrace from a JSON written by `write_json` (for re-rendering).
+    """Read a trace JSON (for re-rendering): returns (trace, doc).
 
-    Returns (trace, doc). The stage records stored in the JSON are restored exactly (kept, merged,
-    scores, raters, clusters, redundant), and so are the pre-decoder pool, `decoder_visual` and the
-    timestamps (unusable ones as NaN), so `token_table` of the result equals that of the original
-    sample. JSONs without stage records (older files) are rebuilt from the token table: kept sets,
-    stages, clusters, final scores and merged flags are restored; raters and redundancy are not.
+    Any document of the trace format (docs/trace-format.md) is read, by the one reader,
+    `RetentionTrace.from_dict`: the JSON written by `write_json` (one sample: the stage records, the
+    pre-decoder pool, `decoder_visual` and the timestamps, unusable ones as NaN, are restored exactly, so
+    `token_table` of the result equals that of the original sample), `RetentionTrace.save_json` (every sample of
+    the batch), and the unversioned files of earlier releases of both. Heatmap JSONs without stage records
+    (older files) are rebuilt from the token table: kept sets, stages, clusters, final scores and merged flags
+    are restored; raters and redundancy are not.
     """
-    import torch
+    from videosparse.core.trace import RetentionTrace
 
-    from videosparse.core.trace import RetentionTrace, StageRecord
-
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         doc = json.load(f)
-    tab = doc["tokens"]
-    T, P = int(doc["num_frames"]), int(doc["tokens_per_frame"])
-    Nv = T * P
-    if len(tab["stage"]) != Nv:
-        raise ValueError(f"{path}: token table has {len(tab['stage'])} rows, expected {Nv}")
-    recs = doc.get("stages")
-    if recs is not None:
-        stages = [_stage_from_doc(r, Nv, path, torch, StageRecord) for r in recs]
-    else:
-        stages = _stages_from_table(doc, Nv, torch, StageRecord)
-    rtp = doc.get("raters_text_positions")
-    trace = RetentionTrace(T, P, bool(doc.get("has_cls", True)), tuple(doc["grid"]),
-                           int(doc["num_layers"]), 1, stages, doc.get("config") or {},
-                           torch.tensor(rtp, dtype=torch.long)[None] if rtp is not None else None)
-    if doc.get("pool") is not None:
-        trace.pool = _stage_from_doc(doc["pool"], Nv, path, torch, StageRecord)
-    if doc.get("decoder_visual") is not None:
-        trace.decoder_visual = int(doc["decoder_visual"])
-    ts = doc.get("timestamps")
-    if ts is not None:
-        if len(ts) != T:
-            raise ValueError(f"{path}: {len(ts)} timestamps for {T} frames")
-        trace.timestamps = [float("nan") if v is None else float(v) for v in ts]
-    counts = doc.get("counts")
-    if counts is not None and list(counts) != trace.counts:
-        raise ValueError(f"{path}: stage records keep {trace.counts} tokens but the JSON says {counts}")
-    return trace, doc
-
-
-def _stage_from_doc(r: dict, Nv: int, path: str, torch: Any, StageRecord: Any) -> Any:
-    def vec(key: str, dtype: Any, n: int | None) -> Any:
-        v = r.get(key)
-        if v is None:
-            return None
-        if dtype is torch.float32:
-            v = [np.nan if x is None else x for x in v]
-        t = torch.tensor(v, dtype=dtype)
-        if n is not None and t.numel() != n:
-            raise ValueError(f"{path}: stage at layer {r.get('layer')}: {key} has {t.numel()} entries, expected {n}")
-        return t.reshape(1, -1)
-
-    kept = vec("kept", torch.long, None)
-    if kept is None or ((kept < 0) | (kept >= Nv)).any():
-        raise ValueError(f"{path}: stage at layer {r.get('layer')}: kept indices missing or out of range")
-    K = kept.shape[1]
-    merged = vec("merged", torch.bool, K)
-    return StageRecord(layer=int(r["layer"]), kept=kept,
-                       merged=merged if merged is not None else torch.zeros(1, K, dtype=torch.bool),
-                       scores=vec("scores", torch.float32, Nv), raters=vec("raters", torch.bool, None),
-                       clusters=vec("clusters", torch.long, Nv), redundant=vec("redundant", torch.bool, Nv))
-
-
-def _stages_from_table(doc: dict, Nv: int, torch: Any, StageRecord: Any) -> list:
-    """Stage records rebuilt from the token table alone (JSONs written before stage records were saved)."""
-    tab = doc["tokens"]
-    stage = np.asarray(tab["stage"])
-    cluster = np.asarray(tab.get("cluster") or [-1] * Nv)
-    merged_final = np.asarray(tab["merged"], dtype=bool)
-    score = torch.tensor([np.nan if v is None else v for v in tab["score"]], dtype=torch.float32)[None]
-    n_st = len(doc["counts"])
-    has_clusters = bool((cluster >= 0).any())
-    stages = []
-    for si, layer in enumerate(doc.get("stage_layers") or list(range(n_st))):
-        alive = (stage == -1) | (stage > si)
-        kept_ids = np.nonzero(alive)[0]
-        cl = np.where(stage == si, cluster, -1)
-        merged = np.zeros(len(kept_ids), dtype=bool)
-        slots = np.unique(cl[(cl >= 0) & (cl < len(kept_ids))])
-        merged[slots] = True  # a cluster id is the slot of its merged token among the stage's kept ones
-        if si == n_st - 1:
-            merged |= merged_final[alive]
-        stages.append(StageRecord(layer=int(layer), kept=torch.tensor(kept_ids, dtype=torch.long)[None],
-                                  merged=torch.tensor(merged)[None], scores=score.clone(),
-                                  clusters=torch.tensor(cl, dtype=torch.long)[None] if has_clusters else None))
-    return stages
+    return RetentionTrace.from_dict(doc, where=os.fspath(path)), doc
