@@ -27,6 +27,7 @@ def main(argv: list | None = None) -> int:
     from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
     from videosparse import SparseConfig, sparsify
+    from videosparse.frontends import tokens_per_frame
 
     torch.manual_seed(0)
     vcfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -37,7 +38,7 @@ def main(argv: list | None = None) -> int:
                            vision_feature_layer=-1)
     model = VideoLlavaForConditionalGeneration(cfg).eval()
     model.set_attn_implementation(args.attn)
-    P = (64 // 16) ** 2 + 1
+    P = tokens_per_frame(cfg)  # the Video-LLaVA front end's geometry: 4 x 4 patches + CLS
     prompt = [1, 10, 11] + [5] * (args.frames * P) + [20, 21, 22, 23, 24]
     inputs = {
         "input_ids": torch.tensor([prompt]),

@@ -79,7 +79,7 @@ class RunConfig:
 def parse_configs(text: str | Iterable[str]) -> list:
     """``"full,video@0.1,fastv@0.1"`` -> [RunConfig]. Checked without a model: preset names, budget
     syntax and range, duplicates. Labels are normalised (``video@.1`` -> ``video@0.1``)."""
-    from videosparse.config import PRESETS, SparseConfig, parse_budget
+    from videosparse.config import PRESETS, Budget
 
     parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
     if not parts or any(not p for p in parts):
@@ -98,8 +98,7 @@ def parse_configs(text: str | Iterable[str]) -> list:
             budget = None
             if budget_text:
                 try:
-                    budget = parse_budget(budget_text)
-                    SparseConfig._validate_budget(budget)
+                    budget = Budget.parse(budget_text).raw
                 except ValueError as e:
                     raise RunError(f"--configs {p}: budget {str(e).replace('SparseConfig.budget: ', '')}") from None
             label = name if budget is None else f"{name}@{budget}"

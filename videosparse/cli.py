@@ -250,10 +250,10 @@ def _check_preset(preset: str, budget) -> None:
     if preset not in PRESETS:
         raise CLIError(f"--preset: unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}, none")
     if budget is not None:
-        from videosparse.config import SparseConfig
+        from videosparse.config import Budget
 
         try:
-            SparseConfig._validate_budget(budget)  # 0, -5, 1.5: no model needed to refuse them
+            Budget.of(budget)  # 0, -5, 1.5: no model needed to refuse them
         except ValueError as e:
             raise CLIError(_flagged(str(e))) from None
 
@@ -461,12 +461,13 @@ def cmd_ask(args, say) -> int:
 
     ckpt = resolve_checkpoint(args.model)
     config = ckpt.load_config()
-    from videosparse.pipeline import tokens_per_frame
+    from videosparse.frontends import frontend_for
 
-    P = tokens_per_frame(config)
-    layers = int(config.text_config.num_hidden_layers)
-    frames = args.frames if args.frames is not None else (None if args.fps else 8)
-    pre_budget = args.pre_budget if args.pre_budget is not None else 8 * P
+    fe = frontend_for(config)  # the model family's prompt, frame geometry and limits
+    P = fe.tokens_per_frame(config)
+    layers = fe.num_layers(config)
+    frames = args.frames if args.frames is not None else (None if args.fps else fe.default_num_frames)
+    pre_budget = args.pre_budget if args.pre_budget is not None else fe.default_num_frames * P
     long = args.fps is not None or frames * P > pre_budget
     decoder_tokens = pre_budget if long else frames * P
     sparsity = _sparsity(args.preset, budget, layers, decoder_tokens)
@@ -500,22 +501,19 @@ def cmd_ask(args, say) -> int:
     # 4. the prompt against the tokenizer and the model's context
     from transformers import AutoTokenizer
 
-    from videosparse.pipeline import check_pool_prompt, check_prompt
+    from videosparse.pipeline import check_prompt
 
     tok = AutoTokenizer.from_pretrained(ckpt.source, local_files_only=ckpt.local_files_only)
-    limit = getattr(config.text_config, "max_position_embeddings", None)
-    if long:
-        check_pool_prompt(tok, args.question, pre_budget, frames or 0, P, limit, args.max_new_tokens)
-    else:
-        check_prompt(tok, args.question, clip.num_frames, P, limit, args.max_new_tokens)
+    check_prompt(tok, args.question, (frames or 0) if long else clip.num_frames, P, fe.max_positions(config),
+                 args.max_new_tokens, pool=pre_budget if long else None, frontend=fe)
     # 5. the model
     from videosparse.pipeline import VideoQA
 
     say(f"loading model {args.model} ...")
     t0 = time.perf_counter()
     qa = VideoQA.from_pretrained(ckpt, sparsity=sparsity, device=args.device, dtype=args.dtype,
-                                 attn_implementation=args.attn, num_frames=8 if long else frames, tokenizer=tok,
-                                 progress=bars)
+                                 attn_implementation=args.attn, num_frames=fe.default_num_frames if long else frames,
+                                 tokenizer=tok, progress=bars)
     qa.decode_progress = None if bars else False  # the long path's sequential decodes
     say(f"model loaded in {time.perf_counter() - t0:.1f}s")
     if long:

@@ -41,7 +41,7 @@ def run_demo(out_dir: str = "videosparse-demo", seed: int = 7, preset: str = "vi
 
     if preset not in ("none", "full"):
         qa.set_sparsity(SparseConfig.preset(preset, budget=budget,
-                                            num_layers=qa.model.config.text_config.num_hidden_layers))
+                                            num_layers=qa.frontend.num_layers(qa.model.config)))
     say("answering ...")
     ans = qa.ask(video, sample.question, max_new_tokens=4)
     heat = None

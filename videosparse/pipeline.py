@@ -1,4 +1,4 @@
-"""VideoQA: load a Video-LLaVA checkpoint and answer questions about videos, pruned.
+"""VideoQA: load a video-LLM checkpoint and answer questions about videos, pruned.
 
     qa = VideoQA.from_pretrained("LanguageBind/Video-LLaVA-7B-hf", sparsity=SparseConfig.preset("video"))
     ans = qa.ask("clip.mp4", "What is the man doing?")
@@ -6,6 +6,10 @@
 
 Decoded frames and vision-tower features of a video are computed once and reused for every question
 about it (the question-guided selection itself runs per question, inside the decoder).
+
+Family-agnostic: what only a model family knows above its decoder (the class to load, the prompt template
+and its video placeholder, preprocessing, tokens per frame, the context limit, how features reach
+``generate``) is asked of its front end (``videosparse.frontends``, keyed by config.json ``model_type``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from videosparse.frontends import frontend_for, get_frontend
+from videosparse.frontends import tokens_per_frame as tokens_per_frame  # noqa: F401 (re-exported)
+from videosparse.frontends.video_llava import TEMPLATE as DEFAULT_TEMPLATE  # noqa: F401 (re-exported)
 from videosparse.heatmap import round_time
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "LanguageBind/Video-LLaVA-7B-hf"
-DEFAULT_TEMPLATE = "USER: <video>\n{question} ASSISTANT:"
 
 
 @dataclass
@@ -121,7 +127,10 @@ class Sampling:
 
 
 class VideoQA:
-    """Question answering over videos with a (optionally sparsified) Video-LLaVA model."""
+    """Question answering over videos with a (optionally sparsified) video LLM of a family that has a
+    front end (``videosparse.frontends``; Video-LLaVA today).
+
+    num_frames / prompt_template: None = the front end's (8 frames; its chat template)."""
 
     def __init__(
         self,
@@ -129,32 +138,26 @@ class VideoQA:
         tokenizer: Any,
         spec: Any = None,
         sparsity: Any = None,
-        num_frames: int = 8,
-        prompt_template: str = DEFAULT_TEMPLATE,
+        num_frames: int | None = None,
+        prompt_template: str | None = None,
         cache_size: int = 8,
         frame_strategy: str = "uniform",
     ) -> None:
-        from videosparse.video import VideoProcessorSpec
-
-        if "<video>" not in prompt_template or "{question}" not in prompt_template:
-            raise ValueError("prompt_template must contain '<video>' and '{question}'")
+        self.frontend = fe = frontend_for(model.config)
+        prompt_template = fe.prompt_template if prompt_template is None else prompt_template
+        fe.check_template(prompt_template)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.spec = spec if spec is not None else VideoProcessorSpec()
-        self.num_frames = _positive_int(num_frames, "num_frames")
+        self.spec = spec if spec is not None else fe.default_spec()
+        self.num_frames = _positive_int(fe.default_num_frames if num_frames is None else num_frames, "num_frames")
         self.frame_strategy = frame_strategy
         self.prompt_template = prompt_template
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
-        vcfg = model.config.vision_config
-        self.tokens_per_frame = tokens_per_frame(model.config)
+        self.tokens_per_frame = fe.tokens_per_frame(model.config)
         # positions the decoder was built for; prompts (+ new tokens) beyond it are refused
-        self.max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
-        crop = self.spec.crop_hw
-        if tuple(crop) != (vcfg.image_size, vcfg.image_size):
-            raise ValueError(
-                f"preprocessing crops {tuple(crop)} but the vision tower expects {vcfg.image_size}x{vcfg.image_size}"
-            )
+        self.max_positions = fe.max_positions(model.config)
+        fe.check_spec(model.config, self.spec)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         tokenizer.padding_side = "left"
@@ -175,20 +178,21 @@ class VideoQA:
         device: str | None = None,
         dtype: Any = None,
         attn_implementation: str = "sdpa",
-        num_frames: int = 8,
+        num_frames: int | None = None,
         tokenizer: Any = None,
         progress: bool = True,
         **kwargs: Any,
     ) -> "VideoQA":
-        """Load a Video-LLaVA checkpoint the normal Hugging Face way, after checking everything that can
-        be checked without its weights.
+        """Load a checkpoint the normal Hugging Face way (the class its front end names), after checking
+        everything that can be checked without its weights.
 
         model_id_or_path: ``"testbed"`` (the embedded test-bed model shipped in the package), a local
             checkpoint directory, or a hub id. The config is read first: another architecture, a path
             that does not exist, or an unreachable hub with the model not cached fail in well under a
             second (``videosparse.loading.CheckpointError``, a ValueError).
         sparsity: a SparseConfig, a preset name (rescaled to the model's depth), or None (full model);
-            checked against the model's depth and the visual tokens of ``num_frames`` frames.
+            checked against the model's depth and the visual tokens of ``num_frames`` frames (None: the
+            front end's default, 8 for Video-LLaVA).
         device: "cpu" (default), "cuda", "cuda:1", "mps" -- checked to exist here.
         dtype: torch dtype or its name ("float16", "bf16", ...); None = the checkpoint's.
         tokenizer: an already loaded tokenizer of this checkpoint (None: loaded here).
@@ -197,29 +201,30 @@ class VideoQA:
         """
         from videosparse.loading import resolve_checkpoint, resolve_device, resolve_dtype
 
-        nf = _positive_int(num_frames, "num_frames")
+        if num_frames is not None:
+            _positive_int(num_frames, "num_frames")
         ckpt = resolve_checkpoint(model_id_or_path)
         dtype = resolve_dtype(dtype)
         device = resolve_device(device)
         if attn_implementation not in (None, "eager", "sdpa", "flash_attention_2"):
             raise ValueError(f"attn_implementation must be eager, sdpa or flash_attention_2, got {attn_implementation!r}")
         config = ckpt.load_config()
+        fe = frontend_for(config)
+        nf = fe.default_num_frames if num_frames is None else int(num_frames)
         sparsity = _resolve_sparsity(sparsity, config, nf)
-        from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
-
-        from videosparse.video import VideoProcessorSpec
+        from transformers import AutoTokenizer
 
         local = {"local_files_only": True} if ckpt.local_files_only else {}
         with hf_output(progress=progress):
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(ckpt.source, **local)
-            spec = VideoProcessorSpec.from_pretrained(_preprocessor_file(ckpt.source, ckpt.local_files_only))
+            spec = fe.preprocessor_spec(ckpt.source, ckpt.local_files_only)
             from videosparse.compat import load_kwargs
 
             load_kw: dict = {"attn_implementation": attn_implementation, "config": config, **local, **load_kwargs()}
             if dtype is not None:
                 load_kw["dtype"] = dtype
-            model = VideoLlavaForConditionalGeneration.from_pretrained(ckpt.source, **load_kw)
+            model = fe.load_model(ckpt.source, **load_kw)
         if device != "cpu":
             model = model.to(device)
         return cls(model, tokenizer, spec=spec, sparsity=sparsity, num_frames=nf, **kwargs)
@@ -266,7 +271,7 @@ class VideoQA:
         from videosparse.video import preprocess_frames
 
         pv = preprocess_frames(frames, self.spec).to(self.model.device, self.model.dtype)
-        return self.model.model.get_video_features(pixel_values_videos=pv[None]).pooler_output
+        return self.frontend.video_features(self.model, pv)
 
     def encode(self, video: Any, sampling: "Sampling | None" = None) -> EncodedVideo:
         """Decode (if needed) and run the vision tower + projector once; cached per video.
@@ -400,10 +405,7 @@ class VideoQA:
             for s in range(0, len(items), batch_size):
                 chunk = items[s : s + batch_size]
                 try:
-                    if key[0] == "short":
-                        answers = self._generate(chunk, generation)
-                    else:
-                        answers = self._generate_pooled(chunk, generation, keep_frames)
+                    answers = self._generate(chunk, generation, keep_frames, pooled=key[0] == "long")
                 except ValueError as e:
                     if on_error == "raise":
                         raise
@@ -456,11 +458,12 @@ class VideoQA:
         return self.sparsity if self.sparsity is not None else SparseConfig()
 
     def _pre_budget(self, pre_budget: Any) -> int:
-        """The pool size: the call's, else the sparsity config's, else 8 frames' worth of tokens."""
+        """The pool size: the call's, else the sparsity config's, else the front end's default frames' worth of
+        tokens (8 frames for Video-LLaVA)."""
         if pre_budget is None:
             pre_budget = self._pre_config().pre_budget
         if pre_budget is None:
-            return 8 * self.tokens_per_frame
+            return self.frontend.default_num_frames * self.tokens_per_frame
         return _positive_int(pre_budget, "pre_budget")
 
     def _is_long(self, video: Any, sampling: Sampling, capacity: int) -> bool:
@@ -475,11 +478,11 @@ class VideoQA:
     def _check_long(self, question: str, capacity: int, max_new: int, frames: int | None) -> None:
         """Prompt and budget checks of the long path, before any decoding: text + pool + new tokens must fit
         the context, and the in-decoder budget must fit the pool."""
-        check_pool_prompt(self.tokenizer, question, capacity, frames, self.tokens_per_frame, self.max_positions,
-                          max_new, self.prompt_template)
+        check_prompt(self.tokenizer, question, frames, self.tokens_per_frame, self.max_positions, max_new,
+                     self.prompt_template, pool=capacity, frontend=self.frontend)
         if self.sparsity is not None:
             try:
-                self.sparsity.describe(capacity, int(self.model.config.text_config.num_hidden_layers))
+                self.sparsity.describe(capacity, self.frontend.num_layers(self.model.config))
             except ValueError as e:
                 raise ValueError(f"{e} (the decoder sees a pool of pre_budget={capacity} tokens)") from None
 
@@ -513,7 +516,8 @@ class VideoQA:
                                  f"accepts from one video; lower fps or pass num_frames")
             dev = self.model.device
             text, valid = question_text_tokens(self.tokenizer, self.prompt_template, questions,
-                                               self.model.get_input_embeddings())
+                                               self.model.get_input_embeddings(),
+                                               video_token=self.frontend.video_placeholder)
             with torch.no_grad():
                 pools = build_pools(chunks, self._features, text.to(dev), valid.to(dev), T, self.tokens_per_frame,
                                     capacity, cfg, thumbnail=(lambda f: thumbnails(f, self.spec)) if keep_frames else None)
@@ -522,63 +526,16 @@ class VideoQA:
                     pv.seconds["video_decode"] = None
             return pools
 
-    def _generate_pooled(self, chunk: list, generation: dict, keep_frames: bool) -> list:
-        """Generate for questions whose video tokens are pools (the same pool size and frame count)."""
-        import torch
-
-        from videosparse.core.trace import RetentionTrace, StageRecord
-
-        K = chunk[0][1].num_tokens
-        T = chunk[0][1].num_frames
-        feats = torch.stack([pv.features for _, pv, _ in chunk]).to(self.model.device, self.model.dtype)
-        ids = torch.stack([pv.ids for _, pv, _ in chunk])
-        gen = self._generation_kwargs(generation)
-        expand = self._expansion(gen)
-        offsets = None
-        if self._pre_config().pre_positions == "time":
-            from videosparse.core.pool import time_positions
-
-            offsets = time_positions(ids, T, self.tokens_per_frame, K)
-        ctx = self.handle.pooled(ids, T) if self.handle is not None else contextlib.nullcontext()
-        with ctx:
-            texts, new, prefill, decode, trace = self._run_generate(
-                [q for _, _, q in chunk], 1, K, feats.repeat_interleave(expand, dim=0), gen, visual_offsets=offsets)
-        nrs = int(gen.get("num_return_sequences", 1))
-        vcfg = self.model.config.vision_config
-        grid = (vcfg.image_size // vcfg.patch_size,) * 2
-        answers = []
-        for j, (_, pv, q) in enumerate(chunk):
-            pool = StageRecord(layer=-1, kept=pv.ids[None].clone(), merged=torch.zeros(1, K, dtype=torch.bool),
-                               scores=pv.scores[None].clone(), redundant=pv.redundant[None].clone())
-            if trace is not None:
-                t = trace.select(j * expand)
-            else:
-                t = RetentionTrace(num_frames=T, tokens_per_frame=self.tokens_per_frame, has_cls=True, grid=grid,
-                                   num_layers=int(self.model.config.text_config.num_hidden_layers), batch_size=1,
-                                   decoder_visual=K)
-            t.pool = pool
-            t.timestamps = [float(x) for x in pv.timestamps]
-            seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
-            answers.append(Answer(
-                text=seqs[0], question=q, video=pv.video,
-                timestamps=[float(x) for x in pv.timestamps], frame_indices=[int(x) for x in pv.frame_indices],
-                visual_tokens=T * self.tokens_per_frame, counts=t.counts, equivalent_tokens=t.equivalent_tokens,
-                prefill_seconds=prefill, decode_seconds=decode, new_tokens=self._content_tokens(new[j * nrs]),
-                trace=t, frames=pv.thumbnails if keep_frames else None, sequences=seqs, pool_tokens=K,
-                video_decode_seconds=pv.seconds.get("video_decode", 0.0), vision_seconds=pv.seconds.get("vision", 0.0),
-                preselect_seconds=pv.seconds.get("preselect", 0.0),
-            ))
-        return answers
-
     def prompt_length(self, question: str, num_frames: int) -> int:
         """Tokens of the full prompt (text + ``num_frames`` x ``tokens_per_frame`` visual tokens)."""
-        return prompt_length(self.tokenizer, question, num_frames, self.tokens_per_frame, self.prompt_template)
+        return prompt_length(self.tokenizer, question, num_frames, self.tokens_per_frame, self.prompt_template,
+                             frontend=self.frontend)
 
     def check_prompt(self, question: str, num_frames: int, max_new_tokens: int = 64) -> None:
         """Raise ValueError when the question is empty, mostly unknown to the tokenizer, or when the
         prompt for ``num_frames`` frames plus ``max_new_tokens`` does not fit ``max_positions``."""
         check_prompt(self.tokenizer, question, num_frames, self.tokens_per_frame, self.max_positions,
-                     max_new_tokens, self.prompt_template)
+                     max_new_tokens, self.prompt_template, frontend=self.frontend)
 
     def _expected_frames(self, video: Any, sampling: "Sampling | None" = None) -> int | None:
         """Frames the video will contribute, known without decoding: the frames of an array / Clip /
@@ -596,51 +553,97 @@ class VideoQA:
         shape = getattr(video, "shape", None)
         return int(shape[0]) if shape is not None and len(shape) == 4 else sp.num_frames
 
-    def _generate(self, chunk: list, generation: dict) -> list:
+    def _generate(self, chunk: list, generation: dict, keep_frames: bool = True, pooled: bool = False) -> list:
+        """Generate for a batch of (index, video, question): whole frames (EncodedVideo, the same frame count)
+        or, ``pooled``, long-video pools (PooledVideo, the same pool size and frame count)."""
         import torch
 
-        frames = {enc.features.shape[0] for _, enc, _ in chunk}
-        if len(frames) != 1:
-            raise ValueError(f"videos in one batch must have the same number of frames, got {sorted(frames)}")
-        T = frames.pop()
-        feats = torch.cat([enc.features for _, enc, _ in chunk], dim=0)
         gen = self._generation_kwargs(generation)
-        pixels = None
-        if self._expansion(gen) > 1:
-            # expanded batches need tensors generate can repeat: re-run the (cheap) projector path
-            from videosparse.video import preprocess_frames
-
-            pixels = torch.stack([preprocess_frames(enc.clip.frames, self.spec) for _, enc, _ in chunk])
-        texts, new, prefill, decode, trace = self._run_generate([q for _, _, q in chunk], T, self.tokens_per_frame,
-                                                                feats, gen, pixels)
-        answers = []
+        expand = self._expansion(gen)  # how generate expands the batch (trace rows per sample)
         nrs = int(gen.get("num_return_sequences", 1))
-        expand = self._expansion(gen)  # how generate expanded the batch (trace rows per sample)
-        for j, (_, enc, q) in enumerate(chunk):
-            clip = enc.clip
+        P = self.tokens_per_frame
+        pixels = offsets = None
+        ctx: Any = contextlib.nullcontext()
+        if pooled:
+            # the prompt holds one "frame" of K pooled tokens; the handle learns where they came from
+            K, T = chunk[0][1].num_tokens, chunk[0][1].num_frames
+            feats = torch.stack([pv.features for _, pv, _ in chunk]).to(self.model.device, self.model.dtype)
+            feats = feats.repeat_interleave(expand, dim=0)
+            ids = torch.stack([pv.ids for _, pv, _ in chunk])
+            if self._pre_config().pre_positions == "time":
+                from videosparse.core.pool import time_positions
+
+                offsets = time_positions(ids, T, P, K)
+            if self.handle is not None:
+                ctx = self.handle.pooled(ids, T)
+            layout = (1, K)
+        else:
+            frames = {enc.features.shape[0] for _, enc, _ in chunk}
+            if len(frames) != 1:
+                raise ValueError(f"videos in one batch must have the same number of frames, got {sorted(frames)}")
+            T = frames.pop()
+            feats = torch.cat([enc.features for _, enc, _ in chunk], dim=0)
+            if expand > 1:
+                # expanded batches need tensors generate can repeat: re-run the (cheap) projector path
+                from videosparse.video import preprocess_frames
+
+                pixels = torch.stack([preprocess_frames(enc.clip.frames, self.spec) for _, enc, _ in chunk])
+            layout = (T, P)
+        with ctx:
+            texts, new, prefill, decode, trace = self._run_generate([q for _, _, q in chunk], *layout, feats, gen,
+                                                                    pixels, visual_offsets=offsets)
+        answers = []
+        for j, (_, item, q) in enumerate(chunk):
             t = trace.select(j * expand) if trace is not None else None
+            if pooled:
+                t = self._pool_trace(item, t)
+                video, frames_kept = item.video, item.thumbnails if keep_frames else None
+                stamps, indices, pool_tokens = item.timestamps, item.frame_indices, item.num_tokens
+            else:
+                clip = item.clip
+                video, frames_kept, stamps, indices, pool_tokens = (_video_name(clip), clip.frames, clip.timestamps,
+                                                                    clip.indices, 0)
             if t is not None:
-                t.timestamps = [float(x) for x in clip.timestamps]
+                t.timestamps = [float(x) for x in stamps]
             seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
+            seconds = item.seconds
             answers.append(Answer(
                 text=seqs[0],
                 question=q,
-                video=_video_name(clip),
-                timestamps=[float(x) for x in clip.timestamps],
-                frame_indices=[int(x) for x in clip.indices],
-                visual_tokens=T * self.tokens_per_frame,
+                video=video,
+                timestamps=[float(x) for x in stamps],
+                frame_indices=[int(x) for x in indices],
+                visual_tokens=T * P,
                 counts=t.counts if t is not None else [],
-                equivalent_tokens=t.equivalent_tokens if t is not None else float(T * self.tokens_per_frame),
+                equivalent_tokens=t.equivalent_tokens if t is not None else float(T * P),
                 prefill_seconds=prefill,
                 decode_seconds=decode,
                 new_tokens=self._content_tokens(new[j * nrs]),
                 trace=t,
-                frames=clip.frames,
+                frames=frames_kept,
                 sequences=seqs,
-                video_decode_seconds=enc.seconds.get("video_decode", 0.0),
-                vision_seconds=enc.seconds.get("vision", 0.0),
+                pool_tokens=pool_tokens,
+                video_decode_seconds=seconds.get("video_decode", 0.0),
+                vision_seconds=seconds.get("vision", 0.0),
+                preselect_seconds=seconds.get("preselect", 0.0),
             ))
         return answers
+
+    def _pool_trace(self, pv: Any, t: Any) -> Any:
+        """The trace of a pooled answer: the decoder's (a trace without stages when unpruned), with the pool's
+        pre-selection recorded as ``t.pool``."""
+        import torch
+
+        from videosparse.core.trace import RetentionTrace, StageRecord
+
+        K = pv.num_tokens
+        if t is None:
+            t = RetentionTrace(num_frames=pv.num_frames, tokens_per_frame=self.tokens_per_frame,
+                               has_cls=self.frontend.has_cls, grid=tuple(self.frontend.frame_grid(self.model.config)),
+                               num_layers=self.frontend.num_layers(self.model.config), batch_size=1, decoder_visual=K)
+        t.pool = StageRecord(layer=-1, kept=pv.ids[None].clone(), merged=torch.zeros(1, K, dtype=torch.bool),
+                             scores=pv.scores[None].clone(), redundant=pv.redundant[None].clone())
+        return t
 
     def _generation_kwargs(self, generation: dict) -> dict:
         gen = {"max_new_tokens": 64, "do_sample": False}
@@ -666,12 +669,11 @@ class VideoQA:
         visual_offsets: optional (B, T*P) long RoPE position offsets of the video tokens from the first one
         (the long path's time-aligned layout); other tokens keep their sequence index."""
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         from videosparse.loading import context_error
-        from videosparse.video import expand_video_prompt
 
-        prompts = [expand_video_prompt(self.prompt_template.format(question=q.strip()), T, P) for q in questions]
+        fe = self.frontend
+        prompts = [fe.prompt(q, T, P, self.prompt_template) for q in questions]
         # verbose=False: the length is checked against the model's context below, not the tokenizer's
         enc_in = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True, verbose=False)
         dev = self.model.device
@@ -680,13 +682,10 @@ class VideoQA:
         err = context_error(int(input_ids.shape[1]), int(gen["max_new_tokens"]), self.max_positions, T, P)
         if err:
             raise ValueError(err)
-        if pixels is not None:
-            vision = {"pixel_values_videos": pixels.to(dev, self.model.dtype)}
-        else:
-            vision = {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=feats)}}
+        vision = fe.pixel_inputs(pixels.to(dev, self.model.dtype)) if pixels is not None else fe.feature_inputs(feats)
         extra: dict = {}
         if visual_offsets is not None:
-            vm = input_ids == self.model.config.video_token_id
+            vm = input_ids == fe.video_token_id(self.model.config)
             N = input_ids.shape[1]
             pos = torch.arange(N, device=dev).expand(input_ids.shape[0], N).clone()
             start = vm.float().argmax(dim=1)
@@ -824,46 +823,44 @@ def hf_output(progress: bool = True, warnings: bool = True):
 
 
 def prompt_length(tokenizer: Any, question: str, num_frames: int, tokens_per_frame: int,
-                  template: str = DEFAULT_TEMPLATE) -> int:
-    """Tokens of the full prompt: the template's text + ``num_frames x tokens_per_frame`` video tokens."""
-    from videosparse.video import expand_video_prompt
-
-    prompt = expand_video_prompt(template.format(question=question.strip()), num_frames, tokens_per_frame)
+                  template: str | None = None, frontend: Any = None) -> int:
+    """Tokens of the full prompt: the template's text + ``num_frames x tokens_per_frame`` video tokens.
+    frontend: the model family's (``videosparse.frontends``; None: Video-LLaVA's); template: None = its own."""
+    fe = frontend if frontend is not None else get_frontend("video_llava")
+    prompt = fe.prompt(question, num_frames, tokens_per_frame, template)
     return len(tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"])
 
 
-def check_prompt(tokenizer: Any, question: str, num_frames: int, tokens_per_frame: int, max_positions: Any,
-                 max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE) -> None:
+def check_prompt(tokenizer: Any, question: str, num_frames: int | None, tokens_per_frame: int, max_positions: Any,
+                 max_new_tokens: int = 64, template: str | None = None, *, pool: int | None = None,
+                 frontend: Any = None) -> None:
     """Everything about a question that can be checked with the tokenizer alone (no model, no video):
     not empty, mostly known tokens, and prompt + ``max_new_tokens`` within ``max_positions``.
-    Raises ValueError naming the problem (frames, tokens and the limit for an overlong prompt)."""
+
+    Whole frames (``pool`` None): the prompt holds ``num_frames x tokens_per_frame`` visual tokens. The
+    long-video path (``pool`` = pre_budget): the decoder sees a pool of at most ``pool`` visual tokens picked
+    from ``num_frames`` frames (0 or None: not known before the file is opened).
+    Raises ValueError naming the problem (frames, tokens and the limit for an overlong prompt).
+    frontend / template: as in `prompt_length`."""
     from videosparse.loading import context_error
 
     _check_question(question)
     _positive_int(max_new_tokens, "max_new_tokens")
     question = model_question(tokenizer, question)
     _check_vocabulary(tokenizer, question)
-    err = context_error(prompt_length(tokenizer, question, num_frames, tokens_per_frame, template),
-                        max_new_tokens, max_positions, num_frames, tokens_per_frame)
-    if err:
-        raise ValueError(err)
-
-
-def check_pool_prompt(tokenizer: Any, question: str, capacity: int, frames: int | None, tokens_per_frame: int,
-                      max_positions: Any, max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE) -> None:
-    """`check_prompt` for the long-video path: the decoder sees a pool of at most ``capacity`` visual tokens
-    picked from ``frames`` frames. Raises ValueError naming frames, tokens and the context size."""
-    _check_question(question)
-    _positive_int(max_new_tokens, "max_new_tokens")
-    question = model_question(tokenizer, question)
-    _check_vocabulary(tokenizer, question)
-    n = prompt_length(tokenizer, question, 1, capacity, template)
+    if pool is None:
+        err = context_error(prompt_length(tokenizer, question, num_frames, tokens_per_frame, template, frontend),
+                            max_new_tokens, max_positions, num_frames, tokens_per_frame)
+        if err:
+            raise ValueError(err)
+        return
+    n = prompt_length(tokenizer, question, 1, pool, template, frontend)
     if max_positions and n + max_new_tokens > max_positions:
-        text = n - capacity
+        text = n - pool
         room = max_positions - text - max_new_tokens
         raise ValueError(
-            f"the prompt does not fit the model's context: a pool of pre_budget={capacity} visual tokens "
-            + (f"(picked from {frames} frames x {tokens_per_frame} tokens)" if frames else
+            f"the prompt does not fit the model's context: a pool of pre_budget={pool} visual tokens "
+            + (f"(picked from {num_frames} frames x {tokens_per_frame} tokens)" if num_frames else
                f"(picked from the sampled frames, {tokens_per_frame} tokens each)")
             + f" + {text} text tokens + {max_new_tokens} new "
             f"tokens = {n + max_new_tokens} positions, but the model has {max_positions} (max_position_embeddings); "
@@ -1032,7 +1029,7 @@ def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int) -> Any:
 
     if sparsity is None:
         return None
-    layers = int(config.text_config.num_hidden_layers)
+    layers = frontend_for(config).num_layers(config)
     if isinstance(sparsity, str):
         sparsity = SparseConfig.preset(sparsity, num_layers=layers)
     if not isinstance(sparsity, SparseConfig):
@@ -1043,30 +1040,7 @@ def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int) -> Any:
 
 def decoder_visual_tokens(config: Any, num_frames: int, pre_budget: int | None = None) -> int:
     """Visual tokens the decoder sees for ``num_frames`` frames: all of them, or the long-video pool
-    (``pre_budget``, default 8 frames' worth) when they are more."""
-    P = tokens_per_frame(config)
-    return min(num_frames * P, pre_budget if pre_budget is not None else 8 * P)
-
-
-def tokens_per_frame(config: Any) -> int:
-    """Visual tokens per frame of a Video-LLaVA config: patches + CLS (257 for a 224 px, 14 px ViT)."""
-    vcfg = config.vision_config
-    return (vcfg.image_size // vcfg.patch_size) ** 2 + 1
-
-
-def _preprocessor_file(model_id_or_path: str, local_files_only: bool = False) -> Any:
-    """Local path (or dict) of the checkpoint's preprocessing config; hub ids go through the HF cache."""
-    if os.path.isdir(model_id_or_path):
-        return model_id_or_path
-    from transformers.utils import cached_file
-
-    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-        try:
-            path = cached_file(model_id_or_path, name, _raise_exceptions_for_missing_entries=False,
-                               local_files_only=local_files_only)
-        except OSError:
-            path = None
-        if path:
-            return path
-    logger.warning("no preprocessor config found for %s; using CLIP defaults (224)", model_id_or_path)
-    return {}
+    (``pre_budget``, default the front end's default frames' worth, 8 for Video-LLaVA) when they are more."""
+    fe = frontend_for(config)
+    P = fe.tokens_per_frame(config)
+    return min(num_frames * P, pre_budget if pre_budget is not None else fe.default_num_frames * P)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from videosparse.frontends.video_llava import TEMPLATE
 from videosparse.testbed import synthetic as syn
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -27,7 +28,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD, BOS, EOS, UNK, VIDEO, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<video>", "<image>"
 SPECIALS = (PAD, BOS, EOS, UNK, VIDEO, IMAGE)
 
-PROMPT = "USER: <video>\n{question} ASSISTANT:"
+PROMPT = TEMPLATE  # the Video-LLaVA chat template (its front end's)
 
 
 def default_path() -> str:
@@ -103,18 +104,19 @@ def build_config(tokenizer, gen: syn.GenConfig = syn.GenConfig(), size: ModelSiz
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    tokens_per_frame = (gen.size // gen.cell) ** 2 + 1
-    return VideoLlavaConfig(
+    config = VideoLlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
         video_token_index=tokenizer.convert_tokens_to_ids(VIDEO),
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
-        image_seq_length=tokens_per_frame,
-        video_seq_length=tokens_per_frame * gen.num_frames,
         tie_word_embeddings=True,
     )
+    per_frame = tokens_per_frame(config)  # the front end's geometry of this config
+    config.image_seq_length = per_frame
+    config.video_seq_length = per_frame * gen.num_frames
+    return config
 
 
 def preprocessor_config(gen: syn.GenConfig = syn.GenConfig()) -> dict:
@@ -166,8 +168,10 @@ def load_spec(path: str):
 
 
 def tokens_per_frame(config) -> int:
-    v = config.vision_config
-    return (v.image_size // v.patch_size) ** 2 + 1
+    """Visual tokens per frame (patches + CLS), from the Video-LLaVA front end."""
+    from videosparse.frontends import tokens_per_frame as per_frame
+
+    return per_frame(config)
 
 
 def prompt(question: str, num_frames: int, per_frame: int) -> str:
@@ -213,8 +217,10 @@ def generate_answers(model, tokenizer, samples: Sequence, spec: Any = None, max_
 
 def target_indices(sample, config) -> list:
     """Indices (frame-major, CLS at in-frame 0) of the asked-about patches among the visual tokens."""
+    from videosparse.frontends import frontend_for
+
     per_frame = tokens_per_frame(config)
-    grid = config.vision_config.image_size // config.vision_config.patch_size
+    grid = frontend_for(config).frame_grid(config)[1]
     return [t * per_frame + 1 + r * grid + c for (t, r, c) in sample.target]
 
 
