@@ -68,7 +68,9 @@ class RunConfig:
 
         if self.preset is None:
             return None
-        layers = int(model_config.text_config.num_hidden_layers)
+        from videosparse.frontends import frontend_for
+
+        layers = frontend_for(model_config).num_layers(model_config)
         try:
             cfg = SparseConfig.preset(self.preset, budget=self.budget, num_layers=layers)
             return _resolve_sparsity(cfg, model_config, num_frames)
@@ -485,10 +487,14 @@ def dist_info(device: str | None = None) -> tuple:
     return int(state.process_index), int(state.num_processes), dev
 
 
-def build_spec(dataset: Any, opts: RunOptions, world: int) -> dict:
-    """The run.json document: dataset, model, configs, generation settings, seed, versions, git commit."""
+def build_spec(dataset: Any, opts: RunOptions, world: int, model_config: Any = None) -> dict:
+    """The run.json document: dataset, model, configs, generation settings, seed, versions, git commit.
+    The prompt template is the one the run uses: ``--prompt-template`` or the model family's (its front end,
+    from ``model_config``)."""
+    from videosparse.frontends import frontend_for
     from videosparse.pipeline import DEFAULT_TEMPLATE
 
+    default_template = DEFAULT_TEMPLATE if model_config is None else frontend_for(model_config).prompt_template
     ds = dataset.to_dict()
     return {
         "schema": 1,
@@ -500,7 +506,7 @@ def build_spec(dataset: Any, opts: RunOptions, world: int) -> dict:
         "frame_strategy": opts.frame_strategy,
         "max_new_tokens": opts.max_new_tokens,
         "decoding": "greedy",
-        "prompt_template": opts.prompt_template or DEFAULT_TEMPLATE,
+        "prompt_template": opts.prompt_template or default_template,
         "dtype": opts.dtype,
         "batch_size": opts.batch_size,
         "seed": opts.seed,
@@ -586,7 +592,7 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
         raise RunError(f"--out {run_dir} is a file, not a directory")
     model_config, ckpt = _model_config(opts, qa)
     sparsities = {c.label: c.sparsity(model_config, opts.num_frames) for c in opts.configs}
-    spec = build_spec(dataset, opts, world)
+    spec = build_spec(dataset, opts, world, model_config)
     with writing(run_dir, "create the run directory"):
         run_dir.mkdir(parents=True, exist_ok=True)
     with rank_lock(run_dir, rank):
