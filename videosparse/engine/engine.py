@@ -65,9 +65,6 @@ class PruningEngine:
         for i, layer in enumerate(fam.decoder.layers):
             hooks.append(layer.register_forward_pre_hook(self._layer_pre(i), with_kwargs=True))
             hooks.append(layer.register_forward_hook(self._layer_post(i)))
-        norm = getattr(fam.decoder, "norm", None)
-        if norm is not None:  # a stage at the last layer shrinks the final norm's input
-            hooks.append(norm.register_forward_pre_hook(self._norm_pre))
         self._hooks = hooks
         fam.decoder._videosparse_handles = [handle]
 
@@ -128,13 +125,6 @@ class PruningEngine:
 
         return hook
 
-    def _norm_pre(self, module: Any, args: tuple) -> Any:
-        run = self._run
-        if isinstance(run, _Prefill) and run.shrunk is not None and args:
-            shrunk, run.shrunk = run.shrunk, None
-            return (shrunk, *args[1:])
-        return None
-
     def _layer_post(self, i: int) -> Any:
         def hook(module: Any, args: tuple, output: Any) -> Any:
             run = self._run
@@ -159,7 +149,8 @@ class _Prefill:
         self.q_rows = None
         self.h_in = None
         # the kept rows of a stage layer's output: they replace the next layer's input (not the stage layer's
-        # output, so transformers' output capture records the layer's whole output as without pruning)
+        # output, so transformers' output capture records the layer's whole output as without pruning); a
+        # stage is never at the last layer (SparseConfig.check_layers), so a next layer always exists
         self.shrunk: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- layer 0: read the stock inputs
