@@ -246,13 +246,13 @@ def test_ask_many_names_input_that_is_not_pairs(qa, pairs, expected):
 @pytest.mark.parametrize("cpus,load,expected", [
     (2, 0.0, 2), (2, 0.49, 2), (2, 0.5, 1), (2, 1.0, 1), (2, 5.0, 1), (1, 0.0, 1), (64, 0.4, 64), (64, 10.0, 54)])
 def test_default_threads_rule(cpus, load, expected):
-    from videosparse.pipeline import default_threads
+    from videosparse.runtime import default_threads
 
     assert default_threads(cpus=cpus, load=load) == expected
 
 
 def test_cgroup_quota_caps_the_cpus(tmp_path):
-    from videosparse.pipeline import _cgroup_cpus
+    from videosparse.runtime import _cgroup_cpus
 
     f = tmp_path / "cpu.max"
     f.write_text("150000 100000\n")
@@ -280,7 +280,9 @@ def test_cli_threads_set_for_the_run_and_restored(clip_file, capsys, monkeypatch
     assert cli.main(["ask", clip_file, "where is the cyan object", "--model", "testbed", "--quiet",
                      "--threads", str(other), "--max-new-tokens", "2"]) == 0
     assert seen == [other] and torch.get_num_threads() == before
-    monkeypatch.setattr(pipeline, "default_threads", lambda: other)  # no --threads: the rule's choice
+    from videosparse import runtime
+
+    monkeypatch.setattr(runtime, "default_threads", lambda: other)  # no --threads: the rule's choice
     assert cli.main(["ask", clip_file, "where is the cyan object", "--model", "testbed",
                      "--max-new-tokens", "2"]) == 0
     assert seen[-1] == other and torch.get_num_threads() == before

@@ -24,6 +24,7 @@ Importing this module imports the standard library only.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -582,13 +583,17 @@ class CheckReport:
     unreadable_videos: list = field(default_factory=list)  # [(name, reason)]
     unreadable_questions: int = 0
     probed: int = 0  # files the probe tried to open (0 with probe=False)
-    opened: int = 0  # of those, files that opened (probed - unreadable)
     problems: list = field(default_factory=list)  # [Problem]
     fatal: bool = False  # the dataset could not be loaded at all
 
     @property
     def ok(self) -> bool:
         return not any(p.severity == "error" for p in self.problems)
+
+    @property
+    def opened(self) -> int:
+        """Probed files that opened."""
+        return self.probed - len(self.unreadable_videos)
 
     def to_dict(self) -> dict:
         return {
@@ -699,7 +704,8 @@ def check(
     if probe:
         from videosparse.video import VideoError, probe_video
 
-        probe_fn, probe_errors = probe_video, (VideoError, OSError)
+        # check() reports its own progress: no decode bar
+        probe_fn, probe_errors = functools.partial(probe_video, progress=False), (VideoError, OSError)
     for k, name in enumerate(names):
         path = ds.video_path(name)
         if path is None:
@@ -713,8 +719,6 @@ def check(
                 reason = getattr(e, "reason", None) or str(e)
                 rep.unreadable_videos.append((name, str(reason).splitlines()[0] if str(reason) else type(e).__name__))
                 rep.unreadable_questions += per_video[name]
-            else:
-                rep.opened += 1
         if progress is not None:
             progress(k + 1, len(names))
     if rep.missing_videos:

@@ -520,10 +520,10 @@ def build_spec(dataset: Any, opts: RunOptions, world: int, model_config: Any = N
 def check_versions() -> None:
     """Refuse (RunError, one line) a transformers version videosparse does not support, before a run
     writes anything (the check itself is videosparse's)."""
-    from videosparse.models import base
+    from videosparse.compat import check_transformers_version
 
     try:
-        base.check_transformers_version()
+        check_transformers_version()
     except RuntimeError as e:
         raise RunError(_one_line(e)) from None
 
@@ -536,35 +536,6 @@ def _model_config(opts: RunOptions, qa: Any) -> tuple:
 
     ckpt = resolve_checkpoint(opts.model)
     return ckpt.load_config(), ckpt
-
-
-@contextlib.contextmanager
-def quiet_loading(quiet: bool = True) -> Iterator[None]:
-    """Turn off transformers' (and huggingface_hub's) progress bars, e.g. the weight-loading bar, for the
-    block, through their own APIs, and restore the previous settings afterwards. Warnings still show."""
-    if not quiet:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hub = None
-    try:
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-        hub = not are_progress_bars_disabled()
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        pass
-    hf_logging.disable_progress_bar()
-    if hub:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-        if hub:
-            enable_progress_bars()
 
 
 def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any = None,
@@ -616,12 +587,12 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
             if qa is None:
                 from videosparse import VideoQA
 
-                with quiet_loading(not opts.progress):
-                    qa = VideoQA.from_pretrained(ckpt, sparsity=None, device=device, dtype=opts.dtype,
-                                                 attn_implementation=opts.attn_implementation,
-                                                 num_frames=opts.num_frames, frame_strategy=opts.frame_strategy,
-                                                 **({"prompt_template": opts.prompt_template}
-                                                    if opts.prompt_template else {}))
+                qa = VideoQA.from_pretrained(ckpt, sparsity=None, device=device, dtype=opts.dtype,
+                                             attn_implementation=opts.attn_implementation,
+                                             num_frames=opts.num_frames, frame_strategy=opts.frame_strategy,
+                                             progress=opts.progress,  # False: no weight-loading bar (--quiet)
+                                             **({"prompt_template": opts.prompt_template}
+                                                if opts.prompt_template else {}))
             _seed(opts.seed)
             writer = PredictionWriter(run_dir / RANK_PATTERN.format(rank=rank))
             from video_eval.progress import Progress
@@ -664,7 +635,8 @@ def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities:
         if path is None:
             raise FileNotFoundError(f"video {name!r} not found in {dataset.video_dir}")
         t0 = time.perf_counter()
-        clip = load_video(path, num_frames=opts.num_frames, strategy=opts.frame_strategy, strict=opts.strict)
+        clip = load_video(path, num_frames=opts.num_frames, strategy=opts.frame_strategy, strict=opts.strict,
+                          progress=False)  # the runner shows its own progress
         return clip, time.perf_counter() - t0
 
     for unit, decoded in Prefetcher(units, decode, opts.prefetch, opts.workers):

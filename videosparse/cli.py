@@ -302,7 +302,7 @@ def _runtime(args, say) -> bool:
     """After the arguments were checked (nothing heavy imported before): transformers' output (weight-loading
     bar only on a terminal, its warnings only without --quiet; restored when the command ends) and the torch
     threads (--threads, else `default_threads()`; restored too). Returns whether progress bars are shown."""
-    from videosparse.pipeline import default_threads, hf_output, usable_cpus
+    from videosparse.runtime import default_threads, hf_output, usable_cpus
 
     quiet = getattr(args, "quiet", False)
     bars = not quiet and _isatty(sys.stderr)

@@ -13,7 +13,6 @@ Differences handled here:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 from typing import Any, Callable
@@ -80,14 +79,6 @@ def get_cache(kwargs: dict) -> Any:
     return None
 
 
-def pop_cache(kwargs: dict) -> Any:
-    """Remove both cache keywords from `kwargs`; return the effective cache."""
-    cache = get_cache(kwargs)
-    for name in CACHE_NAMES:
-        kwargs.pop(name, None)
-    return cache
-
-
 def causal_mask(config: Any, inputs_embeds: Any, attention_mask: Any, cache: Any, position_ids: Any = None,
                 layer_idx: int | None = None) -> Any:
     """`transformers.masking_utils.create_causal_mask` with the cache passed positionally (its 4th
@@ -98,20 +89,6 @@ def causal_mask(config: Any, inputs_embeds: Any, attention_mask: Any, cache: Any
     if layer_idx is not None:
         kwargs["layer_idx"] = layer_idx
     return create_causal_mask(config, inputs_embeds, attention_mask, cache, **kwargs)
-
-
-@functools.lru_cache(maxsize=None)
-def _output_cache_field(cls: type) -> str:
-    names = {f.name for f in dataclasses.fields(cls)}
-    for name in CACHE_NAMES:
-        if name in names:
-            return name
-    raise RuntimeError(f"videosparse: {cls.__name__} has no cache field ({CACHE_NAMES}); unsupported transformers")
-
-
-def model_output(cls: type, cache: Any, **fields: Any) -> Any:
-    """An instance of the output dataclass `cls` with its cache field (whatever it is called) set."""
-    return cls(**fields, **{_output_cache_field(cls): cache})
 
 
 def output_cache(output: Any) -> Any:

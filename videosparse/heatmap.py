@@ -158,7 +158,8 @@ def video_fingerprint(path: str) -> dict:
     """What identifies the video a trace was made on (stored as ``meta["source"]`` of the JSON, checked by
     ``videosparse heatmap --video``): ``path`` (absolute), ``name``, ``size`` (bytes), ``head_sha256`` (SHA-256
     of the first FINGERPRINT_BYTES bytes), ``num_frames`` and ``duration`` (seconds) from the container (None
-    when it cannot be probed). Reads 1 MiB and the container header, not the frames."""
+    when it cannot be probed). Reads 1 MiB, and PyAV's index of the container (its packets; decoding only for
+    files whose timestamps do not identify the frames), without a progress bar."""
     st = os.stat(path)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -168,7 +169,7 @@ def video_fingerprint(path: str) -> dict:
         from videosparse.video import VideoError, probe_video
 
         try:
-            info = probe_video(path, strict=False)
+            info = probe_video(path, backend="pyav", strict=False, progress=False)
             num_frames, duration = int(info.num_frames), round_time(info.duration)
         except (VideoError, OSError, ValueError) as e:
             log.debug("video_fingerprint: cannot probe %s (%s)", path, e)

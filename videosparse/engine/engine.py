@@ -137,7 +137,6 @@ class _Prefill:
     """One pruned prefill: state that shrinks stage by stage (original positions of what is alive)."""
 
     def __init__(self, engine: PruningEngine, layout: VisualLayout, attention_mask: torch.Tensor | None) -> None:
-        self.engine = engine
         self.family = engine.family
         self.cfg = engine.family.config
         self.handle = engine.handle
@@ -161,7 +160,6 @@ class _Prefill:
         self.started = True
         self.cache = get_cache(kwargs)
         self.use_cache = bool(kwargs.get("use_cache"))
-        self.causal0 = kwargs.get("attention_mask")
         vm = lay.visual_mask.to(dev)
         if vm.shape != (B, N):
             raise ValueError(f"videosparse: video-token mask {tuple(vm.shape)} does not match the sequence {(B, N)}")

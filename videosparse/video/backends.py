@@ -302,7 +302,6 @@ class PyAVReader(_ReaderBase):
         self.mode = mode
         self.progress = progress
         self.seek_problem: str | None = None  # why seeking is not used (set when it is unreliable)
-        self.frames_converted = 0  # decoded frames converted to RGB (the sampled ones only)
         self._cursor: _Cursor | None = None  # a decode in progress, resumed by the next iter_frames call
         self._first_packet = None  # (pts or dts, size) of the stream's first packet, to verify rewinds
         self.decode_errors = 0
@@ -673,7 +672,6 @@ class PyAVReader(_ReaderBase):
         logger.info("%s: %s; decoding sequentially from the start instead", self.path, self.seek_problem)
 
     def _to_rgb(self, frame) -> np.ndarray:
-        self.frames_converted += 1
         arr = frame.to_ndarray(format="rgb24")
         return _rotate(arr, self.rotation)
 
