@@ -33,6 +33,64 @@ def make_model(attn="sdpa", layers=4, image_size=16, patch=4, hidden=64, heads=4
     return model
 
 
+def make_ov_model(attn="sdpa", layers=4, image_size=16, patch=4, hidden=64, heads=4, kv_heads=2, vocab=64, seed=0):
+    """A tiny random LLaVA-OneVision (SigLIP tower without CLS, Qwen2 decoder with q/k/v biases and GQA);
+    16 px frames of 4 px patches: a 4 x 4 grid pooled to 2 x 2 = 4 tokens per frame, plus the newline."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, \
+        SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    vcfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch)
+    tcfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
+                       rope_theta=1000000.0, pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    cfg = LlavaOnevisionConfig(vision_config=vcfg, text_config=tcfg, video_token_id=VIDEO_TOKEN,
+                               image_token_id=IMAGE_TOKEN, vision_feature_layer=-1,
+                               vision_feature_select_strategy="full")
+    cfg._attn_implementation = attn
+    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    model.set_attn_implementation(attn) if hasattr(model, "set_attn_implementation") else None
+    with torch.no_grad():  # larger init so attention is not uniform (biases included)
+        for p in model.model.language_model.parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
+        for layer in model.model.language_model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                proj.bias.normal_(0.0, 0.5)
+        model.model.image_newline.normal_(0.0, 1.0)
+    return model
+
+
+def ov_tokens_per_frame(model):
+    import math
+
+    v = model.config.vision_config
+    return math.ceil((v.image_size // v.patch_size) / 2) ** 2
+
+
+def make_ov_inputs(model, frames=4, prefix=(1, 7, 8), questions=((9, 10, 11, 12),), seed=1):
+    """LLaVA-OneVision prompts: prefix + frames x P video tokens + the closing newline + question, left padded."""
+    g = torch.Generator().manual_seed(seed)
+    vcfg = model.config.vision_config
+    n = frames * ov_tokens_per_frame(model) + 1
+    seqs = [list(prefix) + [VIDEO_TOKEN] * n + list(q) for q in questions]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(s)
+        mask[i, L - len(s):] = 1
+    pix = torch.randn(len(seqs), frames, 3, vcfg.image_size, vcfg.image_size, generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pix}
+
+
+def ov_visual_mask(model, inp):
+    """The visual tokens of LLaVA-OneVision inputs: each video run without its closing newline."""
+    run = inp["input_ids"] == VIDEO_TOKEN
+    return run & (run.long().cumsum(1) < run.sum(1, keepdim=True))
+
+
 def make_inputs(model, frames=4, prefix=(1, 7, 8), questions=((9, 10, 11, 12),), pad_left=True, seed=1):
     """Batch of prompts: prefix + video tokens + question; left-padded to a common length."""
     g = torch.Generator().manual_seed(seed)

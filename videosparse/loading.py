@@ -22,13 +22,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from videosparse.frontends import registered_frontends
+
 logger = logging.getLogger(__name__)
 
-# model_type (config.json) -> what the adapter supports; `tests` check this equals the adapter registry.
-SUPPORTED_MODEL_TYPES = {
-    "video_llava": "Video-LLaVA (transformers VideoLlavaForConditionalGeneration with a Llama-style decoder, "
-                   "e.g. LanguageBind/Video-LLaVA-7B-hf)",
-}
+# model_type (config.json) -> what is supported: one entry per front end (`tests` check every one also has a
+# family adapter)
+SUPPORTED_MODEL_TYPES = {key: fe.description for key, fe in sorted(registered_frontends().items())}
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",

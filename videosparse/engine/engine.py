@@ -180,8 +180,8 @@ class _Prefill:
             position_ids = (torch.arange(N, device=dev) + self.past).unsqueeze(0)
         self.cos_full, self.sin_full = kwargs["position_embeddings"]
         self.pos_full = position_ids.expand(B, N)
-        # raters: text after the video, from the layer-0 input embeddings
-        vis_end = vis_start + self.Nv
+        # raters: text after the video block (past the tokens closing it), from the layer-0 input embeddings
+        vis_end = vis_start + self.Nv + lay.tail
         Nt = int((N - vis_end).max().item())
         text_pos = vis_end[:, None] + torch.arange(max(Nt, 1), device=dev)[None]
         text_valid = text_pos < N

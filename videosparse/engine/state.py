@@ -17,12 +17,15 @@ class VisualLayout:
     num_frames:       T sampled frames
     tokens_per_frame: P tokens of one frame (CLS included when the family keeps it)
     ids:              (B, K) long pooled tokens' ``frame * P + p`` (long-video path), else None
+    tail:             tokens right after the visual run that close the video block (LLaVA-OneVision's
+                      ``image_newline``): kept, never scored, never pruned, never raters
     """
 
     visual_mask: torch.Tensor
     num_frames: int
     tokens_per_frame: int
     ids: torch.Tensor | None = None
+    tail: int = 0
 
 
 @dataclass

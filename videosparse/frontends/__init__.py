@@ -15,6 +15,7 @@ from videosparse.frontends.base import (
     registered_frontends,
     tokens_per_frame,
 )
+from videosparse.frontends import llava_onevision as _llava_onevision  # noqa: F401  (registers the front end)
 from videosparse.frontends import video_llava as _video_llava  # noqa: F401  (registers the front end)
 
 __all__ = ["FrontEnd", "frontend_for", "get_frontend", "register_frontend", "registered_frontends",

@@ -31,6 +31,7 @@ class FrontEnd:
     prompt_template: str = ""  # with the video placeholder and "{question}"
     video_placeholder: str = "<video>"  # the token the template holds once; expanded to every visual token
     has_cls: bool = False  # a frame's visual tokens start with a CLS token
+    tail_tokens: int = 0  # placeholder tokens after the visual ones that close the video block (not visual)
     default_num_frames: int = 8
 
     # ---------------------------------------------------------------- loading
@@ -81,20 +82,24 @@ class FrontEnd:
 
     def prompt(self, question: str, num_frames: int, tokens_per_frame: int, template: str | None = None) -> str:
         """The full prompt text: the template with the question and the video placeholder expanded to
-        ``num_frames x tokens_per_frame`` placeholder tokens (a pool of K tokens: 1 x K)."""
+        ``num_frames x tokens_per_frame`` placeholder tokens (a pool of K tokens: 1 x K), plus the family's
+        ``tail_tokens`` closing the video block."""
         from videosparse.video import expand_video_prompt
 
         template = self.prompt_template if template is None else template
-        return expand_video_prompt(template.format(question=question.strip()), num_frames, tokens_per_frame,
-                                   video_token=self.video_placeholder)
+        if num_frames < 1 or tokens_per_frame < 1:
+            raise ValueError(f"num_frames and tokens_per_frame must be >= 1, got {num_frames}, {tokens_per_frame}")
+        return expand_video_prompt(template.format(question=question.strip()), 1,
+                                   num_frames * tokens_per_frame + self.tail_tokens, video_token=self.video_placeholder)
 
     # ---------------------------------------------------------------- model inputs
     def video_features(self, model: Any, pixel_values: Any) -> Any:  # pragma: no cover - protocol
         """Projected visual tokens (T, P, D) of one video's preprocessed frames (T, 3, H, W)."""
         raise NotImplementedError
 
-    def feature_inputs(self, features: Any) -> dict:  # pragma: no cover - protocol
-        """``generate`` keyword arguments handing it precomputed features (B*T, P, D)."""
+    def feature_inputs(self, model: Any, features: Any) -> dict:  # pragma: no cover - protocol
+        """``generate`` keyword arguments handing it precomputed visual tokens (B, n, D): each sample's
+        frames x tokens per frame (or pool) in prompt order; the family adds what closes the video block."""
         raise NotImplementedError
 
     def pixel_inputs(self, pixels: Any) -> dict:  # pragma: no cover - protocol
@@ -103,6 +108,32 @@ class FrontEnd:
 
     def __repr__(self) -> str:
         return f"<front end {self.name}: {', '.join(self.model_types)}>"
+
+
+PREPROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json", "processor_config.json")
+
+
+def preprocessor_file(source: str, local_files_only: bool = False) -> str | None:
+    """Path of a checkpoint's frame-preprocessing config (the video processor's first), or None when it has
+    none: a local directory is searched, a hub id goes through the HF cache."""
+    import os
+
+    if os.path.isdir(source):
+        for name in PREPROCESSOR_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                return os.path.join(source, name)
+        return None
+    from transformers.utils import cached_file
+
+    for name in PREPROCESSOR_FILES:
+        try:
+            path = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                               local_files_only=local_files_only)
+        except OSError:
+            path = None
+        if path:
+            return path
+    return None
 
 
 def register_frontend(cls: type) -> type:

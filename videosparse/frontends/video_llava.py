@@ -8,10 +8,9 @@ whatever ``vision_feature_select_strategy`` says (``get_video_features`` keeps i
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-from videosparse.frontends.base import FrontEnd, register_frontend
+from videosparse.frontends.base import FrontEnd, preprocessor_file, register_frontend
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,11 @@ class VideoLlavaFrontEnd(FrontEnd):
     def preprocessor_spec(self, source: str, local_files_only: bool = False) -> Any:
         from videosparse.video import VideoProcessorSpec
 
-        return VideoProcessorSpec.from_pretrained(_preprocessor_file(source, local_files_only))
+        found = preprocessor_file(source, local_files_only)
+        if found is None:
+            logger.warning("no preprocessor config found for %s; using CLIP defaults (224)", source)
+            return VideoProcessorSpec()
+        return VideoProcessorSpec.from_pretrained(found)
 
     def check_spec(self, config: Any, spec: Any) -> None:
         size = config.vision_config.image_size
@@ -56,28 +59,10 @@ class VideoLlavaFrontEnd(FrontEnd):
     def video_features(self, model: Any, pixel_values: Any) -> Any:
         return model.model.get_video_features(pixel_values_videos=pixel_values[None]).pooler_output
 
-    def feature_inputs(self, features: Any) -> dict:
+    def feature_inputs(self, model: Any, features: Any) -> dict:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         return {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=features)}}
 
     def pixel_inputs(self, pixels: Any) -> dict:
         return {"pixel_values_videos": pixels}
-
-
-def _preprocessor_file(model_id_or_path: str, local_files_only: bool = False) -> Any:
-    """Local path (or dict) of the checkpoint's preprocessing config; hub ids go through the HF cache."""
-    if os.path.isdir(model_id_or_path):
-        return model_id_or_path
-    from transformers.utils import cached_file
-
-    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-        try:
-            path = cached_file(model_id_or_path, name, _raise_exceptions_for_missing_entries=False,
-                               local_files_only=local_files_only)
-        except OSError:
-            path = None
-        if path:
-            return path
-    logger.warning("no preprocessor config found for %s; using CLIP defaults (224)", model_id_or_path)
-    return {}

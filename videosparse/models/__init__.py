@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from videosparse.models.base import SparseHandle, find_adapter, registered_adapters
+from videosparse.models import llava_onevision as _llava_onevision  # noqa: F401  (registers the adapter)
 from videosparse.models import video_llava as _video_llava  # noqa: F401  (registers the adapter)
 
 

@@ -11,31 +11,119 @@ from videosparse.compat import SUPPORTED_SPEC, check_transformers_version  # noq
 class ModelAdapter:
     """Protocol of a model family: the only code that knows the family's transformers classes.
 
-    The pruning itself is the engine's (``videosparse.engine``), written once; a family answers what only
-    it knows. Subclasses set ``name``, ``model_types`` (config.json ``model_type`` values) and
-    ``description``, and implement ``matches``, ``__init__`` (set ``inner``, ``decoder``, ``num_layers``,
-    ``grid``, ``has_cls``) and ``locate``. The q/k projections, the rotary helpers and the RoPE gravity
-    table below are the Llama-style defaults (``self_attn.q_proj/k_proj``, ``input_layernorm``,
-    ``decoder.rotary_emb``, rotate-half); a family with per-head q/k norms or multi-axis rotary overrides
-    them.
+    The pruning itself is the engine's (``videosparse.engine``), written once; the frame geometry (patch
+    grid, CLS, tokens per frame, tokens closing the video block, the video placeholder id) is the family's
+    front end's (``videosparse.frontends``), read here once. A family sets ``name``, ``model_types``
+    (config.json ``model_type`` values), ``description``, ``model_classes`` (the conditional-generation
+    class and its inner multimodal model) and ``image_inputs``; the defaults below handle a decoder-only
+    language model with Llama-style layers (``self_attn.q_proj/k_proj``, ``input_layernorm``,
+    ``decoder.rotary_emb``, rotate-half) and one contiguous run of video placeholders per sample. A family
+    with per-head q/k norms, multi-axis rotary or interleaved video runs overrides ``project_queries`` /
+    ``project_keys`` / ``rotary`` / ``locate``.
     """
 
     name: str = ""
     model_types: tuple = ()
     description: str = ""
-    has_cls: bool = False
+    model_classes: tuple = ()  # (conditional-generation class name, inner multimodal model class name)
+    image_inputs: tuple = ("pixel_values",)  # keyword arguments carrying images (refused: videos only)
 
     @classmethod
-    def matches(cls, model: Any) -> bool:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def matches(cls, model: Any) -> bool:
+        return type(model).__name__ in cls.model_classes
 
-    def __init__(self, model: Any, config: Any) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    @classmethod
+    def inner_of(cls, model: Any) -> Any:
+        """The multimodal model whose forward receives input_ids (where the video tokens are located)."""
+        return model.model if type(model).__name__ == cls.model_classes[0] else model
 
-    def locate(self, args: tuple, kwargs: dict, handle: "SparseHandle") -> Any:  # pragma: no cover - protocol
+    @classmethod
+    def decoder_layers(cls, model: Any) -> Any:
+        return cls.inner_of(model).get_decoder().layers
+
+    def __init__(self, model: Any, config: Any) -> None:
+        from videosparse.frontends import frontend_for
+
+        check_transformers_version()
+        self.model = model
+        self.config = config
+        self.inner = self.inner_of(model)
+        decoder = self.inner.get_decoder()
+        for attr in ("layers", "rotary_emb", "norm", "embed_tokens"):
+            if not hasattr(decoder, attr):
+                raise ValueError(
+                    f"videosparse: the decoder {type(decoder).__name__} has no '{attr}'; only decoders with "
+                    f"Llama-style layers are supported ({self.description})"
+                )
+        self.decoder = decoder
+        tcfg = decoder.config
+        if getattr(tcfg, "sliding_window", None) or getattr(tcfg, "layer_types", None) and any(
+            t != "full_attention" for t in tcfg.layer_types
+        ):
+            raise ValueError("videosparse: decoders with sliding-window/hybrid attention layers are not supported")
+        self.num_layers = len(decoder.layers)
+        config.check_layers(self.num_layers)
+        if config.budget == "rank" and config.method != "sparsevlm":
+            raise ValueError("SparseConfig.budget: 'rank' needs method='sparsevlm' (rater attention)")
+        # the frame geometry has one owner: the family's front end
+        mcfg = self.inner.config
+        fe = frontend_for(mcfg)
+        self.grid = tuple(int(v) for v in fe.frame_grid(mcfg))
+        self.has_cls = bool(fe.has_cls)
+        self.tokens_per_frame = int(fe.tokens_per_frame(mcfg))
+        self.tail_tokens = int(fe.tail_tokens)
+        self.video_token_id = int(fe.video_token_id(mcfg))
+
+    def locate(self, args: tuple, kwargs: dict, handle: "SparseHandle") -> Any:
         """The VisualLayout of a prefill from the multimodal model's call (before the placeholders are
-        replaced by features), or raise ValueError naming what is wrong with the input."""
-        raise NotImplementedError
+        replaced by features), or raise ValueError naming what is wrong with the input.
+
+        Default: every sample holds one contiguous run of ``video_token_id`` placeholders, frame-major
+        (``num_frames x tokens_per_frame`` visual tokens, or the K tokens of a long-video pool), followed
+        inside the run by ``tail_tokens`` tokens that close the video block (never scored, never pruned)."""
+        import torch
+
+        from videosparse.engine.state import VisualLayout
+
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        for key in self.image_inputs:
+            if kwargs.get(key) is not None:
+                raise ValueError(
+                    f"videosparse: image inputs ({key}) are not supported; pass videos as "
+                    "pixel_values_videos, or run inside `with handle.disabled():`"
+                )
+        if input_ids is None:
+            raise ValueError("videosparse: input_ids are required to locate the video tokens (got inputs_embeds only)")
+        run = input_ids == self.video_token_id
+        if not bool(run.any()):
+            raise ValueError(
+                f"videosparse: the input has no video tokens (video_token_id={self.video_token_id}); "
+                "videosparse prunes video tokens only - run text-only prompts inside `with handle.disabled():`"
+            )
+        counts = run.sum(dim=1)
+        if bool((counts != counts[0]).any()):
+            raise ValueError(
+                f"videosparse: every sample must hold the same number of video tokens, got {counts.tolist()}"
+            )
+        nv = int(counts[0]) - self.tail_tokens
+        if nv < 1:
+            raise ValueError(f"videosparse: the video block holds {int(counts[0])} tokens, no visual token before "
+                             f"its {self.tail_tokens} closing token(s)")
+        vm = run & (run.long().cumsum(dim=1) <= nv) if self.tail_tokens else run
+        P = self.tokens_per_frame
+        if handle._pool is not None:
+            ids, frames = handle._pool
+            ids = torch.as_tensor(ids, dtype=torch.long)
+            if ids.ndim != 2 or ids.shape[1] != nv or vm.shape[0] % ids.shape[0]:
+                raise ValueError(f"videosparse: the pooled layout {tuple(ids.shape)} does not match the input: "
+                                 f"{vm.shape[0]} sample(s) with {nv} video tokens each")
+            if bool((ids[:, 1:] <= ids[:, :-1]).any()) or int(ids.min()) < 0 or int(ids.max()) >= frames * P:
+                raise ValueError(f"videosparse: pooled token ids must be ascending and inside {frames} frames x {P}")
+            ids = ids.repeat_interleave(vm.shape[0] // ids.shape[0], dim=0)  # beams/returned sequences
+            return VisualLayout(vm, frames, P, ids.to(vm.device), tail=self.tail_tokens)
+        if nv % P:
+            raise ValueError(f"videosparse: {nv} video tokens is not a whole number of frames of {P} tokens")
+        return VisualLayout(vm, nv // P, P, tail=self.tail_tokens)
 
     # ---------------------------------------------------------------- engine plumbing
     def install(self, handle: "SparseHandle") -> None:
