@@ -1,5 +1,6 @@
-"""Video input for Video-LLaVA: decoding (decord first, PyAV fallback), frame sampling, CLIP
-preprocessing equal to transformers' processor, and one error family for bad input.
+"""Video input for Video-LLaVA and LLaVA-OneVision: decoding (decord first, PyAV fallback), frame
+sampling, preprocessing equal to transformers' processors (CLIP / PIL for Video-LLaVA,
+``VideoProcessorSpec.llava_onevision()`` / torch for OneVision), and one error family for bad input.
 
     from videosparse.video import load_video, preprocess_frames, expand_video_prompt
     clip = load_video("v.mp4", num_frames=8)            # Clip: frames uint8 (8, H, W, 3) RGB
@@ -31,6 +32,9 @@ from videosparse.video.loader import ChunkedVideo, VideoInfo, iter_chunks, load_
 from videosparse.video.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
+    ONEVISION_MEAN,
+    ONEVISION_STD,
+    RESIZE_BACKENDS,
     VideoProcessorSpec,
     expand_video_prompt,
     preprocess_frames,
@@ -44,6 +48,9 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT_MAX_SIDE",
+    "ONEVISION_MEAN",
+    "ONEVISION_STD",
+    "RESIZE_BACKENDS",
     "STRATEGIES",
     "BackendUnavailableError",
     "Clip",

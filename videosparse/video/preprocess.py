@@ -1,10 +1,25 @@
-"""CLIP preprocessing for Video-LLaVA, equal to transformers' processor, without torchvision.
+"""Frame preprocessing equal to transformers' processors, without torchvision.
 
-Per frame (as ``VideoLlavaImageProcessor``): resize so the shortest edge is ``shortest_edge``
-(long edge ``int(shortest_edge * long / short)``) with PIL bicubic on uint8, center crop
-``crop_size`` (zero padding if the frame is smaller, as transformers does), ``x / 255`` computed
-in float64 and cast to float32, then ``(x - mean) / std`` in float32. The result is bit-identical
-to the pillow-based transformers image processor (see tests/video/test_preprocess.py).
+Two resize back ends, chosen by ``VideoProcessorSpec.resize_backend``:
+
+``"pil"`` (default; Video-LLaVA's CLIP processor, ``VideoLlavaImageProcessor``): per frame, resize so the
+shortest edge is ``shortest_edge`` (long edge ``int(shortest_edge * long / short)``) with PIL bicubic on
+uint8, center crop ``crop_size`` (zero padding if the frame is smaller, as transformers does), ``x / 255``
+computed in float64 and cast to float32, then ``(x - mean) / std`` in float32. The result is
+bit-identical to the pillow-based transformers image processor (see tests/video/test_preprocess.py).
+
+``"torch"`` (LLaVA-OneVision / LLaVA-Video: ``LlavaOnevisionVideoProcessor``, a torchvision
+``BaseVideoProcessor``; ``VideoProcessorSpec.llava_onevision()``): what transformers' torchvision back end
+does on CPU. The uint8 ``(T, 3, H, W)`` video goes to ``torch.nn.functional.interpolate(mode="bicubic",
+antialias=True, align_corners=False)`` *as uint8* (torchvision's ``resize_image`` takes its native uint8
+path for bicubic on CPU: separable, horizontal pass first, fixed-point int16 weights, each pass rounded and
+clamped to uint8); the resize is skipped when the size does not change; OneVision resizes to exactly
+384 x 384 (aspect not kept) and does not crop. Rescale and normalise are fused as transformers fuses them:
+``(float32(x) - mean / rescale_factor) / (std / rescale_factor)`` with the fused mean/std computed in float32.
+The torch call is the one torchvision makes, so the result is what transformers computes on CPU;
+tests/video/test_preprocess_onevision.py checks it bit for bit against a numpy re-implementation of the
+algorithm (transformers' own processor needs torchvision, which is not installable here). On CUDA
+torchvision resizes in float32 instead (clamp + round to uint8), which differs by a few uint8 levels.
 """
 
 from __future__ import annotations
@@ -23,6 +38,9 @@ from videosparse.video.clip import Clip, as_rgb_frames
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "ONEVISION_MEAN",
+    "ONEVISION_STD",
+    "RESIZE_BACKENDS",
     "VideoProcessorSpec",
     "preprocess_frames",
     "preprocess_videos",
@@ -32,6 +50,16 @@ __all__ = [
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# llava-hf/llava-onevision-qwen2-*-hf video_preprocessor_config.json (SigLIP): mean = std = 0.5
+ONEVISION_MEAN = (0.5, 0.5, 0.5)
+ONEVISION_STD = (0.5, 0.5, 0.5)
+ONEVISION_SIZE = 384
+
+RESIZE_BACKENDS = ("pil", "torch")
+# filters torchvision's tensor resize supports (transformers maps PIL's resample ids onto them)
+_TORCH_RESAMPLE = ("nearest", "bilinear", "bicubic")
+# composite processors of the supported families whose video path is a torchvision video processor
+_TORCH_PROCESSOR_CLASSES = ("LlavaOnevisionProcessor",)
 
 _RESAMPLE_NAMES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 _RESAMPLE_BY_ID = {v: k for k, v in _RESAMPLE_NAMES.items()}
@@ -40,7 +68,8 @@ _CONFIG_FILES = ("video_preprocessor_config.json", "preprocessor_config.json", "
 
 @dataclass(frozen=True)
 class VideoProcessorSpec:
-    """What the Video-LLaVA processor does to each frame (defaults: Video-LLaVA-7B-hf / CLIP)."""
+    """What the model's processor does to each frame (defaults: Video-LLaVA-7B-hf / CLIP; see
+    :meth:`llava_onevision` for LLaVA-OneVision / LLaVA-Video)."""
 
     shortest_edge: int | None = field(default=224, metadata={"help": "resize so the shorter side has this length"})
     resize_to: tuple[int, int] | None = field(
@@ -54,6 +83,9 @@ class VideoProcessorSpec:
     do_center_crop: bool = True
     do_rescale: bool = True
     do_normalize: bool = True
+    resize_backend: str = field(default="pil", metadata={
+        "help": "pil: PIL resize per frame (Video-LLaVA's image processor); torch: torchvision's tensor resize "
+                "as transformers' torchvision processors run it (uint8 interpolate, antialias; LLaVA-OneVision)"})
 
     def __post_init__(self):
         crop = self.crop_size
@@ -76,6 +108,23 @@ class VideoProcessorSpec:
         if res not in _RESAMPLE_NAMES:
             raise ValueError(f"unknown resample {self.resample!r}; choose one of {sorted(_RESAMPLE_NAMES)}")
         object.__setattr__(self, "resample", res)
+        backend = str(self.resize_backend).lower()
+        if backend not in RESIZE_BACKENDS:
+            raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {self.resize_backend!r}")
+        if backend == "torch" and res not in _TORCH_RESAMPLE:
+            raise ValueError(f"resample {res!r} has no torch tensor resize; the torch backend supports "
+                             f"{_TORCH_RESAMPLE}")
+        object.__setattr__(self, "resize_backend", backend)
+
+    @classmethod
+    def llava_onevision(cls, size: int = ONEVISION_SIZE) -> VideoProcessorSpec:
+        """LLaVA-OneVision / LLaVA-Video (``llava-hf/llava-onevision-qwen2-*-ov-hf``): exact resize to
+        ``size x size`` (aspect not kept) with torch's antialiased bicubic on uint8, no crop, /255,
+        mean = std = 0.5 -- what transformers' ``LlavaOnevisionVideoProcessor`` does with the checkpoints'
+        ``video_preprocessor_config.json``."""
+        return cls(shortest_edge=None, resize_to=(size, size), crop_size=size, image_mean=ONEVISION_MEAN,
+                   image_std=ONEVISION_STD, rescale_factor=1 / 255, resample="bicubic", do_resize=True,
+                   do_center_crop=False, do_rescale=True, do_normalize=True, resize_backend="torch")
 
     @property
     def crop_hw(self) -> tuple[int, int]:
@@ -90,6 +139,14 @@ class VideoProcessorSpec:
         """Read a transformers-style (video_)preprocessor config: a dict, a JSON file, or a local
         model directory holding ``video_preprocessor_config.json`` / ``preprocessor_config.json``.
         Unknown keys are ignored; missing keys keep the defaults. No network access.
+
+        The resize back end is ``"torch"`` when ``video_processor_type`` or ``image_processor_type`` names a
+        torchvision processor (ends with ``VideoProcessor`` or ``Fast``: every transformers 5 video processor
+        is a torchvision ``BaseVideoProcessor``) or ``processor_class`` is LLaVA-OneVision's; an explicit
+        ``resize_backend`` key wins. For the torch back end only: a ``{"height", "width"}`` size clears
+        ``shortest_edge``, an absent/null ``do_center_crop`` means "crop only if a ``crop_size`` is given"
+        (LlavaOnevisionVideoProcessor's ``do_center_crop = None``), and without a crop ``crop_size`` is the
+        resize size. Configs for the pil back end (Video-LLaVA) load exactly as before.
         """
         if isinstance(path_or_dict, Mapping):
             cfg = dict(path_or_dict)
@@ -107,6 +164,8 @@ class VideoProcessorSpec:
                 cfg = dict(cfg[key])
                 break
         kw: dict[str, Any] = {}
+        backend = cfg.get("resize_backend") or _backend_for_config(cfg)
+        kw["resize_backend"] = backend
         size = cfg.get("size")
         if isinstance(size, Mapping):
             if "shortest_edge" in size:
@@ -127,7 +186,26 @@ class VideoProcessorSpec:
         for k in ("rescale_factor", "resample", "do_resize", "do_center_crop", "do_rescale", "do_normalize"):
             if cfg.get(k) is not None:
                 kw[k] = cfg[k]
+        if str(backend).lower() == "torch":
+            if "resize_to" in kw:
+                kw["shortest_edge"] = None
+            if cfg.get("do_center_crop") is None:
+                kw["do_center_crop"] = cfg.get("crop_size") is not None
+            if not kw["do_center_crop"] and cfg.get("crop_size") is None and "resize_to" in kw:
+                h, w = kw["resize_to"]
+                kw["crop_size"] = (h, w)
         return cls(**kw)
+
+
+def _backend_for_config(cfg: Mapping[str, Any]) -> str:
+    """"torch" for a config written by (or for) a torchvision-based transformers processor, else "pil"."""
+    for key in ("video_processor_type", "image_processor_type"):
+        name = cfg.get(key)
+        if isinstance(name, str) and (name.endswith("VideoProcessor") or name.endswith("Fast")):
+            return "torch"
+    if cfg.get("processor_class") in _TORCH_PROCESSOR_CLASSES:
+        return "torch"
+    return "pil"
 
 
 def _output_size(h: int, w: int, spec: VideoProcessorSpec) -> tuple[int, int]:
@@ -162,18 +240,33 @@ def preprocess_frames(frames, spec: VideoProcessorSpec | None = None, return_ten
     """Frames -> normalised pixel values.
 
     Args:
-        frames: ``uint8 (T, H, W, 3)`` RGB (or a :class:`Clip`; grayscale ``(T, H, W)`` is
-            replicated to RGB).
-        spec: preprocessing parameters (default: Video-LLaVA / CLIP 224).
+        frames: ``uint8 (T, H, W, 3)`` RGB (or a :class:`Clip`; grayscale ``(T, H, W)`` / ``(T, H, W, 1)``
+            is replicated to RGB, RGBA drops alpha).
+        spec: preprocessing parameters (default: Video-LLaVA / CLIP 224;
+            ``VideoProcessorSpec.llava_onevision()`` for LLaVA-OneVision).
         return_tensors: ``"pt"`` (torch, imported lazily) or ``"np"``.
 
     Returns:
-        ``float32 (T, 3, crop_h, crop_w)``.
+        ``float32 (T, 3, h, w)``: the crop size with a center crop, else the resized size.
     """
+    spec = spec or VideoProcessorSpec()
+    if return_tensors not in ("pt", "np"):
+        raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+    arr = _frames_array(frames)
+    if spec.resize_backend == "torch":
+        x = _preprocess_torch(arr, spec)
+    else:
+        x = _preprocess_pil(arr, spec)
+    if return_tensors == "np":
+        return x
+    import torch
+
+    return torch.from_numpy(x)
+
+
+def _preprocess_pil(arr: np.ndarray, spec: VideoProcessorSpec) -> np.ndarray:
     from PIL import Image
 
-    spec = spec or VideoProcessorSpec()
-    arr = _frames_array(frames)
     ch, cw = spec.crop_hw
     out_frames = []
     for frame in arr:
@@ -195,18 +288,88 @@ def preprocess_frames(frames, spec: VideoProcessorSpec | None = None, return_ten
         mean = np.asarray(spec.image_mean, dtype=np.float32)
         std = np.asarray(spec.image_std, dtype=np.float32)
         x = (x - mean) / std
-    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    if return_tensors == "np":
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+# frames per interpolate call: results do not depend on it (every frame is resized on its own), it only
+# bounds the memory of the channels-first copy
+_TORCH_CHUNK = 16
+
+
+def _torch_resize(x, oh: int, ow: int, mode: str):
+    """torchvision ``resize_image`` on a uint8 ``(N, C, H, W)`` CPU tensor, as transformers calls it
+    (antialias=True): same size -> unchanged; bicubic (and nearest, and bilinear on AVX2/AVX512 CPUs) run
+    natively on uint8; otherwise float32 interpolate, clamp (bicubic), round, back to uint8."""
+    import torch
+    import torch.nn.functional as F
+
+    if (x.shape[-2], x.shape[-1]) == (oh, ow):
         return x
-    if return_tensors != "pt":
-        raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+    if mode == "nearest":
+        return F.interpolate(x, size=(oh, ow), mode="nearest")
+    native = mode == "bicubic" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    y = x if native else x.to(torch.float32)
+    y = F.interpolate(y, size=(oh, ow), mode=mode, align_corners=False, antialias=True)
+    if not native:
+        if mode == "bicubic":
+            y = y.clamp_(0, 255)
+        y = y.round_().to(torch.uint8)
+    return y
+
+
+def _torch_center_crop(x, ch: int, cw: int):
+    """transformers' TorchvisionBackend.center_crop: zero padding (left/top get the smaller half) when the
+    crop is larger, then the crop at ``int((size - crop) / 2)``."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    if cw > w or ch > h:
+        left, right = ((cw - w) // 2, (cw - w + 1) // 2) if cw > w else (0, 0)
+        top, bottom = ((ch - h) // 2, (ch - h + 1) // 2) if ch > h else (0, 0)
+        x = F.pad(x, (left, right, top, bottom), mode="constant", value=0)
+        h, w = x.shape[-2:]
+        if (h, w) == (ch, cw):
+            return x
+    top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
+    return x[..., top : top + ch, left : left + cw]
+
+
+def _torch_rescale_normalize(x, spec: VideoProcessorSpec):
+    """transformers' TorchvisionBackend.rescale_and_normalize on a uint8 tensor (fused when both)."""
     import torch
 
-    return torch.from_numpy(x)
+    if spec.do_normalize:
+        mean = torch.tensor(spec.image_mean, dtype=torch.float32)
+        std = torch.tensor(spec.image_std, dtype=torch.float32)
+        if spec.do_rescale:  # fused: mean and std divided by the rescale factor, in float32
+            mean, std = mean * (1.0 / spec.rescale_factor), std * (1.0 / spec.rescale_factor)
+        return (x.to(torch.float32) - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+    if spec.do_rescale:
+        return x * spec.rescale_factor  # uint8 * python float -> float32
+    return x.to(torch.float32)  # transformers would keep uint8; the package always returns float32
+
+
+def _preprocess_torch(arr: np.ndarray, spec: VideoProcessorSpec) -> np.ndarray:
+    import torch
+
+    ch, cw = spec.crop_hw
+    h, w = arr.shape[1:3]
+    oh, ow = _output_size(h, w, spec) if spec.do_resize else (h, w)
+    chunks = []
+    for i in range(0, arr.shape[0], _TORCH_CHUNK):
+        x = torch.from_numpy(arr[i : i + _TORCH_CHUNK]).permute(0, 3, 1, 2).contiguous()  # uint8 (n, 3, H, W)
+        if spec.do_resize:
+            x = _torch_resize(x, oh, ow, spec.resample)
+        if spec.do_center_crop:
+            x = _torch_center_crop(x, ch, cw)
+        chunks.append(_torch_rescale_normalize(x, spec).contiguous().numpy())
+    return np.ascontiguousarray(np.concatenate(chunks) if len(chunks) > 1 else chunks[0], dtype=np.float32)
 
 
 def preprocess_videos(videos: Sequence, spec: VideoProcessorSpec | None = None, return_tensors: str = "pt"):
-    """A batch of videos (frame arrays or :class:`Clip`) -> ``float32 (B, T, 3, crop_h, crop_w)``.
+    """A batch of videos (frame arrays or :class:`Clip`) -> ``float32 (B, T, 3, h, w)`` (see
+    :func:`preprocess_frames`; frames of different videos may differ in size when the spec maps them to
+    one output size, e.g. a center crop or OneVision's exact 384 x 384 resize).
 
     Every video must have the same number of frames ``T`` (Video-LLaVA stacks them); sample with
     a fixed ``num_frames`` to guarantee it.
