@@ -7,7 +7,7 @@ A. Needle benchmark on the trained test bed (48 x 48 frames, P = 37 tokens per f
 
      (a) uniform8  -- Video-LLaVA's default: 8 uniformly sampled frames, all their tokens (short path);
      (b) relevance -- the long path over all 256 frames, question-guided pre-selection into a 296-token pool;
-     (c) random    -- the long path with ``pre_method="random"`` (same pool size, seeded random scores).
+     (c) random    -- the long path with ``long.method="random"`` (same pool size, seeded random scores).
 
    Reported: exact-match accuracy overall and per question type; for (a) the share of questions whose
    object appears in one of the 8 sampled frames and the accuracy on the questions whose object it never
@@ -16,7 +16,7 @@ A. Needle benchmark on the trained test bed (48 x 48 frames, P = 37 tokens per f
    (the pool, ``trace.pool.kept``, for (b)/(c); the 8 frames for (a)). The random baseline is content-blind
    (no temporal-redundancy penalty: on these static synthetic scenes the penalty alone would steer a random
    pool to the frames where something appears). An extra row (b') turns off the temporal-redundancy penalty
-   of the relevance pre-selection (``pre_temporal_tau=None``). Row (b'') places the pooled tokens at time positions (``pre_positions="time"``,
+   of the relevance pre-selection (``long.temporal_tau=None``). Row (b'') places the pooled tokens at time positions (``long.positions="time"``,
    where they would sit in an 8-frame clip) instead of consecutive ones. Row (o) is the model's ceiling
    with whole frames: 8 frames that include the object's frames (the short path; an oracle, not a method).
 
@@ -73,17 +73,17 @@ FRAMES = (8, 32, 128, 512)
 QUICK_FRAMES = (8, 64)
 MODELS = ("testbed", "realgeo")
 CHANCE_MARGIN = 0.10  # (a) on unseen objects must be <= chance + this
-# name, label, SparseConfig overrides of the long path (None: the short path on 8 uniform frames)
+# name, label, LongVideoConfig overrides (SparseConfig.long) of the long path (None: the short path on 8 uniform frames)
 METHODS = (
     ("uniform8", "(a) 8 uniform frames, all tokens (Video-LLaVA default)", None),
     ("relevance", "(b) long path, 256 frames, relevance pre-selection", {}),
-    ("random", "(c) long path, 256 frames, random pre-selection", {"pre_method": "random"}),
+    ("random", "(c) long path, 256 frames, random pre-selection", {"method": "random"}),
     # extra rows (not in the targets): the relevance pre-selection without its temporal-redundancy penalty,
     # with time positions, and the whole-frame ceiling
     ("relevance_no_temporal", "(b') relevance pre-selection, no temporal-redundancy penalty",
-     {"pre_temporal_tau": None}),
-    ("relevance_time_positions", "(b'') relevance pre-selection, pre_positions='time'",
-     {"pre_positions": "time"}),
+     {"temporal_tau": None}),
+    ("relevance_time_positions", "(b'') relevance pre-selection, long.positions='time'",
+     {"positions": "time"}),
     # the model's ceiling with whole frames: 8 frames that include the object's frames (short path)
     ("oracle8", "(o) oracle: 8 frames including the object's frames, all tokens", None),
 )
@@ -191,7 +191,7 @@ def needle_benchmark(n: int, seed: int, max_new_tokens: int = 4, extras: bool = 
     oracle row (o)."""
     import numpy as np
 
-    from videosparse import SparseConfig, VideoQA
+    from videosparse import LongVideoConfig, SparseConfig, VideoQA
     from videosparse.testbed import synthetic as syn
 
     gen = syn.GenConfig(num_frames=NEEDLE_FRAMES)
@@ -200,9 +200,10 @@ def needle_benchmark(n: int, seed: int, max_new_tokens: int = 4, extras: bool = 
     grid = gen.grid
     layers = int(qa.model.config.text_config.num_hidden_layers)
     base_cfg = SparseConfig.preset("video", num_layers=layers)
-    fields = {f.name for f in dataclasses.fields(SparseConfig)}
+    fields = {f.name for f in dataclasses.fields(LongVideoConfig)}
     method_list = [m for m in METHODS if (extras or m[0] not in EXTRAS) and set(m[2] or {}) <= fields]
-    configs = {name: base_cfg.replace(**over) if over else base_cfg for name, _, over in method_list}
+    configs = {name: base_cfg.replace(long=base_cfg.long.replace(**over)) if over else base_cfg
+               for name, _, over in method_list}
     uniform_idx = np.linspace(0, NEEDLE_FRAMES - 1, UNIFORM_FRAMES).astype(int)
     uniform_set = {int(i) for i in uniform_idx}
     decoder_tokens = UNIFORM_FRAMES * P
@@ -393,7 +394,8 @@ def memory_child(spec: dict) -> dict:
     qa = VideoQA.from_pretrained(spec["model"], device="cuda" if cuda else "cpu", cache_size=0)
     load_s = time.perf_counter() - t0
     if spec.get("chunk_frames"):
-        qa.set_sparsity(qa.sparsity.replace(chunk_frames=int(spec["chunk_frames"])))
+        sp = qa.sparsity
+        qa.set_sparsity(sp.replace(long=sp.long.replace(chunk_frames=int(spec["chunk_frames"]))))
     P = qa.tokens_per_frame
     gc.collect()
     baseline_kb = _maxrss_kb()  # ru_maxrss after the model load, before the ask
@@ -434,7 +436,7 @@ def memory_child(spec: dict) -> dict:
         "long_path": runs[0]["pool_tokens"] > 0, "decoder_tokens": runs[0]["decoder_tokens"],
         "visual_tokens": runs[0]["visual_tokens"], "frames_used": runs[0]["frames_used"],
         "counts": runs[0]["counts"], "new_tokens": runs[0]["new_tokens"], "answer": runs[0]["text"],
-        "chunk_frames": int(qa.sparsity.chunk_frames) if qa.sparsity is not None else None,
+        "chunk_frames": int(qa.sparsity.long.chunk_frames) if qa.sparsity is not None else None,
         "load_seconds": load_s, "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu",
         "rss_after_imports_kb": rss_imports_kb, "baseline_kb": baseline_kb, "rss_before_ask_kb": rss_before_kb,
         "peak_kb": total_peak_kb, "working_kb": total_peak_kb - baseline_kb,
@@ -613,7 +615,7 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
                     help="part A without the extra rows (b') (no temporal penalty), (b'') (time "
                          "positions) and (o) (oracle frames); the default leaves them out only with --quick")
     ap.add_argument("--chunk-frames", type=int, default=None,
-                    help="part B: SparseConfig.chunk_frames of the long path (default: the preset's, 8)")
+                    help="part B: SparseConfig.long.chunk_frames of the long path (default: the preset's, 8)")
     ap.add_argument("--skip-needle", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--workdir", default=None, help="where the model and videos of part B go (default: a temp dir)")

@@ -69,7 +69,7 @@ def test_adapter_registry_matches_the_preload_check():
 
 
 def test_llama_checkpoint_refused_before_loading_api(llama_dir, no_model_load):
-    with pytest.raises(loading.CheckpointError, match=r"'llama' checkpoint \(LlamaForCausalLM\).*Supported: video_llava"):
+    with pytest.raises(loading.CheckpointError, match=r"'llama' checkpoint \(LlamaForCausalLM\).*Supported: llava_onevision: .*; video_llava: "):
         loading.resolve_checkpoint(llama_dir)
 
 
@@ -80,7 +80,7 @@ def test_llama_checkpoint_refused_by_from_pretrained(llama_dir, monkeypatch):
 
     monkeypatch.setattr(VideoLlavaForConditionalGeneration, "from_pretrained",
                         lambda *a, **k: pytest.fail("weights loaded for an unsupported checkpoint"))
-    with pytest.raises(ValueError, match="does not support.*Supported: video_llava"):
+    with pytest.raises(ValueError, match="does not support.*Supported: .*video_llava: "):
         VideoQA.from_pretrained(llama_dir)  # config only; the old path built a 7B model
 
 
@@ -88,7 +88,7 @@ def test_llama_checkpoint_refused_by_cli(llama_dir, clip_file, capsys, no_model_
     rc = cli.main(["ask", clip_file, "what is this", "--model", llama_dir, "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
-    assert "'llama' checkpoint" in err[0] and "Supported: video_llava" in err[0]
+    assert "'llama' checkpoint" in err[0] and "video_llava: Video-LLaVA" in err[0] and "llava_onevision: " in err[0]
 
 
 # ----------------------------------------------------------------------------- 3. checked before loading

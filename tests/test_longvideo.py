@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from videosparse import SparseConfig, VideoQA, cli
+from videosparse import LongVideoConfig, SparseConfig, VideoQA, cli
 from videosparse.core.pool import (
     AffinityStats,
     floor_windows,
@@ -133,7 +133,7 @@ def test_streaming_pool_equals_offline_selection(chunk):
     """With scores fixed per token (random method), the streamed pool is exactly the offline choice: each
     window's best token plus the global top of the rest, whatever the chunk size."""
     T, cap = 150, 296
-    cfg = SparseConfig(pre_method="random", pre_temporal_tau=None, seed=3)
+    cfg = SparseConfig(long=LongVideoConfig(method="random", temporal_tau=None), seed=3)
     text = torch.zeros(2, 3, 16)
     valid = torch.ones(2, 3, dtype=torch.bool)
     pools = build_pools(_fake_chunks(T, chunk), _fake_encoder(), text, valid, T, P, cap, cfg)
@@ -158,7 +158,7 @@ def test_pool_never_exceeds_pre_budget(T, cap, chunk):
     ids = pools[0].ids
     assert bool((ids[1:] > ids[:-1]).all())  # frame-major, temporal order
     # the floor: every window keeps a token
-    fpw, per = floor_windows(T, cap, cfg.pre_frame_floor, cfg.pre_floor_share, P)
+    fpw, per = floor_windows(T, cap, cfg.long.frame_floor, cfg.long.floor_share, P)
     if per:
         assert set(((ids // P) // fpw).tolist()) == set(range(math.ceil(T / fpw)))
 
@@ -236,7 +236,8 @@ def test_needle_reaches_the_decoder(qa, needles):
 def test_random_preselection_misses_needles(qa, needles):
     # pure random: without the temporal-redundancy penalty (which alone spots objects appearing in these
     # static synthetic scenes)
-    qa.set_sparsity(SparseConfig.preset("video", num_layers=4).replace(pre_method="random", pre_temporal_tau=None))
+    random_pool = LongVideoConfig(method="random", temporal_tau=None)
+    qa.set_sparsity(SparseConfig.preset("video", num_layers=4, long=random_pool))
     try:
         hits = [_target_ids(s) <= set(qa.ask(s.frames, s.question, max_new_tokens=2).trace.pool.kept[0].tolist())
                 for s in needles[:4]]
@@ -306,12 +307,12 @@ def test_bad_long_inputs_are_clear_errors(qa, long_file, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(VideoError, match=r"no frame in the time window"):
         qa.ask(long_file, "where is the red object", fps=1, start=500, end=600)
-    with pytest.raises(ValueError, match="SparseConfig.pre_method"):
-        SparseConfig(pre_method="best")
-    with pytest.raises(ValueError, match="SparseConfig.chunk_frames"):
-        SparseConfig(chunk_frames=0)
-    with pytest.raises(ValueError, match="SparseConfig.pre_budget"):
-        SparseConfig(pre_budget=-1)
+    with pytest.raises(ValueError, match=r"LongVideoConfig\.method: 'best' is not one of"):
+        SparseConfig(long=LongVideoConfig(method="best"))
+    with pytest.raises(ValueError, match=r"LongVideoConfig\.chunk_frames"):
+        LongVideoConfig(chunk_frames=0)
+    with pytest.raises(ValueError, match=r"LongVideoConfig\.budget"):
+        SparseConfig(long={"budget": -1})
 
 
 def test_batches_and_kv_cache(qa, needles):
@@ -338,7 +339,8 @@ def test_full_decoder_and_time_positions(qa, needles):
         qa.set_sparsity("video")
     assert ans.trace.stages == [] and ans.counts == [] and ans.pool_tokens == 296
     assert int(ans.trace.kept_mask().sum()) == 296 and ans.equivalent_tokens == 296
-    qa.set_sparsity(SparseConfig.preset("video", num_layers=4).replace(pre_positions="time"))
+    cfg = SparseConfig.preset("video", num_layers=4)
+    qa.set_sparsity(cfg.replace(long=cfg.long.replace(positions="time")))
     try:
         timed = qa.ask(s.frames, s.question, max_new_tokens=4, num_frames=256)
     finally:

@@ -3,11 +3,12 @@
 Public API (imported lazily so that ``import videosparse`` and ``videosparse --help`` do not
 import torch or transformers)::
 
-    from videosparse import SparseConfig, sparsify
+    from videosparse import LongVideoConfig, SparseConfig, sparsify
     handle = sparsify(model, SparseConfig.preset("video", budget=0.1))
     out = model.generate(**inputs)      # pruned prefill, pruned KV cache
     handle.trace                        # RetentionTrace of the last prefill
     handle.remove()                     # model restored exactly
+    SparseConfig(long=LongVideoConfig(budget=2056))  # long videos: the pool before the decoder
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "SparseConfig": "videosparse.config",
+    "LongVideoConfig": "videosparse.config",
     "PRESETS": "videosparse.config",
     "sparsify": "videosparse.models",
     "SparseHandle": "videosparse.models.base",
@@ -34,7 +36,7 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from videosparse.config import PRESETS, SparseConfig
+    from videosparse.config import PRESETS, LongVideoConfig, SparseConfig
     from videosparse.core.trace import RetentionTrace, StageRecord
     from videosparse.models import sparsify
     from videosparse.models.base import SparseHandle

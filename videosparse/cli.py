@@ -279,7 +279,7 @@ def _flagged(msg: str) -> str:
     for old, new in (("SparseConfig.budget: ", "--budget: "), ("SparseConfig.preset: ", "--preset: "),
                      ("SparseConfig.layers: ", "--preset/--budget: "), ("strict=False", "--no-strict"),
                      ("num_frames", "--frames"), ("max_new_tokens", "--max-new-tokens"),
-                     ("SparseConfig.pre_budget: ", "--pre-budget: "), ("pre_budget", "--pre-budget")):
+                     ("LongVideoConfig.budget: ", "--pre-budget: "), ("pre_budget", "--pre-budget")):
         msg = msg.replace(old, new)
     return msg
 
@@ -472,7 +472,7 @@ def cmd_ask(args, say) -> int:
     decoder_tokens = pre_budget if long else frames * P
     sparsity = _sparsity(args.preset, budget, layers, decoder_tokens)
     if sparsity is not None and args.pre_budget is not None:
-        sparsity = sparsity.replace(pre_budget=args.pre_budget)
+        sparsity = sparsity.replace(long=sparsity.long.replace(budget=args.pre_budget))
     resolve_device(args.device)
     if sparsity is not None:
         say(sparsity.describe(decoder_tokens, layers))

@@ -1,4 +1,5 @@
-"""SparseConfig: the one frozen, validated configuration of a sparsification run.
+"""SparseConfig: the one frozen, validated configuration of a sparsification run (its long-video settings:
+``SparseConfig.long``, a LongVideoConfig).
 
 Presets are data (``PRESETS``); ``SparseConfig.preset(name, budget=...)`` builds a config from them.
 Nothing here imports torch.
@@ -10,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,190 @@ def _f(help_text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class LongVideoConfig:
+    """How the long-video path builds the pool of visual tokens that enters the decoder.
+
+    ``SparseConfig.long`` holds one. When the sampled frames hold more visual tokens than ``budget``, frames
+    are decoded and encoded in chunks and a question-guided pre-selection keeps a running pool of at most
+    ``budget`` tokens; the in-decoder stages then prune that pool to ``SparseConfig.budget``. Every field
+    carries its help text in ``dataclasses.fields(LongVideoConfig)[i].metadata["help"]``; validation happens
+    in ``__post_init__`` (``ValueError`` naming ``LongVideoConfig.<field>``).
+    """
+
+    budget: int | None = _f(
+        "The most visual tokens that enter the decoder (the pool size). When the sampled frames hold more "
+        "tokens than this, frames are decoded and encoded in chunks and a question-guided pre-selection "
+        "keeps a running pool of at most `budget` tokens (frame-major, temporal order) before the "
+        "decoder; the in-decoder stages then prune the pool to `SparseConfig.budget`. None = the front end's "
+        "default frames' worth of the model's tokens (Video-LLaVA: 8 x 257 = 2056), what the model was "
+        "trained on. `VideoQA.ask(pre_budget=...)` and `--pre-budget` override it per call.",
+        None,
+    )
+    method: str = _f(
+        "Pre-selection score: 'relevance' (each projected visual token's affinity to the question "
+        "tokens' input embeddings, standardised per text token over the visual tokens seen so far, max over "
+        "the text tokens) or 'random' (seeded by SparseConfig.seed; a content-blind baseline: no "
+        "temporal-redundancy penalty).",
+        "relevance",
+    )
+    temporal_tau: float | None = _f(
+        "Cosine similarity (projected features) above which a token repeats the same spatial token of the "
+        "previous sampled frame; its pre-selection score is lowered by temporal_penalty. None disables.",
+        0.9,
+    )
+    temporal_penalty: float = _f(
+        "Amount (in standard deviations of the relevance score) subtracted from a temporally redundant "
+        "token's pre-selection score (method='relevance').",
+        1.0,
+    )
+    frame_floor: int = _f(
+        "Tokens each sampled frame keeps in the pool at least (its best ones), so the timeline keeps "
+        "coverage. When frames x floor would exceed floor_share of budget, consecutive frames are grouped "
+        "into equal windows and each window keeps one token instead.",
+        1,
+    )
+    floor_share: float = _f("Share of budget (the pool) the per-frame (or per-window) floor may use.", 0.25)
+    positions: str = _f(
+        "RoPE positions of the pooled tokens. 'time': each pooled token takes the position it "
+        "would have in a clip of pool_size / tokens_per_frame frames spanning the same time (frame slot from "
+        "its timestamp, in-frame offset kept), so positions stay inside the range the model was trained on and "
+        "still encode when and where in the frame a token was; 'compact': consecutive positions in temporal "
+        "order (the sequence index; the default).",
+        "compact",
+    )
+    chunk_frames: int = _f(
+        "Frames decoded and run through the vision tower at a time (bounds the memory of "
+        "decoded pixels and vision activations; 8 keeps the working memory flat in the number of frames).",
+        8,
+    )
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
+                                        or self.budget < 1):
+            raise ValueError(f"LongVideoConfig.budget: must be a positive int or None, got {self.budget!r}")
+        if self.method not in PRE_METHODS:
+            raise ValueError(f"LongVideoConfig.method: {self.method!r} is not one of {list(PRE_METHODS)}")
+        if self.temporal_tau is not None and not (-1.0 <= self.temporal_tau <= 1.0):
+            raise ValueError(
+                f"LongVideoConfig.temporal_tau: must be a cosine in [-1, 1] or None, got {self.temporal_tau}")
+        if not (self.temporal_penalty >= 0.0) or math.isinf(self.temporal_penalty):
+            raise ValueError(f"LongVideoConfig.temporal_penalty: must be finite and >= 0, got {self.temporal_penalty}")
+        if isinstance(self.frame_floor, bool) or not isinstance(self.frame_floor, int) or self.frame_floor < 0:
+            raise ValueError(f"LongVideoConfig.frame_floor: must be an int >= 0, got {self.frame_floor!r}")
+        if not (0.0 <= self.floor_share <= 1.0):
+            raise ValueError(f"LongVideoConfig.floor_share: must be in [0, 1], got {self.floor_share}")
+        if self.positions not in PRE_POSITIONS:
+            raise ValueError(f"LongVideoConfig.positions: {self.positions!r} is not one of {list(PRE_POSITIONS)}")
+        if isinstance(self.chunk_frames, bool) or not isinstance(self.chunk_frames, int) or self.chunk_frames < 1:
+            raise ValueError(f"LongVideoConfig.chunk_frames: must be a positive int, got {self.chunk_frames!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LongVideoConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"LongVideoConfig.from_dict: expected a dict, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"LongVideoConfig.from_dict: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "LongVideoConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# The flat long-video fields of SparseConfig before LongVideoConfig: old name -> LongVideoConfig field.
+# SparseConfig(...), cfg.replace(...), SparseConfig.preset(..., **overrides) accept them with a DeprecationWarning;
+# SparseConfig.from_dict reads them (config files and traces of earlier releases) without one.
+LEGACY_LONG_FIELDS = {
+    "pre_budget": "budget",
+    "pre_method": "method",
+    "pre_temporal_tau": "temporal_tau",
+    "pre_temporal_penalty": "temporal_penalty",
+    "pre_frame_floor": "frame_floor",
+    "pre_floor_share": "floor_share",
+    "pre_positions": "positions",
+    "chunk_frames": "chunk_frames",
+}
+_LONG_DEFAULT = LongVideoConfig()
+
+
+def _warn_legacy(old: str, how: str, stacklevel: int) -> None:
+    new = LEGACY_LONG_FIELDS[old]
+    if how == "init":
+        text = (f"SparseConfig({old}=...) is deprecated: use long=LongVideoConfig({new}=...) "
+                f"or cfg.replace(long=cfg.long.replace({new}=...))")
+    elif how == "replace":
+        text = f"SparseConfig.replace({old}=...) is deprecated: use cfg.replace(long=cfg.long.replace({new}=...))"
+    elif how == "preset":
+        text = f"SparseConfig.preset(..., {old}=...) is deprecated: use long=LongVideoConfig({new}=...)"
+    else:  # attribute
+        text = f"SparseConfig.{old} is deprecated: use cfg.long.{new}"
+    warnings.warn(text, DeprecationWarning, stacklevel=stacklevel + 1)
+
+
+def _merge_legacy(long: Any, flat: dict, where: str) -> "LongVideoConfig":
+    """``long`` (None, a dict of LongVideoConfig fields or a LongVideoConfig) with the flat (old-name) settings
+    ``flat`` applied. A setting given in both spellings with different values is a ValueError; for a
+    LongVideoConfig instance the fields that differ from the defaults count as given (defaults cannot be told
+    apart from unset ones)."""
+    new = {LEGACY_LONG_FIELDS[k]: v for k, v in flat.items()}
+    if long is None:
+        return LongVideoConfig(**new)
+    if isinstance(long, dict):
+        nested = dict(long)
+        given = nested
+    elif isinstance(long, LongVideoConfig):
+        nested = long.to_dict()
+        given = {k: v for k, v in nested.items() if v != getattr(_LONG_DEFAULT, k)}
+    else:
+        raise ValueError(f"SparseConfig.long: expected a LongVideoConfig (or a dict of its fields), "
+                         f"got {type(long).__name__}")
+    for old, v in flat.items():
+        name = LEGACY_LONG_FIELDS[old]
+        if name in given and not _same(given[name], v):
+            raise ValueError(
+                f"{where}: {old}={v!r} (the deprecated flat spelling) conflicts with long.{name}={given[name]!r}; "
+                f"give the setting once, as long.{name}")
+    nested.update(new)
+    return LongVideoConfig.from_dict(nested)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _accept_legacy_keywords(init: Any) -> Any:
+    """Wrap the dataclass-generated ``SparseConfig.__init__`` so that the flat long-video keywords of earlier
+    releases (``pre_budget=``, ..., ``chunk_frames=``) still work: they are folded into ``long`` with a
+    DeprecationWarning. The generated ``__init__`` (its signature, defaults and ``__post_init__``) is kept as is,
+    so ``dataclasses.fields``/``replace``, equality, hashing and pickling are those of a plain frozen dataclass."""
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        flat = {k: kwargs.pop(k) for k in list(kwargs) if k in LEGACY_LONG_FIELDS}
+        if flat:
+            for k in flat:
+                _warn_legacy(k, "init", stacklevel=2)
+            kwargs["long"] = _merge_legacy(kwargs.get("long"), flat, "SparseConfig")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+def _legacy_property(old: str) -> property:
+    new = LEGACY_LONG_FIELDS[old]
+
+    def get(self: Any) -> Any:
+        _warn_legacy(old, "attribute", stacklevel=2)
+        return getattr(self.long, new)
+
+    return property(get, doc=f"Deprecated: ``cfg.long.{new}`` (read-only).")
+
+
+@dataclass(frozen=True)
 class SparseConfig:
     """How visual tokens are pruned inside the decoder.
 
@@ -61,6 +247,11 @@ class SparseConfig:
     Validation happens in ``__post_init__``; model-dependent checks (stage layer inside the decoder,
     budget not above the visual tokens) happen when the config meets a model/input and also raise
     ``ValueError`` naming the field.
+
+    The long-video settings (pool size, pre-selection, decoding chunk) are one field, ``long``, a
+    `LongVideoConfig`; the flat names of earlier releases (``pre_budget``, ``pre_method``, ...,
+    ``chunk_frames``) are accepted by the constructor, ``replace``, ``preset`` (DeprecationWarning) and
+    ``from_dict`` (config files and traces of earlier releases), and readable as deprecated properties.
     """
 
     budget: Any = _f(
@@ -175,54 +366,36 @@ class SparseConfig:
         "rows",
     )
     positions: str = _f("'original' RoPE positions for kept tokens, or 'renumber' them 0..k-1 (v1).", "original")
-    pre_budget: int | None = _f(
-        "Long videos: the most visual tokens that enter the decoder. When the sampled frames hold more "
-        "tokens than this, frames are decoded and encoded in chunks and a question-guided pre-selection "
-        "keeps a running pool of at most pre_budget tokens (frame-major, temporal order) before the "
-        "decoder; the in-decoder stages then prune the pool to `budget`. None = 8 frames' worth of the "
-        "model's tokens (Video-LLaVA: 8 x 257 = 2056), what the model was trained on.",
-        None,
-    )
-    pre_method: str = _f(
-        "Long-video pre-selection score: 'relevance' (each projected visual token's affinity to the question "
-        "tokens' input embeddings, standardised per text token over the visual tokens seen so far, max over "
-        "the text tokens) or 'random' (seeded; a content-blind baseline: no temporal-redundancy penalty).",
-        "relevance",
-    )
-    pre_temporal_tau: float | None = _f(
-        "Long videos: cosine similarity (projected features) above which a token repeats the same spatial "
-        "token of the previous sampled frame; its pre-selection score is lowered by pre_temporal_penalty. "
-        "None disables.",
-        0.9,
-    )
-    pre_temporal_penalty: float = _f(
-        "Long videos: amount (in standard deviations of the relevance score) subtracted from a temporally "
-        "redundant token's pre-selection score (pre_method='relevance').",
-        1.0,
-    )
-    pre_frame_floor: int = _f(
-        "Long videos: tokens each sampled frame keeps in the pool at least (its best ones), so the timeline "
-        "keeps coverage. When frames x floor would exceed pre_floor_share of pre_budget, consecutive frames are "
-        "grouped into equal windows and each window keeps one token instead.",
-        1,
-    )
-    pre_floor_share: float = _f("Long videos: share of pre_budget the per-frame (or per-window) floor may use.", 0.25)
-    pre_positions: str = _f(
-        "Long videos: RoPE positions of the pooled tokens. 'time': each pooled token takes the position it "
-        "would have in a clip of pool_size / tokens_per_frame frames spanning the same time (frame slot from "
-        "its timestamp, in-frame offset kept), so positions stay inside the range the model was trained on and "
-        "still encode when and where in the frame a token was; 'compact': consecutive positions in temporal "
-        "order (the sequence index; the default).",
-        "compact",
-    )
-    chunk_frames: int = _f(
-        "Long videos: frames decoded and run through the vision tower at a time (bounds the memory of "
-        "decoded pixels and vision activations; 8 keeps the working memory flat in the number of frames).",
-        8,
+    long: LongVideoConfig = _f(
+        "Long-video settings (a `LongVideoConfig`: pool size, pre-selection score, temporal-redundancy penalty, "
+        "per-frame floor, pool positions, decoding chunk). They configure the question-guided pre-selection "
+        "before the decoder and do nothing on the whole-frame path. A dict is converted "
+        "(`LongVideoConfig.from_dict`). The flat spellings of earlier releases (pre_budget=, pre_method=, ..., "
+        "chunk_frames=) still work, with a DeprecationWarning.",
+        LongVideoConfig(),
     )
     seed: int = _f("Seed of the 'random' method.", 0)
     trace: bool = _f("Record a RetentionTrace (kept tokens, scores, raters, clusters) on every prefill.", True)
     name: str = _f("Preset name this config came from (informational).", "custom")
+
+    # deprecated read-only aliases of the flat long-video fields of earlier releases (cfg.long.<name>)
+    pre_budget = _legacy_property("pre_budget")
+    pre_method = _legacy_property("pre_method")
+    pre_temporal_tau = _legacy_property("pre_temporal_tau")
+    pre_temporal_penalty = _legacy_property("pre_temporal_penalty")
+    pre_frame_floor = _legacy_property("pre_frame_floor")
+    pre_floor_share = _legacy_property("pre_floor_share")
+    pre_positions = _legacy_property("pre_positions")
+    chunk_frames = _legacy_property("chunk_frames")
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a SparseConfig pickled by an earlier release (flat long-video fields)."""
+        state = dict(state)
+        flat = {LEGACY_LONG_FIELDS[k]: state.pop(k) for k in list(state) if k in LEGACY_LONG_FIELDS}
+        if "long" not in state:
+            state["long"] = LongVideoConfig(**flat)
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -287,24 +460,13 @@ class SparseConfig:
                 raise ValueError(f"SparseConfig.{name}: must be in [0, 1], got {v}")
         if self.recycle_knn < 1:
             raise ValueError(f"SparseConfig.recycle_knn: must be >= 1, got {self.recycle_knn}")
-        if self.pre_budget is not None and (isinstance(self.pre_budget, bool) or not isinstance(self.pre_budget, int)
-                                            or self.pre_budget < 1):
-            raise ValueError(f"SparseConfig.pre_budget: must be a positive int or None, got {self.pre_budget!r}")
-        if self.pre_method not in PRE_METHODS:
-            raise ValueError(f"SparseConfig.pre_method: {self.pre_method!r} is not one of {list(PRE_METHODS)}")
-        if self.pre_temporal_tau is not None and not (-1.0 <= self.pre_temporal_tau <= 1.0):
-            raise ValueError(
-                f"SparseConfig.pre_temporal_tau: must be a cosine in [-1, 1] or None, got {self.pre_temporal_tau}")
-        if not (self.pre_temporal_penalty >= 0.0) or math.isinf(self.pre_temporal_penalty):
-            raise ValueError(f"SparseConfig.pre_temporal_penalty: must be finite and >= 0, got {self.pre_temporal_penalty}")
-        if isinstance(self.pre_frame_floor, bool) or not isinstance(self.pre_frame_floor, int) or self.pre_frame_floor < 0:
-            raise ValueError(f"SparseConfig.pre_frame_floor: must be an int >= 0, got {self.pre_frame_floor!r}")
-        if not (0.0 <= self.pre_floor_share <= 1.0):
-            raise ValueError(f"SparseConfig.pre_floor_share: must be in [0, 1], got {self.pre_floor_share}")
-        if self.pre_positions not in PRE_POSITIONS:
-            raise ValueError(f"SparseConfig.pre_positions: {self.pre_positions!r} is not one of {list(PRE_POSITIONS)}")
-        if isinstance(self.chunk_frames, bool) or not isinstance(self.chunk_frames, int) or self.chunk_frames < 1:
-            raise ValueError(f"SparseConfig.chunk_frames: must be a positive int, got {self.chunk_frames!r}")
+        if isinstance(self.long, dict):
+            object.__setattr__(self, "long", LongVideoConfig.from_dict(self.long))
+        elif self.long is None:
+            object.__setattr__(self, "long", LongVideoConfig())
+        if not isinstance(self.long, LongVideoConfig):
+            raise ValueError(f"SparseConfig.long: expected a LongVideoConfig (or a dict of its fields), "
+                             f"got {type(self.long).__name__}")
         if not (self.rank_lambda > 0):
             raise ValueError(f"SparseConfig.rank_lambda: must be > 0, got {self.rank_lambda}")
         if not (self.rank_scale > 0) or math.isinf(self.rank_scale):
@@ -559,11 +721,19 @@ class SparseConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SparseConfig":
+        """A config from ``to_dict()``: the nested form (``"long": {...}``) of this release or the flat
+        long-video keys (``pre_budget``, ..., ``chunk_frames``) of the files and traces earlier releases wrote
+        (read without a warning). A setting given in both forms with different values is a ValueError."""
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        unknown = set(d) - names - set(LEGACY_LONG_FIELDS)
         if unknown:
             raise ValueError(f"SparseConfig.from_dict: unknown field(s) {sorted(unknown)}")
         d = dict(d)
+        flat = {k: d.pop(k) for k in list(d) if k in LEGACY_LONG_FIELDS}
+        if flat:
+            d["long"] = _merge_legacy(d.get("long"), flat, "SparseConfig.from_dict")
+        elif isinstance(d.get("long"), dict):
+            d["long"] = LongVideoConfig.from_dict(d["long"])
         if isinstance(d.get("budget"), list):
             d["budget"] = tuple(tuple(x) for x in d["budget"])
         if "layers" in d:
@@ -571,6 +741,16 @@ class SparseConfig:
         return cls(**d)
 
     def replace(self, **changes: Any) -> "SparseConfig":
+        """A copy with ``changes``; the flat long-video names of earlier releases (``pre_budget=``, ...) still
+        work with a DeprecationWarning (applied to ``self.long``)."""
+        flat = {k: changes.pop(k) for k in list(changes) if k in LEGACY_LONG_FIELDS}
+        if flat:
+            for k in flat:
+                _warn_legacy(k, "replace", stacklevel=2)
+            if "long" in changes:
+                changes["long"] = _merge_legacy(changes["long"], flat, "SparseConfig.replace")
+            else:
+                changes["long"] = self.long.replace(**{LEGACY_LONG_FIELDS[k]: v for k, v in flat.items()})
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ presets
@@ -616,8 +796,16 @@ class SparseConfig:
             spec.setdefault("rank_lambda", PRESETS["sparsevlm-v1"]["rank_lambda"])
         if spec.get("stage_shape") is not None and "stage_shape" not in overrides:
             spec["stage_shape"] = _fit(tuple(spec["stage_shape"]), len(layers))  # stages dropped on shallow decoders
+        flat = {k: overrides.pop(k) for k in list(overrides) if k in LEGACY_LONG_FIELDS}
+        if flat:
+            for k in flat:
+                _warn_legacy(k, "preset", stacklevel=2)
+            overrides["long"] = _merge_legacy(overrides.get("long", spec.get("long")), flat, "SparseConfig.preset")
         spec.update(overrides)
         return cls(budget=budget, layers=layers, name=name, **spec)
+
+
+SparseConfig.__init__ = _accept_legacy_keywords(SparseConfig.__init__)  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)

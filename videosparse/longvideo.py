@@ -114,7 +114,8 @@ def build_pools(
 
     chunks: iterable of `videosparse.video.Clip` (frames in temporal order, ``num_frames`` in total);
     encode: frames uint8 (Tc, H, W, 3) -> (Tc, P, D) projected features; text / text_valid: from
-    `question_text_tokens`; capacity: the pool size (pre_budget); config: a SparseConfig (the pre_* fields);
+    `question_text_tokens`; capacity: the pool size (pre_budget); config: a SparseConfig (its `long`
+    LongVideoConfig, and `seed` for method='random');
     thumbnail: optional frames -> uint8 (Tc, s, s, 3); on_chunk: optional callable(frames_done, pools) run
     after every chunk (pools: (Q, K, D) tensor), e.g. to watch memory.
     returns [PooledVideo] in question order.
@@ -122,14 +123,15 @@ def build_pools(
     P = tokens_per_frame
     Q = int(text.shape[0])
     dev = text.device
-    fpw, per_window = floor_windows(num_frames, capacity, config.pre_frame_floor, config.pre_floor_share, P)
+    long = config.long
+    fpw, per_window = floor_windows(num_frames, capacity, long.frame_floor, long.floor_share, P)
     n_windows = int(math.ceil(num_frames / fpw))
     global_count = capacity - per_window * n_windows
     stats = AffinityStats.empty(Q, int(text.shape[1]), dev)
     all_scores = torch.full((Q, num_frames * P), float("nan"))
     all_red = torch.zeros(num_frames * P, dtype=torch.bool)
     random_table = None
-    if config.pre_method == "random":
+    if long.method == "random":
         g = torch.Generator(device="cpu").manual_seed(int(config.seed))
         random_table = torch.rand(num_frames * P, generator=g)
     pool_feats: torch.Tensor | None = None  # (Q, K, D)
@@ -171,7 +173,7 @@ def build_pools(
         flat = feats.reshape(Tc * P, -1)
         new_ids = torch.arange(done * P, (done + Tc) * P, device=dev)
         with torch.no_grad():
-            red = repeats_previous(feats, prev, config.pre_temporal_tau) if config.pre_temporal_tau is not None \
+            red = repeats_previous(feats, prev, long.temporal_tau) if long.temporal_tau is not None \
                 else torch.zeros(Tc, P, dtype=torch.bool, device=dev)
             red = red.reshape(-1)
             prev = feats[-1].clone()
@@ -182,7 +184,7 @@ def build_pools(
                 stats = stats.update(new_logits)
                 cand_logits = torch.cat([pool_logits, new_logits], dim=1)
                 score = relevance_scores(cand_logits, stats, text_valid)
-                score = score - config.pre_temporal_penalty * cand_red.float()
+                score = score - long.temporal_penalty * cand_red.float()
             else:  # the random baseline stays content-blind (no redundancy penalty)
                 cand_logits = None
                 score = random_table.to(dev)[cand_ids]
@@ -224,7 +226,7 @@ def build_pools(
     return [
         PooledVideo(features=pool_feats[q], ids=pool_ids[q].cpu(), num_frames=num_frames, tokens_per_frame=P,
                     timestamps=ts, frame_indices=ix, scores=all_scores[q], redundant=all_red.clone(),
-                    window=(fpw, per_window), method=config.pre_method, capacity=capacity, video=video_name,
+                    window=(fpw, per_window), method=long.method, capacity=capacity, video=video_name,
                     seconds=dict(seconds), peak_pool=peak, thumbnails=thumbs_arr)
         for q in range(Q)
     ]

@@ -316,9 +316,9 @@ class VideoQA:
 
         num_frames / strategy / fps / start / end: which frames (default: the instance's ``num_frames``
         uniform frames). When they hold more visual tokens than ``pre_budget`` (default: the sparsity
-        config's, else 8 frames' worth), or with ``strategy="fps"``, the long-video path runs: frames are
-        decoded and encoded in chunks and a question-guided pool of at most ``pre_budget`` tokens enters the
-        decoder. keep_frames: keep frames for heatmaps (long path: small thumbnails)."""
+        config's ``long.budget``, else 8 frames' worth), or with ``strategy="fps"``, the long-video path runs:
+        frames are decoded and encoded in chunks and a question-guided pool of at most ``pre_budget`` tokens
+        enters the decoder. keep_frames: keep frames for heatmaps (long path: small thumbnails)."""
         return self.ask_many([(video, question)], batch_size=1, on_error="raise", num_frames=num_frames,
                              strategy=strategy, fps=fps, start=start, end=end, pre_budget=pre_budget,
                              keep_frames=keep_frames, **generation)[0]
@@ -461,7 +461,7 @@ class VideoQA:
         """The pool size: the call's, else the sparsity config's, else the front end's default frames' worth of
         tokens (8 frames for Video-LLaVA)."""
         if pre_budget is None:
-            pre_budget = self._pre_config().pre_budget
+            pre_budget = self._pre_config().long.budget
         if pre_budget is None:
             return self.frontend.default_num_frames * self.tokens_per_frame
         return _positive_int(pre_budget, "pre_budget")
@@ -500,7 +500,7 @@ class VideoQA:
                 # opened once: the sampled frames are known before any is decoded; the long path never
                 # repeats a frame (a video shorter than num_frames gives fewer frames)
                 chunks = stack.enter_context(ChunkedVideo(
-                    video, cfg.chunk_frames, num_frames=sampling.num_frames, strategy=sampling.strategy,
+                    video, cfg.long.chunk_frames, num_frames=sampling.num_frames, strategy=sampling.strategy,
                     start=sampling.start, end=sampling.end, sample_fps=sampling.fps, distinct=True,
                     progress=self.decode_progress))
                 T = int(chunks.indices.size)
@@ -510,7 +510,7 @@ class VideoQA:
             else:
                 clip = video if isinstance(video, Clip) else self.load(video)
                 T = clip.num_frames
-                chunks = _clip_chunks(clip, cfg.chunk_frames)
+                chunks = _clip_chunks(clip, cfg.long.chunk_frames)
             if T > MAX_FRAMES:
                 raise ValueError(f"{_video_name(video)}: {T} frames sampled, more than the {MAX_FRAMES} videosparse "
                                  f"accepts from one video; lower fps or pass num_frames")
@@ -570,7 +570,7 @@ class VideoQA:
             feats = torch.stack([pv.features for _, pv, _ in chunk]).to(self.model.device, self.model.dtype)
             feats = feats.repeat_interleave(expand, dim=0)
             ids = torch.stack([pv.ids for _, pv, _ in chunk])
-            if self._pre_config().pre_positions == "time":
+            if self._pre_config().long.positions == "time":
                 from videosparse.core.pool import time_positions
 
                 offsets = time_positions(ids, T, P, K)
@@ -582,7 +582,7 @@ class VideoQA:
             if len(frames) != 1:
                 raise ValueError(f"videos in one batch must have the same number of frames, got {sorted(frames)}")
             T = frames.pop()
-            feats = torch.cat([enc.features for _, enc, _ in chunk], dim=0)
+            feats = torch.stack([enc.features for _, enc, _ in chunk]).flatten(1, 2)  # (B, T*P, D)
             if expand > 1:
                 # expanded batches need tensors generate can repeat: re-run the (cheap) projector path
                 from videosparse.video import preprocess_frames
@@ -682,7 +682,7 @@ class VideoQA:
         err = context_error(int(input_ids.shape[1]), int(gen["max_new_tokens"]), self.max_positions, T, P)
         if err:
             raise ValueError(err)
-        vision = fe.pixel_inputs(pixels.to(dev, self.model.dtype)) if pixels is not None else fe.feature_inputs(feats)
+        vision = fe.pixel_inputs(pixels.to(dev, self.model.dtype)) if pixels is not None else fe.feature_inputs(self.model, feats)
         extra: dict = {}
         if visual_offsets is not None:
             vm = input_ids == fe.video_token_id(self.model.config)
@@ -950,7 +950,7 @@ def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int) -> Any:
         sparsity = SparseConfig.preset(sparsity, num_layers=layers)
     if not isinstance(sparsity, SparseConfig):
         raise ValueError(f"sparsity must be a SparseConfig, a preset name or None, got {type(sparsity).__name__}")
-    sparsity.describe(decoder_visual_tokens(config, num_frames, sparsity.pre_budget), layers)  # as a run would
+    sparsity.describe(decoder_visual_tokens(config, num_frames, sparsity.long.budget), layers)  # as a run would
     return sparsity
 
 
