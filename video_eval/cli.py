@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: full and <preset>[@<budget>], e.g. full,video@0.1,video@0.05,fastv@0.1 "
                         f"(default {DEFAULT_CONFIGS})")
     r.add_argument("--out", required=True, help="run directory (created; re-running the same command resumes)")
-    r.add_argument("--frames", type=_positive_int, default=8, help="frames per video, uniformly sampled (default 8)")
+    r.add_argument("--frames", type=_positive_int, default=None,
+                   help="frames per video, uniformly sampled (default: the model family's, 8 for Video-LLaVA, "
+                        "32 for LLaVA-OneVision)")
     r.add_argument("--batch-size", type=_positive_int, default=4, help="questions per forward pass (default 4)")
     r.add_argument("--max-new-tokens", type=_positive_int, default=128, help="answer length limit (default 128)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the accelerate process's device)")

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -436,7 +437,7 @@ class RunOptions:
 
     model: str
     configs: list  # [RunConfig]
-    num_frames: int = 8
+    num_frames: int | None = None  # None: the model family's default (its front end's)
     frame_strategy: str = "uniform"
     batch_size: int = 4
     max_new_tokens: int = 128
@@ -562,6 +563,10 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out {run_dir} is a file, not a directory")
     model_config, ckpt = _model_config(opts, qa)
+    if opts.num_frames is None:
+        from videosparse.frontends import frontend_for
+
+        opts = dataclasses.replace(opts, num_frames=frontend_for(model_config).default_num_frames)
     sparsities = {c.label: c.sparsity(model_config, opts.num_frames) for c in opts.configs}
     spec = build_spec(dataset, opts, world, model_config)
     with writing(run_dir, "create the run directory"):
