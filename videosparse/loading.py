@@ -127,7 +127,7 @@ def resolve_checkpoint(name: "str | Checkpoint", *, offline: bool | None = None,
         return name
     if not isinstance(name, str) or not name.strip():
         raise CheckpointError("the model is empty: pass 'testbed', a checkpoint directory or a hub id")
-    if name == testbed.NAME:
+    if testbed.is_name(name):  # "testbed", "testbed-onevision": the embedded test-bed models
         try:
             source = testbed.resolve(name)
         except FileNotFoundError as e:
@@ -246,7 +246,7 @@ def context_error(prompt_tokens: int, max_new_tokens: int, limit: int | None, nu
     room = limit - text - max_new_tokens
     fit = max(0, room // tokens_per_frame) if tokens_per_frame > 0 else 0
     hint = (f"use at most {fit} frames" if fit >= 1 else
-            f"even 1 frame does not fit: shorten the question or lower max_new_tokens")
+            "even 1 frame does not fit: shorten the question or lower max_new_tokens")
     return (f"the prompt does not fit the model's context: {num_frames} frames x {tokens_per_frame} visual tokens "
             f"= {visual} + {text} text tokens + {max_new_tokens} new tokens = {need} positions, but the model has "
             f"{limit} (max_position_embeddings); {hint}")
