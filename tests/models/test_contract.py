@@ -6,6 +6,9 @@ A new family gets the whole suite by adding one `Family` to FAMILIES:
 * scores equal the stock model's eager attention of the rater rows at the stage layer;
 * a pruned prefill equals a slow reference that drives the stock decoder layers by hand, without a cache, on
   the gathered rows (its own causal mask and gathered rotary tables; nothing of the engine);
+* cached decoding equals a recompute without a cache; beam search and sampling equal the stock model's with
+  every token kept, and a reference beam search / sampler built on cached or cache-free pruned log-probs when
+  pruned;
 * a batch equals each sample alone (kept sets and generated tokens);
 * `remove()` restores the model bit-exactly (hooks, attributes, logits, generation).
 """
@@ -220,6 +223,210 @@ def test_cached_decoding_equals_a_recompute_without_cache(family, models, attn, 
             live[b, int(eos[0]) + 1:] = False
     err = (ref - logits).abs().amax(-1)[live].max().item()
     assert err < 1e-4, err
+
+
+def _nv(family, model, inp):
+    return int(family.visual_mask(model, inp)[0].sum())
+
+
+# ----------------------------------------------------------------------------- beam search and sampling
+EOS = 2  # the tiny models' eos_token_id: suppressed below, so every beam and sample runs to max_new_tokens
+NEW = 4
+BEAMS = 3
+TOP_K = 5
+
+
+class _ForcePrefix:
+    """Logits processor that makes greedy decoding emit `prefix` (rows x s) first: teacher forcing through
+    generate's own cached decode loop (output_logits are the raw logits, before this processor)."""
+
+    def __init__(self, prompt_len, prefix):
+        self.n, self.prefix = prompt_len, prefix
+
+    def __call__(self, input_ids, scores):
+        s = input_ids.shape[1] - self.n
+        if s >= self.prefix.shape[1]:
+            return scores
+        return torch.full_like(scores, float("-inf")).scatter_(1, self.prefix[:, s : s + 1], 0.0)
+
+
+def _next_logprobs_cached(model, h, inp, rep, gen):
+    """Next-token log-probs after prompt + `gen` (rows = sample x rep), by a pruned prefill of the prompt and
+    pruned cached decode steps over `gen` (greedy, forced; no beam reordering, no sampling)."""
+    from transformers import LogitsProcessorList
+
+    x = {k: v.repeat_interleave(rep, 0) for k, v in inp.items()}
+    n = x["input_ids"].shape[1]
+    out = model.generate(**x, max_new_tokens=gen.shape[1] + 1, do_sample=False, pad_token_id=0,
+                         logits_processor=LogitsProcessorList([_ForcePrefix(n, gen)]), output_logits=True,
+                         return_dict_in_generate=True)
+    assert torch.equal(out.sequences[:, n:-1], gen)
+    return out.logits[-1].float()
+
+
+def _next_logprobs_no_cache(model, h, inp, rep, gen):
+    """The same by one forward of prompt + `gen` without a cache, the selection forced to the prompt's own
+    (raters are the prompt's text tokens only, so the pruned prefill selects the same tokens for every prefix)."""
+    B = inp["input_ids"].shape[0]
+    model(**inp)  # the prompt's selection
+    kept = [s.kept.repeat_interleave(rep, 0) for s in h.trace.stages]
+    mask = torch.cat([inp["attention_mask"].repeat_interleave(rep, 0),
+                      torch.ones(B * rep, gen.shape[1], dtype=torch.long)], 1)
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    ids = torch.cat([inp["input_ids"].repeat_interleave(rep, 0), gen], 1)
+    rest = {k: v.repeat_interleave(rep, 0) for k, v in inp.items() if k not in ("input_ids", "attention_mask")}
+    with h.override_selection(kept):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **rest).logits
+    return logits[:, -1].float()
+
+
+# "cached": the video preset as it is (recycling on: a selection override cannot reproduce merged tokens);
+# "no_cache": the video preset without recycling, against a cache-free recompute
+REFERENCES = {
+    "cached": (_next_logprobs_cached, {}),
+    "no_cache": (_next_logprobs_no_cache, {"recycle": False}),
+}
+
+
+def _logprobs(scorer, model, h, inp, rep, gen):
+    lp = torch.log_softmax(scorer(model, h, inp, rep, gen), -1)
+    lp[:, EOS] = float("-inf")  # suppress_tokens=[EOS]
+    return lp
+
+
+def _ref_beam_search(scorer, model, h, inp, nb, steps):
+    """Plain beam search (length penalty 1, no EOS): keep the nb best (beam, token) continuations by summed
+    log-prob; returns every sample's nb beams best first and their scores (sum / generated length)."""
+    B = inp["input_ids"].shape[0]
+    gen = torch.zeros(B * nb, 0, dtype=torch.long)
+    scores = torch.full((B, nb), float("-inf"))
+    scores[:, 0] = 0.0  # one live beam at the start
+    for _ in range(steps):
+        lp = _logprobs(scorer, model, h, inp, nb, gen).view(B, nb, -1) + scores[:, :, None]
+        V = lp.shape[-1]
+        scores, idx = lp.view(B, -1).topk(nb)
+        rows = (torch.arange(B)[:, None] * nb + idx // V).reshape(-1)
+        gen = torch.cat([gen[rows], (idx % V).reshape(-1, 1)], 1)
+    return gen, scores.reshape(-1) / steps
+
+
+def _ref_sample(scorer, model, h, inp, steps, top_k, seed):
+    """Top-k sampling drawing from torch's global generator exactly as generate does: one
+    multinomial(softmax(top-k filtered scores), 1) per step, nothing else consuming random numbers."""
+    torch.manual_seed(seed)
+    gen = torch.zeros(inp["input_ids"].shape[0], 0, dtype=torch.long)
+    for _ in range(steps):
+        lp = _logprobs(scorer, model, h, inp, 1, gen)
+        lp = lp.masked_fill(lp < lp.topk(top_k).values[:, -1:], float("-inf"))
+        gen = torch.cat([gen, torch.multinomial(torch.softmax(lp, -1), 1)], 1)
+    return gen
+
+
+def _beam(model, inp):
+    return model.generate(**inp, max_new_tokens=NEW, num_beams=BEAMS, num_return_sequences=BEAMS, pad_token_id=0,
+                          suppress_tokens=[EOS], output_scores=True, return_dict_in_generate=True)
+
+
+def _sample(model, inp, seed):
+    torch.manual_seed(seed)
+    return model.generate(**inp, max_new_tokens=NEW, do_sample=True, top_k=TOP_K, pad_token_id=0,
+                          suppress_tokens=[EOS])
+
+
+def test_keep_all_beam_search_and_sampling_equal_the_stock_model(family, models):
+    model = models["sdpa"]
+    inp = family.inputs(model, QUESTIONS)
+    with torch.no_grad():
+        ref_beam, ref_samples = _beam(model, inp), [_sample(model, inp, seed) for seed in (0, 1)]
+        with sparsify(model, SparseConfig(budget=1.0, layers=(1,))) as h:
+            beam, samples = _beam(model, inp), [_sample(model, inp, seed) for seed in (0, 1)]
+    assert h.trace.counts == [_nv(family, model, inp)]  # the pruned path ran (keeping everything)
+    assert torch.equal(beam.sequences, ref_beam.sequences)  # every returned beam, token for token
+    assert torch.allclose(beam.sequences_scores, ref_beam.sequences_scores, atol=1e-6)
+    for got, ref in zip(samples, ref_samples):
+        assert torch.equal(got, ref)
+    assert not torch.equal(ref_samples[0], ref_samples[1])  # the seed matters, so equality above means something
+
+
+@pytest.mark.parametrize("ref", sorted(REFERENCES))
+def test_pruned_beam_search_equals_a_reference_beam_search(family, models, ref):
+    model = models["sdpa"]
+    inp = family.inputs(model, QUESTIONS)
+    scorer, over = REFERENCES[ref]
+    cfg = SparseConfig.preset("video", budget=0.1, num_layers=4).replace(**over)
+    with torch.no_grad():
+        stock = _beam(model, inp)
+        with sparsify(model, cfg) as h:
+            model(**inp)
+            prompt_kept = [s.kept for s in h.trace.stages]
+            out = _beam(model, inp)
+            beam_kept = [s.kept for s in h.trace.stages]
+            ref_gen, ref_scores = _ref_beam_search(scorer, model, h, inp, BEAMS, NEW)
+    # real pruning: two stages, far fewer tokens than the video has
+    assert h.trace.counts[-1] < _nv(family, model, inp) // 5
+    # the beams' prefill (batch x beams rows) selects, per row, what the prompt alone selects
+    for a, b in zip(prompt_kept, beam_kept):
+        assert torch.equal(b, a.repeat_interleave(BEAMS, 0))
+    n = inp["input_ids"].shape[1]
+    assert torch.equal(out.sequences[:, :n], inp["input_ids"].repeat_interleave(BEAMS, 0))
+    assert torch.equal(out.sequences[:, n:], ref_gen), (out.sequences[:, n:], ref_gen)
+    assert torch.allclose(out.sequences_scores, ref_scores, atol=1e-4), (out.sequences_scores, ref_scores)
+    assert not torch.allclose(out.sequences_scores, stock.sequences_scores, atol=1e-3)  # pruning changed them
+
+
+@pytest.mark.parametrize("ref", sorted(REFERENCES))
+def test_pruned_sampling_equals_a_reference_sampler_and_only_the_seed_changes_it(family, models, ref):
+    model = models["sdpa"]
+    inp = family.inputs(model, QUESTIONS)
+    scorer, over = REFERENCES[ref]
+    cfg = SparseConfig.preset("video", budget=0.1, num_layers=4).replace(**over)
+    n = inp["input_ids"].shape[1]
+    with torch.no_grad(), sparsify(model, cfg) as h:
+        runs, kept = {}, {}
+        for key in ((0, "a"), (0, "b"), (1, "a")):
+            runs[key] = _sample(model, inp, key[0])
+            kept[key] = [s.kept for s in h.trace.stages]
+        refs = {seed: _ref_sample(scorer, model, h, inp, NEW, TOP_K, seed) for seed in (0, 1)}
+    assert h.trace.counts[-1] < _nv(family, model, inp) // 5
+    for key, seq in runs.items():
+        assert torch.equal(seq[:, :n], inp["input_ids"])
+        assert torch.equal(seq[:, n:], refs[key[0]]), (key, seq[:, n:], refs[key[0]])
+        for a, b in zip(kept[key], kept[(0, "a")]):
+            assert torch.equal(a, b)  # the selection never depends on the sampling seed
+    assert torch.equal(runs[(0, "a")], runs[(0, "b")])  # same seed: same tokens
+    assert not torch.equal(runs[(0, "a")][:, n:], runs[(1, "a")][:, n:])  # another seed: other tokens
+
+
+@pytest.mark.parametrize("attn", ATTN)
+def test_a_second_turn_continues_the_pruned_cache(family, models, attn):
+    """Multi-turn: generate, append the next user turn, generate again on the same (pruned) cache. The second
+    answer's logits equal one forward of the whole conversation without a cache, the selection forced to the
+    first prompt's; the second turn does not prune again (its text only extends the cache)."""
+    model = models[attn]
+    inp = family.inputs(model, QUESTIONS, seed=11)
+    B = inp["input_ids"].shape[0]
+    cfg = SparseConfig(budget=0.25, layers=(0, 2))
+    gen = dict(do_sample=False, pad_token_id=0, suppress_tokens=[EOS], return_dict_in_generate=True,
+               output_logits=True, max_new_tokens=3)
+    with torch.no_grad(), sparsify(model, cfg) as h:
+        first = model.generate(**inp, **gen)
+        kept = [s.kept for s in h.trace.stages]
+        trace1 = h.trace
+        turn2 = torch.tensor([[20, 21, 22]]).expand(B, 3)
+        ids2 = torch.cat([first.sequences, turn2], 1)
+        mask2 = torch.cat([inp["attention_mask"], torch.ones(B, ids2.shape[1] - inp["input_ids"].shape[1],
+                                                            dtype=torch.long)], 1)
+        second = model.generate(input_ids=ids2, attention_mask=mask2, past_key_values=first.past_key_values, **gen)
+        assert h.trace is trace1  # no new prefill: the second turn ran on the pruned cache
+        logits2 = torch.stack(second.logits, 1)
+        full = second.sequences[:, :-1]
+        mask = torch.cat([mask2, torch.ones(B, full.shape[1] - mask2.shape[1], dtype=torch.long)], 1)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        rest = {k: v for k, v in inp.items() if k not in ("input_ids", "attention_mask")}
+        with h.override_selection(kept):
+            ref = model(input_ids=full, attention_mask=mask, position_ids=pos, use_cache=False, **rest).logits
+    ref = ref[:, -logits2.shape[1]:]
+    assert (ref - logits2).abs().max().item() < 1e-4
 
 
 # ----------------------------------------------------------------------------- batch == alone
