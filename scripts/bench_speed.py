@@ -36,15 +36,30 @@ embedding + video-feature scatter + the 32 decoder layers (+ selection) + the la
 Output: a markdown table of ratios on stdout and in ``<out>.md``, raw figures + config + versions +
 machine + load in ``<out>.json``.
 
+``--family llava_onevision``: the same measurements on a random-weight LLaVA-OneVision / LLaVA-Video model
+(``LlavaOnevisionForConditionalGeneration``: SigLIP tower, Qwen2 decoder with GQA and q/k/v biases) with the 7B's
+token geometry: 32 frames x 196 = 6272 visual tokens + the image_newline closing the video block, 28 layers, real
+vocab 152064; width scaled down to hidden 224 = 7 query heads x 32 sharing 1 KV head (the 7B's 28:4 = 7:1 ratio),
+MLP 1184 (the 7B's 18944 / 3584 ratio). Tokens per frame, the closing token, the video features and the model
+inputs come from the family's front end (``videosparse.frontends.llava_onevision``). Configurations: full; at 10 %
+and 25 % kept, ``video``, ``sparsevlm-video``, ``sparsevlm-v1``, ``sparsevlm-v1.5``, ``sparsevlm-v2``, ``fastv``,
+a pre-LLM baseline (``pre-llm@K``: the prompt holds K placeholders + the newline and only the K question-blind
+selected tokens' features enter the decoder; ``--pre-select uniform`` (default) every (N/K)-th token, ``norm``
+per-frame top-k feature norm) and the lower bound; and all of them at the paper's 194/2056 equivalent tokens
+scaled to 6272 (592). Peak memory of every configuration in a child process; ``check_targets`` per family.
+
 Usage:
     python scripts/bench_speed.py                 # full run (~10 min on 2 cores)
     python scripts/bench_speed.py --quick         # < 1.5 min: fewer repeats/configs, smaller hidden size
+    python scripts/bench_speed.py --family llava_onevision [--threads 1]   # ~8 min: 24 configs x 3 repeats
+    python scripts/bench_speed.py --family llava_onevision --quick         # < 1 min: 8 frames, 1 repeat
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -59,6 +74,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 VIDEO_TOKEN = 32001  # Video-LLaVA-7B-hf's <video> id (vocab 32064)
 IMAGE_TOKEN = 32000
+OV_VIDEO_TOKEN = 151647  # llava-onevision-qwen2-7b-ov-hf's <video> id (vocab 152064)
+OV_IMAGE_TOKEN = 151646
+
+# Per family: the report's name, the front end / config.json model_type, and the 7B's decoder dimensions (the
+# analytic "same token flow with the 7B's dimensions" FLOPs-ideal speedup).
+FAMILIES = {
+    "video_llava": {"label": "Video-LLaVA", "model_type": "video_llava",
+                    "dims_7b": dict(hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064)},
+    "llava_onevision": {"label": "LLaVA-OneVision", "model_type": "llava_onevision",
+                        "dims_7b": dict(hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064)},
+}
 
 
 # ----------------------------------------------------------------------------------------- geometry
@@ -77,10 +103,17 @@ class Geometry:
     question_tokens: int = 25
     vision_hidden: int = 32
     vision_layers: int = 1
+    family: str = "video_llava"  # "video_llava" | "llava_onevision"
 
     @property
     def tokens_per_frame(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 + 1
+        """From the family's front end, asked about this geometry's transformers config (no formula here)."""
+        return _frontend_geometry(self)[0]
+
+    @property
+    def tail_tokens(self) -> int:
+        """Placeholder tokens closing the video block (LLaVA-OneVision's image_newline: 1), not visual."""
+        return _frontend_geometry(self)[1]
 
     @property
     def num_visual(self) -> int:
@@ -88,7 +121,7 @@ class Geometry:
 
     @property
     def seq_len(self) -> int:
-        return self.prefix_tokens + self.num_visual + self.question_tokens
+        return self.prefix_tokens + self.num_visual + self.tail_tokens + self.question_tokens
 
     @property
     def head_dim(self) -> int:
@@ -98,16 +131,48 @@ class Geometry:
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
 
+    @property
+    def qkv_bias(self) -> bool:
+        """Qwen2 (LLaVA-OneVision's decoder) has biases on q/k/v; Llama (Video-LLaVA's) has none."""
+        return self.family == "llava_onevision"
+
 
 TOY = Geometry(frames=2, image_size=84, patch_size=14, layers=6, hidden=64, heads=2, kv_heads=2, intermediate=128,
                vocab=128, prefix_tokens=4, question_tokens=5, vision_hidden=16)
 
+# LLaVA-OneVision-7B's token geometry: 32 frames of 384 px / 14 px SigLIP patches (27 x 27, no CLS) pooled to
+# 14 x 14 = 196 tokens, 6272 visual tokens + the image_newline; 28 Qwen2 layers. The width is scaled down
+# (hidden 224) keeping the 7B's GQA ratio exactly (28 query heads : 4 KV heads = 7 : 1 -> 7 heads x 32 sharing
+# 1 KV head) and its MLP ratio (18944 / 3584 = 5.286 -> 1184); the real vocab (152064) as for Video-LLaVA.
+OV_GEOMETRY = Geometry(frames=32, image_size=384, patch_size=14, layers=28, hidden=224, heads=7, kv_heads=1,
+                       intermediate=1184, vocab=152064, prefix_tokens=35, question_tokens=25, vision_hidden=32,
+                       vision_layers=1, family="llava_onevision")
+OV_QUICK_FRAMES = 8
+OV_TOY = Geometry(frames=4, image_size=112, patch_size=14, layers=8, hidden=56, heads=7, kv_heads=1,
+                  intermediate=296, vocab=160, prefix_tokens=4, question_tokens=5, vision_hidden=16, vision_layers=1,
+                  family="llava_onevision")
 
-def build_model(geo: Geometry, seed: int = 0):
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
-    torch.manual_seed(seed)
+def model_config(geo: Geometry):
+    """The transformers config of the family's random-weight model with this geometry (a fresh object)."""
+    if geo.family not in FAMILIES:
+        raise ValueError(f"unknown family {geo.family!r}; known: {sorted(FAMILIES)}")
+    if geo.family == "llava_onevision":
+        from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+        vcfg = SiglipVisionConfig(hidden_size=geo.vision_hidden, intermediate_size=2 * geo.vision_hidden,
+                                  num_hidden_layers=geo.vision_layers, num_attention_heads=2,
+                                  image_size=geo.image_size, patch_size=geo.patch_size)
+        tcfg = Qwen2Config(vocab_size=geo.vocab, hidden_size=geo.hidden, intermediate_size=geo.intermediate,
+                           num_hidden_layers=geo.layers, num_attention_heads=geo.heads,
+                           num_key_value_heads=geo.kv_heads, max_position_embeddings=32768, rope_theta=1000000.0,
+                           tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        return LlavaOnevisionConfig(vision_config=vcfg, text_config=tcfg,
+                                    video_token_id=min(OV_VIDEO_TOKEN, geo.vocab - 1),
+                                    image_token_id=min(OV_IMAGE_TOKEN, geo.vocab - 2), vision_feature_layer=-1,
+                                    vision_feature_select_strategy="full")
+    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+
     vcfg = CLIPVisionConfig(hidden_size=geo.vision_hidden, intermediate_size=2 * geo.vision_hidden,
                             num_hidden_layers=geo.vision_layers, num_attention_heads=2, image_size=geo.image_size,
                             patch_size=geo.patch_size, projection_dim=geo.vision_hidden)
@@ -116,20 +181,49 @@ def build_model(geo: Geometry, seed: int = 0):
                        max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     video_token = min(VIDEO_TOKEN, geo.vocab - 1)
     image_token = min(IMAGE_TOKEN, geo.vocab - 2)
-    cfg = VideoLlavaConfig(vision_config=vcfg, text_config=tcfg, video_token_id=video_token,
-                           image_token_id=image_token, vision_feature_layer=-1, vision_feature_select_strategy="full")
+    return VideoLlavaConfig(vision_config=vcfg, text_config=tcfg, video_token_id=video_token,
+                            image_token_id=image_token, vision_feature_layer=-1, vision_feature_select_strategy="full")
+
+
+def frontend(geo: Geometry):
+    from videosparse.frontends import get_frontend
+
+    return get_frontend(FAMILIES[geo.family]["model_type"])
+
+
+@functools.lru_cache(maxsize=64)
+def _frontend_geometry(geo: Geometry) -> tuple:
+    """(tokens per frame, tokens closing the video block) as the family's front end reads them off the config."""
+    fe = frontend(geo)
+    return int(fe.tokens_per_frame(model_config(geo))), int(fe.tail_tokens)
+
+
+def build_model(geo: Geometry, seed: int = 0):
+    import torch
+    from transformers import LlavaOnevisionForConditionalGeneration, VideoLlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = model_config(geo)
     cfg._attn_implementation = "sdpa"
-    model = VideoLlavaForConditionalGeneration(cfg).eval()
+    cls = LlavaOnevisionForConditionalGeneration if geo.family == "llava_onevision" else \
+        VideoLlavaForConditionalGeneration
+    model = cls(cfg).eval()
     model.set_attn_implementation("sdpa")
     with torch.no_grad():  # larger init so attention is not uniform (random models otherwise score near-ties)
         for p in model.model.language_model.parameters():
             if p.ndim == 2:
                 p.mul_(3.0)
+        if geo.family == "llava_onevision":  # Qwen2's q/k biases and the newline, as tests/conftest.py does
+            for layer in model.model.language_model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                    proj.bias.normal_(0.0, 0.5)
+            model.model.image_newline.normal_(0.0, 1.0)
     model.requires_grad_(False)
     return model
 
 
 def make_inputs(model, geo: Geometry, seed: int = 1) -> dict:
+    """prefix + the video block (frames x tokens per frame placeholders + the family's closing tokens) + question."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -139,22 +233,87 @@ def make_inputs(model, geo: Geometry, seed: int = 1) -> dict:
     def words(n):
         return torch.randint(lo, hi, (n,), generator=g)
 
-    ids = torch.cat([torch.tensor([1]), words(geo.prefix_tokens - 1), torch.full((geo.num_visual,), vt),
-                     words(geo.question_tokens)])[None]
+    ids = torch.cat([torch.tensor([1]), words(geo.prefix_tokens - 1),
+                     torch.full((geo.num_visual + geo.tail_tokens,), vt), words(geo.question_tokens)])[None]
     pix = torch.randn(1, geo.frames, 3, geo.image_size, geo.image_size, generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pix}
 
 
-def encode_video(model, pix):
-    """Video features once (the vision tower + projector; identical for every configuration)."""
+def video_features(model, pix) -> tuple:
+    """((T, P, D) projected video tokens from the family's front end, seconds); the vision tower + projector."""
     import torch
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from videosparse.frontends import frontend_for
 
     with torch.no_grad():
         t = time.perf_counter()
-        out = model.model.get_video_features(pixel_values_videos=pix, return_dict=True)
+        feats = frontend_for(model.config).video_features(model, pix[0])
         dt = time.perf_counter() - t
-    return {"video": BaseModelOutputWithPooling(pooler_output=out.pooler_output)}, dt
+    return feats, dt
+
+
+def feature_kwargs(model, feats) -> dict:
+    """The mm_encoder_outputs of precomputed visual tokens ``feats`` (1, n, D), via the front end's
+    ``feature_inputs`` (which adds what closes the video block: LLaVA-OneVision's image_newline)."""
+    from videosparse.frontends import frontend_for
+
+    return frontend_for(model.config).feature_inputs(model, feats)["mm_encoder_outputs"]
+
+
+def encode_video(model, pix):
+    """Video features once (the vision tower + projector; identical for every configuration), as the timed forward
+    takes them: (mm_encoder_outputs, seconds)."""
+    feats, dt = video_features(model, pix)
+    return feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1])), dt
+
+
+# ----------------------------------------------------------------------------------------- pre-LLM baseline
+PRE_SELECT = ("uniform", "norm")
+
+
+def pre_llm_indices(feats, k: int, method: str = "uniform"):
+    """Question-blind selection of ``k`` of the T x P visual tokens before the decoder, ascending frame-major ids.
+
+    'uniform': every (T x P / k)-th token of the frame-major sequence (round(linspace(0, N - 1, k))): even over
+    the frames and, within a frame, over its raster positions; no data read. 'norm': per frame the top-k feature
+    L2 norms, k split evenly over the frames (the first k mod T frames one more)."""
+    import torch
+
+    T, P, _ = feats.shape
+    n = T * P
+    k = max(1, min(int(k), n))
+    if method == "uniform":
+        return torch.linspace(0, n - 1, k).round().long()
+    if method != "norm":
+        raise ValueError(f"pre-LLM selection: unknown method {method!r}; known: {PRE_SELECT}")
+    norms = feats.float().norm(dim=-1)  # (T, P)
+    out = []
+    for t in range(T):
+        q = min(P, k // T + (1 if t < k % T else 0))
+        if q:
+            out.append(norms[t].topk(q).indices.sort().values + t * P)
+    return torch.cat(out)
+
+
+def pre_llm_select(feats, k: int, method: str = "uniform"):
+    """(1, k, D) features of the kept tokens, in frame-major order."""
+    return feats.reshape(-1, feats.shape[-1]).index_select(0, pre_llm_indices(feats, k, method))[None]
+
+
+def pre_llm_inputs(model, inputs: dict, k: int) -> dict:
+    """The same prompt with the video block shrunk to ``k`` placeholders (+ the family's closing tokens): the
+    decoder sees only the kept tokens, at consecutive positions."""
+    import torch
+
+    from videosparse.frontends import frontend_for
+
+    tail = int(frontend_for(model.config).tail_tokens)
+    ids = inputs["input_ids"][0]
+    vt = model.config.video_token_id
+    where = (ids == vt).nonzero().flatten()
+    first, last = int(where[0]), int(where[-1])
+    new = torch.cat([ids[:first], torch.full((k + tail,), vt, dtype=ids.dtype), ids[last + 1:]])[None]
+    return {"input_ids": new, "attention_mask": torch.ones_like(new)}
 
 
 # ----------------------------------------------------------------------------------------- configurations
@@ -166,6 +325,8 @@ class Bench:
     note: str
     ratio_row: bool = True  # show in the ratio table
     eq: dict | None = None  # equal-equivalent-token row: setting, target, reachable range, bound, plan
+    pre_llm: int | None = None  # pre-LLM baseline: the decoder is fed only these many selected tokens' features
+    pre_select: str = "uniform"  # its question-blind selection (PRE_SELECT)
 
 
 EQ_PRESETS = ("video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv")
@@ -237,12 +398,92 @@ def _lower_bound(budget: int, num_layers: int):
         method="uniform", name="lower-bound", recycle=False, temporal_tau=None, frame_floor=0)
 
 
-def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False,
-                   eq_budgets: tuple = ()) -> list:
-    """The benchmarked configurations; equal-equivalent rows for every preset of EQ_PRESETS at each of
-    ``eq_budgets``."""
+def pre_llm_bench(k: int, method: str, name: str | None = None) -> Bench:
+    what = ("every (N/K)-th token of the frame-major sequence" if method == "uniform" else
+            "per frame the top-k feature norms")
+    return Bench(name or f"pre-llm@{k}", "sdpa", None,
+                 f"pre-LLM baseline: only {k} question-blind selected tokens' features enter the decoder ({what})",
+                 pre_llm=int(k), pre_select=method)
+
+
+def pre_llm_eq_bench(target: float, geo: Geometry, method: str) -> Bench:
+    """The pre-LLM baseline at ``target`` equivalent tokens: every layer sees K tokens, so K = round(target)."""
+    nv = geo.num_visual
+    setting = f"{_g(target)}eq"
+    target_abs = target * nv if target <= 1 else float(target)
+    k = max(1, min(nv, int(round(target_abs))))
+    b = pre_llm_bench(k, method, name=f"pre-llm@{setting}")
+    b.eq = {"preset": "pre-llm", "setting": setting, "target": target_abs, "range": [1.0, float(nv)], "bound": None,
+            "alias": b.name, "plan": [["pre", k, 0]], "planned_equivalent_tokens": float(k)}
+    return b
+
+
+def seed_kept_schedule(preset: str, kept: int, geo: Geometry) -> tuple:
+    """sparsevlm-v1.5 / v2 keeping ``kept`` tokens after the last stage: the seed's 192-entry per-stage shape
+    (v1.5 300:200:110, v2 300:200:118) scaled so its last count is ``kept``, at the preset's stage layers."""
+    from videosparse import SparseConfig
+    from videosparse.config import SEED_TABLES, _fit
+
+    layers = SparseConfig.preset(preset, num_layers=geo.layers).layers
+    table = _fit(SEED_TABLES[preset][192], len(layers))
+    return tuple((int(layer), min(geo.num_visual, max(kept, int(round(kept * c / table[-1])))))
+                 for layer, c in zip(layers, table))
+
+
+def ov_configurations(geo: Geometry, budgets: tuple, eq_budgets: tuple = (), pre_select: str = "uniform") -> list:
+    """LLaVA-OneVision: full; per kept budget (10 %, 25 %) video, the seed presets, FastV, the pre-LLM baseline and
+    the lower bound; the equal-equivalent rows of EQ_PRESETS + the pre-LLM baseline at each of ``eq_budgets``."""
     from videosparse import SparseConfig
 
+    L, nv = geo.layers, geo.num_visual
+    out = [Bench("full", "sdpa", None, "unpruned, sdpa")]
+    for b in budgets:
+        pct = f"{b / nv:.0%} of {nv}"
+        out += [
+            Bench(f"video@{b}", "sdpa", SparseConfig.preset("video", budget=b, num_layers=L),
+                  f"videosparse default ({pct} after the last stage)"),
+            Bench(f"sparsevlm-video@{b}", "sdpa", SparseConfig.preset("sparsevlm-video", budget=b, num_layers=L),
+                  f"seed video branch selecting {b}; its recycled tokens come on top"),
+            Bench(f"sparsevlm-v1@{b}", "sdpa", SparseConfig.preset("sparsevlm-v1", budget=b, num_layers=L),
+                  f"v1 stages with fixed counts stepping down to {b}; recycled tokens on top"),
+            Bench(f"sparsevlm-v1.5@{b}", "sdpa",
+                  SparseConfig.preset("sparsevlm-v1.5", budget=seed_kept_schedule("sparsevlm-v1.5", b, geo),
+                                      num_layers=L),
+                  f"seed 192-entry stage shape scaled to keep {b}; recycled tokens on top"),
+            Bench(f"sparsevlm-v2@{b}", "sdpa",
+                  SparseConfig.preset("sparsevlm-v2", budget=seed_kept_schedule("sparsevlm-v2", b, geo),
+                                      num_layers=L),
+                  f"seed 192-entry stage shape scaled to keep {b}"),
+            Bench(f"fastv@{b}", "sdpa", SparseConfig.preset("fastv", budget=b, num_layers=L),
+                  "FastV-style: attention received from every query row"),
+            pre_llm_bench(b, pre_select),
+            Bench(f"lower-bound@{b}", "sdpa", _lower_bound(b, L),
+                  "uniform selection with the video preset's stage layers and counts: no scoring work"),
+        ]
+    by_name = {b.name: b for b in out}
+    for target in eq_budgets:
+        for b in [eq_bench(p, target, geo) for p in EQ_PRESETS] + [pre_llm_eq_bench(target, geo, pre_select)]:
+            if b is None:
+                continue
+            s = {"setting": b.eq["setting"], "target": b.eq["target"]}
+            if b.name in by_name:
+                if by_name[b.name].eq is not None and s not in by_name[b.name].eq["settings"]:
+                    by_name[b.name].eq["settings"].append(s)
+                continue
+            b.eq["settings"] = [s]
+            by_name[b.name] = b
+            out.append(b)
+    return out
+
+
+def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False,
+                   eq_budgets: tuple = (), budget_high: int | None = None, pre_select: str = "uniform") -> list:
+    """The benchmarked configurations; equal-equivalent rows for every preset of EQ_PRESETS at each of
+    ``eq_budgets``. LLaVA-OneVision: ``ov_configurations`` at the kept budgets (budget, budget_high)."""
+    from videosparse import SparseConfig
+
+    if geo.family == "llava_onevision":
+        return ov_configurations(geo, tuple(x for x in (budget, budget_high) if x), eq_budgets, pre_select)
     L = geo.layers
     nv = geo.num_visual
     frac = budget / nv
@@ -384,8 +625,21 @@ def _ctx(model, bench: Bench):
     return sparsify(model, bench.cfg)
 
 
-def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int) -> tuple:
+def bench_inputs(model, bench: Bench, inputs: dict, enc: dict, feats) -> tuple:
+    """(inputs, enc, pre) a configuration's prefill_and_decode takes: the pre-LLM baseline gets the prompt with K
+    placeholders and selects its K tokens' features inside the timed prefill; the others the full prompt."""
+    if bench.pre_llm is None:
+        return inputs, enc, None
+    return (pre_llm_inputs(model, inputs, bench.pre_llm), None,
+            {"features": feats, "k": bench.pre_llm, "method": bench.pre_select})
+
+
+def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int, pre: dict | None = None) -> tuple:
     """One prefill (timed) and `new_tokens` greedy decode steps (each timed).
+
+    ``pre`` (the pre-LLM baseline): {"features": (T, P, D), "k", "method"}; the selection and the hand-over of the
+    kept tokens' features (front end's feature_inputs) are inside the timed prefill, their time is also written
+    to ``pre["select_s"]``; ``inputs`` is then the prompt with K placeholders (``pre_llm_inputs``).
 
     Returns (t_prefill, [t_step], cache, cache length per layer right after the prefill)."""
     import torch
@@ -396,6 +650,9 @@ def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int) -> tuple
     ckw = cache_keyword(model)  # 'cache' (transformers 5.24+) or 'past_key_values'
     with torch.no_grad():
         t0 = time.perf_counter()
+        if pre is not None:
+            enc = feature_kwargs(model, pre_llm_select(pre["features"], pre["k"], pre["method"]))
+            pre["select_s"] = time.perf_counter() - t0
         out = model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=dict(enc), use_cache=True,
                     logits_to_keep=1)
         t_prefill = time.perf_counter() - t0
@@ -417,27 +674,44 @@ def cache_lengths(cache) -> list:
 
 
 # ----------------------------------------------------------------------------------------- FLOPs
-def flops_doc() -> str:
-    return (
-        "Per decoder layer with n query tokens attending causally to n keys (prefill): projections "
-        "2n(D*D + 2*D*Dkv + D*D) + attention 2*2*D*n(n+1)/2 (QK^T and AV over the causal pairs only) + MLP "
-        "2*3*n*D*Dff; n = text tokens + the visual tokens that layer sees (per-stage counts from the trace). "
-        "Plus the LM head on the last token 2*D*V. Decode step (1 query, cache length c per layer): "
-        "2(2D^2+2D*Dkv) + 2*2*D*(c+1) + 2*3*D*Dff per layer + 2*D*V. Norms, RoPE, softmax, residuals ignored. "
-        "Scoring work, counted as implemented: raters 2*Nv*Nt*D; rater rows per stage 2*R*D^2 (queries) + "
-        "2*R*n*D (logits); FastV and the seed-reference 'full' map per stage 2*n*D^2 + 2*n*n*D (all rows, "
-        "full square); recycling (DPC-KNN) 3*m^2*D for m candidate tokens (the recycling rule's count: 'seed' "
-        "int(0.3 x pruned) + 1, merged tokens added on top and seen by the later layers; 'share' the top "
-        "ceil(0.3 x pruned) capped at 10 x clusters); temporal 3*(T-1)*P*D. "
-        "FLOPs-ideal speedup = decoder FLOPs(full) / decoder FLOPs(config) WITHOUT scoring work, so the "
-        "measured/ideal fraction exposes every overhead (scoring, bookkeeping). The JSON also gives the FLOPs-ideal "
-        "speedup of the same token flow with Video-LLaVA-7B's decoder dimensions (D 4096, Dff 11008)."
-    )
+def flops_doc(geo: Geometry | None = None) -> str:
+    """The FLOPs model in words; for LLaVA-OneVision (``geo.family``) with its GQA / q-k-v bias / pre-LLM terms."""
+    doc = _FLOPS_DOC
+    if geo is not None and geo.family == "llava_onevision":
+        doc += (
+            " LLaVA-OneVision (Qwen2 decoder): Dkv = KV heads x head dim (grouped-query attention: the k and v "
+            f"projections are D x Dkv, here {geo.hidden} x {geo.kv_dim}; the 7B's 3584 x 512), and the q/k/v biases "
+            "are counted exactly: n(D + 2*Dkv) additions per layer (1 + 2*Dkv/D per token in decode). n includes the "
+            "image_newline token closing the video block (never visual, never pruned). The pre-LLM baseline feeds K "
+            "tokens to the decoder: every layer sees K visual tokens; its selection costs 0 FLOPs ('uniform') or "
+            "2*N*D (per-token feature norms, 'norm')."
+        )
+        doc = doc.replace("Video-LLaVA-7B's decoder dimensions (D 4096, Dff 11008)",
+                          "LLaVA-OneVision-7B's decoder dimensions (D 3584, Dkv 512, Dff 18944, V 152064)")
+    return doc
+
+
+_FLOPS_DOC = (
+    "Per decoder layer with n query tokens attending causally to n keys (prefill): projections "
+    "2n(D*D + 2*D*Dkv + D*D) + attention 2*2*D*n(n+1)/2 (QK^T and AV over the causal pairs only) + MLP "
+    "2*3*n*D*Dff; n = text tokens + the visual tokens that layer sees (per-stage counts from the trace). "
+    "Plus the LM head on the last token 2*D*V. Decode step (1 query, cache length c per layer): "
+    "2(2D^2+2D*Dkv) + 2*2*D*(c+1) + 2*3*D*Dff per layer + 2*D*V. Norms, RoPE, softmax, residuals ignored. "
+    "Scoring work, counted as implemented: raters 2*Nv*Nt*D; rater rows per stage 2*R*D^2 (queries) + "
+    "2*R*n*D (logits); FastV and the seed-reference 'full' map per stage 2*n*D^2 + 2*n*n*D (all rows, "
+    "full square); recycling (DPC-KNN) 3*m^2*D for m candidate tokens (the recycling rule's count: 'seed' "
+    "int(0.3 x pruned) + 1, merged tokens added on top and seen by the later layers; 'share' the top "
+    "ceil(0.3 x pruned) capped at 10 x clusters); temporal 3*(T-1)*P*D. "
+    "FLOPs-ideal speedup = decoder FLOPs(full) / decoder FLOPs(config) WITHOUT scoring work, so the "
+    "measured/ideal fraction exposes every overhead (scoring, bookkeeping). The JSON also gives the FLOPs-ideal "
+    "speedup of the same token flow with Video-LLaVA-7B's decoder dimensions (D 4096, Dff 11008)."
+)
 
 
 def layer_flops(n: int, geo: Geometry) -> float:
     D, Dkv, Dff = geo.hidden, geo.kv_dim, geo.intermediate
-    return 2 * n * (2 * D * D + 2 * D * Dkv) + 2 * 2 * D * n * (n + 1) / 2 + 2 * 3 * n * D * Dff
+    bias = n * (D + 2 * Dkv) if geo.qkv_bias else 0  # Qwen2's q/k/v biases (exact; 0 for Llama)
+    return 2 * n * (2 * D * D + 2 * D * Dkv) + bias + 2 * 2 * D * n * (n + 1) / 2 + 2 * 3 * n * D * Dff
 
 
 def seen_per_layer(geo: Geometry, stage_layers: list, counts: list) -> list:
@@ -506,8 +780,17 @@ def prefill_flops(geo: Geometry, bench: Bench, stage_layers: list, counts: list,
     split of rank-adaptive seed-rule stages, which ``counts`` alone leave ambiguous (default: the config's
     stage_plan)."""
     text = geo.seq_len - geo.num_visual
-    seen = seen_per_layer(geo, stage_layers, counts)
     D = geo.hidden
+    if bench.pre_llm is not None:  # pre-LLM baseline: every layer sees the K tokens fed in
+        k = int(counts[0]) if counts else bench.pre_llm
+        seen = [k] * geo.layers
+        decoder = sum(layer_flops(text + v, geo) for v in seen) + 2 * D * geo.vocab
+        scoring = 2.0 * geo.num_visual * D if bench.pre_select == "norm" else 0.0
+        st = {"layer": "pre", "before": geo.num_visual, "after": k, "selected": k, "merged": 0,
+              "merged_on_top": False, "candidates": 0, "clusters": 0}
+        return {"decoder": decoder, "scoring": scoring, "total": decoder + scoring, "seen_per_layer": seen,
+                "stages": [st]}
+    seen = seen_per_layer(geo, stage_layers, counts)
     decoder = sum(layer_flops(text + v, geo) for v in seen) + 2 * D * geo.vocab
     scoring = 0.0
     stages = []
@@ -546,7 +829,8 @@ def prefill_flops(geo: Geometry, bench: Bench, stage_layers: list, counts: list,
 
 def decode_flops(geo: Geometry, cache_lens: list) -> float:
     D, Dkv, Dff = geo.hidden, geo.kv_dim, geo.intermediate
-    per = sum(2 * (2 * D * D + 2 * D * Dkv) + 2 * 2 * D * (c + 1) + 2 * 3 * D * Dff for c in cache_lens)
+    bias = (D + 2 * Dkv) if geo.qkv_bias else 0
+    per = sum(2 * (2 * D * D + 2 * D * Dkv) + bias + 2 * 2 * D * (c + 1) + 2 * 3 * D * Dff for c in cache_lens)
     return per + 2 * D * geo.vocab
 
 
@@ -557,6 +841,25 @@ def _status_kb(key: str) -> int:
             if line.startswith(key):
                 return int(line.split()[1])
     return -1
+
+
+# glibc's mmap threshold fixed (no dynamic raise up to 32 MB): every allocation >= 256 KiB is mapped and unmapped,
+# so RSS follows the live tensors. With the dynamic threshold, blocks of up to 32 MB (an MLP activation at 6333
+# tokens is 30 MB) land in the heap and fragment it: the same full prefill measured +175 MB to +415 MB; with this
+# setting +156 MB in repeated children (video@627: +118 MB both times).
+CHILD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "262144"}
+
+
+def _malloc_trim() -> bool:
+    """Return the heap that model building and video encoding freed to the OS (glibc), so the prefill's peak is not
+    hidden by reusing it: without this the RSS before the prefill varied by ~70 MB between children at 6272 tokens
+    and small configurations measured less than their own KV cache."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def memory_child(spec: dict) -> dict:
@@ -570,12 +873,18 @@ def memory_child(spec: dict) -> dict:
     geo = Geometry(**spec["geometry"])
     model = build_model(geo, seed=spec["seed"])
     inputs = make_inputs(model, geo)
-    enc, _ = encode_video(model, inputs.pop("pixel_values_videos"))
+    feats, _ = video_features(model, inputs.pop("pixel_values_videos"))
+    enc = feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]))
     budget, budget5 = spec["budget"], spec["budget5"]
     bench = {b.name: b for b in configurations(geo, budget, budget5, quick=False,
-                                               eq_budgets=tuple(spec.get("eq_budgets", ())))}[spec["config"]]
+                                               eq_budgets=tuple(x for x in spec.get("eq_budgets", ()) if x),
+                                               budget_high=spec.get("budget_high"),
+                                               pre_select=spec.get("pre_select", "uniform"))}[spec["config"]]
+    inputs, enc, pre = bench_inputs(model, bench, inputs, enc, feats)
     ctx = _ctx(model, bench)
     gc.collect()
+    if geo.family != "video_llava":  # (Video-LLaVA's figures stay measured as before)
+        _malloc_trim()
     reset = True
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -585,7 +894,7 @@ def memory_child(spec: dict) -> dict:
     base_kb = _status_kb("VmRSS:")
     hwm_after_reset = _status_kb("VmHWM:")
     with ctx:
-        t, _, cache, _ = prefill_and_decode(model, inputs, enc, 0)
+        t, _, cache, _ = prefill_and_decode(model, inputs, enc, 0, pre=pre)
     peak_kb = _status_kb("VmHWM:")
     kv_bytes = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
     return {"config": bench.name, "base_mb": base_kb / 1024, "peak_mb": peak_kb / 1024,
@@ -597,8 +906,13 @@ def memory_child(spec: dict) -> dict:
 def measure_memory(name: str, geo: Geometry, args) -> dict:
     spec = {"config": name, "geometry": dataclasses.asdict(geo), "threads": args.threads, "seed": args.seed,
             "budget": args.budget, "budget5": args.budget5, "eq_budgets": [args.eq_budget, args.eq_budget2]}
+    if geo.family != "video_llava":
+        spec.update(budget_high=args.budget_high, pre_select=args.pre_select)
+    env = None
+    if geo.family != "video_llava":  # (Video-LLaVA's figures stay measured as before)
+        env = {**os.environ, **CHILD_MALLOC_ENV}
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory-child", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child for {name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -755,8 +1069,10 @@ def seed_line(res: dict) -> str | None:
     line = (f"FLOPs-ideal at the seed's {setting[:-2]}-equivalent setting: {r['ratios']['flops_ideal_speedup']:.2f}x "
             f"(measured {n}: {r['ratios']['prefill_speedup']:.2f}x)")
     if "flops_ideal_speedup_7b_dims" in r["ratios"]:
-        line += (f"; with Video-LLaVA-7B's decoder dimensions (hidden 4096, MLP 11008) the same token flow is "
-                 f"{r['ratios']['flops_ideal_speedup_7b_dims']:.2f}x FLOPs-ideal")
+        fam = FAMILIES[res.get("family", "video_llava")]
+        dims = fam["dims_7b"]
+        line += (f"; with {fam['label']}-7B's decoder dimensions (hidden {dims['hidden']}, MLP {dims['intermediate']}) "
+                 f"the same token flow is {r['ratios']['flops_ideal_speedup_7b_dims']:.2f}x FLOPs-ideal")
     return line
 
 
@@ -824,8 +1140,47 @@ def render_eq_table(res: dict) -> str:
     return "\n".join(out + [""] + notes if notes else out)
 
 
+def ov_video_rows(res: dict) -> list:
+    """LLaVA-OneVision: the video preset's rows at each kept budget and each equal-equivalent setting."""
+    rows = res["results"]
+    out = [f"video@{b}" for b in (res["budget"], res.get("budget_high")) if b and f"video@{b}" in rows]
+    for setting in dict.fromkeys(f"{_g(x)}eq" for x in res.get("eq_budgets", [])):
+        out += [n for n, r in eq_rows(res, setting) if r["eq"]["preset"] == "video" and n not in out]
+    return out
+
+
+def check_ov_targets(res: dict) -> list:
+    """LLaVA-OneVision's targets (the issue): for the video preset at 10 %, 25 % and equal equivalent tokens,
+    prefill >= 90 % of the FLOPs-ideal speedup, selection < 3 % of the prefill, peak memory not above the unpruned
+    model's; and no configuration's peak memory above the unpruned model's."""
+    rows, out = res["results"], []
+    fm = rows["full"].get("memory")
+    for name in ov_video_rows(res):
+        r = rows[name]["ratios"]
+        out.append((f"{name} prefill speedup >= 90% of the FLOPs-ideal speedup",
+                    f"{r['prefill_speedup']:.2f}x of {r['flops_ideal_speedup']:.2f}x = "
+                    f"{r['achieved_fraction_of_ideal']:.0%}", r["achieved_fraction_of_ideal"] >= 0.9))
+        out.append((f"{name} selection overhead < 3% of the pruned prefill",
+                    f"{r['selection_share_of_prefill']:.1%}", r["selection_share_of_prefill"] < 0.03))
+        m = rows[name].get("memory")
+        if m and fm:
+            out.append((f"{name} peak prefill memory not above full",
+                        f"+{m['delta_mb']:.0f} MB vs +{fm['delta_mb']:.0f} MB ({m['delta_mb'] / fm['delta_mb']:.2f}x)",
+                        m["delta_mb"] <= fm["delta_mb"]))
+    measured = [(n, r["memory"]["delta_mb"]) for n, r in rows.items() if n != "full" and r.get("memory")]
+    if measured and fm:
+        over = [(n, d) for n, d in measured if d > fm["delta_mb"]]
+        top = max(measured, key=lambda x: x[1])
+        val = (", ".join(f"{n} {d / fm['delta_mb']:.2f}x" for n, d in over) if over else
+               f"all {len(measured)} measured <= full; highest {top[0]} {top[1] / fm['delta_mb']:.2f}x")
+        out.append(("every configuration's peak prefill memory not above full", val, not over))
+    return out
+
+
 def check_targets(res: dict) -> list:
     """The issue's targets, evaluated on this run: [(target, value, met)]."""
+    if res.get("family", "video_llava") == "llava_onevision":
+        return check_ov_targets(res)
     rows, b = res["results"], res["budget"]
     v, out = rows.get(f"video@{b}"), []
     if v is None:
@@ -851,15 +1206,86 @@ def check_targets(res: dict) -> list:
     return out
 
 
+def _ov_header(res: dict) -> list:
+    geo = res["geometry"]
+    hd = geo["hidden"] // geo["heads"]
+    text = res["seq_len"] - res["num_visual"] - res["tail_tokens"]
+    lines = [
+        f"Random-weight LLaVA-OneVision architecture (LlavaOnevisionForConditionalGeneration: SigLIP tower without "
+        f"CLS, {geo['image_size']} px / {geo['patch_size']} px patches pooled bilinear stride 2; Qwen2 decoder with "
+        f"q/k/v biases): {geo['frames']} frames x {res['tokens_per_frame']} = {res['num_visual']} visual tokens + "
+        f"{res['tail_tokens']} image_newline closing the video block, {text} text tokens (sequence {res['seq_len']}), "
+        f"{geo['layers']} decoder layers, hidden {geo['hidden']} ({geo['heads']} heads x {hd}, "
+        f"{geo['kv_heads']} KV head{'s' if geo['kv_heads'] > 1 else ''}: grouped-query attention "
+        f"{geo['heads'] // geo['kv_heads']}:1 like the 7B's 28:4, head dim {hd} instead of 128), MLP "
+        f"{geo['intermediate']} (the 7B's 18944 / 3584 ratio), vocab {geo['vocab']}, rope theta 1e6; fp32, batch 1. "
+        f"Tokens per frame and the closing token are the front end's (videosparse.frontends.llava_onevision).",
+    ]
+    if geo["frames"] != res.get("full_frames", geo["frames"]):
+        why = "QUICK MODE" if res.get("quick") else "NOT THE 7B's FRAME COUNT (--frames / --toy)"
+        lines.append(f"{why}: {geo['frames']} frames instead of the 7B's {res['full_frames']} "
+                     f"({res['num_visual']} instead of {res['full_frames'] * res['tokens_per_frame']} visual tokens "
+                     f"at this frame size).")
+    sel = ("uniform: every (N/K)-th token of the frame-major sequence, even over frames and raster positions"
+           if res.get("pre_select", "uniform") == "uniform" else "per frame the top-k feature L2 norms")
+    lines.append(
+        f"Kept budgets: {res['budget']} ({res['budget'] / res['num_visual']:.0%}) and {res['budget_high']} "
+        f"({res['budget_high'] / res['num_visual']:.0%}) visual tokens after the last stage; sparsevlm-video / v1 / "
+        f"v1.5 select that many and add their recycled tokens on top (a+b); v1.5 / v2 use the seed's 192-entry "
+        f"stage shape scaled to end at the budget, v1 fixed counts stepping down to it. pre-llm@K: question-blind "
+        f"pre-LLM baseline, the prompt holds K placeholders (+ the newline) and only the K selected tokens' "
+        f"features enter the decoder ({sel}; selection and feature hand-over inside the timed prefill).")
+    return lines
+
+
+def render_ov_summary(res: dict) -> str:
+    """Configurations side by side: per budget measured speedup / FLOPs-ideal (achieved %), selection share,
+    peak memory vs full."""
+    rows = res["results"]
+    fm = rows["full"].get("memory")
+    cols = [(f"{res['budget']} kept", lambda k, b=res["budget"]: f"{k}@{b}"),
+            (f"{res['budget_high']} kept", lambda k, b=res["budget_high"]: f"{k}@{b}")]
+    for setting in dict.fromkeys(f"{_g(x)}eq" for x in res.get("eq_budgets", [])):
+        hits = {r["eq"]["preset"]: n for n, r in eq_rows(res, setting)}
+        cols.append((f"{setting[:-2]} equivalent", lambda k, h=hits: h.get(k)))
+    kinds = ["video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv", "pre-llm",
+             "lower-bound"]
+    head = "| config | " + " | ".join(f"{c}: speedup / ideal (%) | sel. | mem" for c, _ in cols) + " |"
+    out = ["Side by side (speedup = full prefill / prefill, measured; ideal = FLOPs-ideal; sel. = selection share of "
+           "the prefill; mem = peak prefill memory vs full):", "", head,
+           "|---|" + "---|---|---|" * len(cols)]
+    for kind in kinds:
+        cells = []
+        for _, name_of in cols:
+            name = name_of(kind)
+            r = rows.get(name) if name else None
+            if r is None:
+                cells += ["-", "-", "-"]
+                continue
+            q = r["ratios"]
+            tag = " (min)" if r.get("eq") and r["eq"]["bound"] == "min" else ""
+            cells.append(f"{q['prefill_speedup']:.2f}x / {q['flops_ideal_speedup']:.2f}x "
+                         f"({q['achieved_fraction_of_ideal']:.0%}){tag}")
+            cells.append(f"{q['selection_share_of_prefill']:.1%}")
+            m = r.get("memory")
+            cells.append(f"{m['delta_mb'] / fm['delta_mb']:.2f}x" if m and fm else "n/a")
+        if any(c != "-" for c in cells):
+            out.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def render_report(res: dict) -> str:
     geo = res["geometry"]
     m, ld = res["machine"], res["load"]
-    head = [
+    ov = res.get("family", "video_llava") == "llava_onevision"
+    head = _ov_header(res) if ov else [
         f"Random-weight Video-LLaVA architecture: {geo['frames']} frames x {res['tokens_per_frame']} = "
         f"{res['num_visual']} visual tokens, {res['seq_len'] - res['num_visual']} text tokens "
         f"(sequence {res['seq_len']}), {geo['layers']} decoder layers, hidden {geo['hidden']} "
         f"({geo['heads']} heads x {geo['hidden'] // geo['heads']}, kv heads {geo['kv_heads']}), MLP "
         f"{geo['intermediate']}, vocab {geo['vocab']}; fp32, batch 1.",
+    ]
+    head += [
         f"Timed: multimodal forward with precomputed video features (vision tower "
         f"{res['vision_tower_s'] * 1e3:.0f} ms, excluded), use_cache, logits_to_keep=1; "
         f"{res['repeats']} repeats after {res['warmup']} warm-up, configs interleaved; decode: "
@@ -875,6 +1301,14 @@ def render_report(res: dict) -> str:
         head.append(f"WARNING: {m['torch_threads']} torch threads while other processes used "
                     f"{ld['other_processes_cores']:.2f} cores: thread oversubscription makes small ops very slow; "
                     "rerun on a quiet machine or with --threads 1.")
+    if ov:
+        head += ["", render_ov_summary(res)]
+        vids = [n for n in ov_video_rows(res) if "flops_ideal_speedup_7b_dims" in res["results"][n]["ratios"]]
+        if vids:
+            head += ["", "With LLaVA-OneVision-7B's decoder dimensions (hidden 3584, 28 heads / 4 KV heads, MLP 18944) "
+                     "the same token flows are " + ", ".join(
+                         f"{n} {res['results'][n]['ratios']['flops_ideal_speedup_7b_dims']:.2f}x" for n in vids)
+                     + " FLOPs-ideal (the scaled width makes attention, which shrinks quadratically, a larger share)."]
     head += ["", render_table(res), ""]
     v = res["results"].get(f"video@{res['budget']}")
     if v and v["selection_groups_median_s"]:
@@ -905,39 +1339,79 @@ def render_report(res: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------- main
+def _threads(text: str) -> int:
+    if text == "auto":
+        from videosparse.runtime import default_threads
+
+        return default_threads()
+    return int(text)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=sorted(FAMILIES), default="video_llava",
+                   help="model family: video_llava (default; 8 x 257 tokens, 32 layers) or llava_onevision "
+                        "(32 x 196 tokens + the newline, 28 Qwen2 layers, GQA 7:1)")
     p.add_argument("--quick", action="store_true",
-                   help="< 1.5 min: hidden 128, 1 repeat, 8 new tokens, fewer configs (all eq rows)")
+                   help="< 1.5 min: hidden 128, 1 repeat, 8 new tokens, fewer configs (all eq rows); "
+                        f"llava_onevision: {OV_QUICK_FRAMES} frames, 1 repeat, 8 new tokens, every configuration")
     p.add_argument("--toy", action="store_true", help="toy geometry (smoke test only)")
-    p.add_argument("--hidden", type=int, default=None, help="decoder hidden size (default 256, quick 128)")
-    p.add_argument("--heads", type=int, default=None, help="attention heads (default hidden / 64)")
+    p.add_argument("--hidden", type=int, default=None,
+                   help="decoder hidden size (default 256, quick 128; llava_onevision 224 = 7 heads x 32)")
+    p.add_argument("--heads", type=int, default=None,
+                   help="attention heads (default hidden / 64; llava_onevision hidden / 32, KV heads heads / 7)")
     p.add_argument("--layers", type=int, default=None)
-    p.add_argument("--budget", type=int, default=None, help="~10%% budget in tokens (default 194)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames (default 8; llava_onevision 32, quick 8)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="~10%% budget in tokens (default 194; llava_onevision round(0.10 x Nv) = 627)")
     p.add_argument("--budget5", type=int, default=None, help="~5%% budget in tokens (default round(0.05 * Nv))")
+    p.add_argument("--budget-high", type=int, default=None,
+                   help="llava_onevision: the second kept budget (default round(0.25 x Nv) = 1568)")
+    p.add_argument("--pre-select", choices=PRE_SELECT, default="uniform",
+                   help="llava_onevision's pre-LLM baseline: 'uniform' (every N/K-th token, default) or 'norm' "
+                        "(per-frame top-k feature norm)")
     p.add_argument("--eq-budget", type=float, default=None,
                    help="equal-equivalent-token rows: the paper's setting (default 194 = round(194/2056 x Nv); "
                         "<= 1: a fraction of the visual tokens)")
     p.add_argument("--eq-budget2", type=float, default=None,
                    help="second equal-equivalent setting (default: the video preset's equivalent tokens keeping "
-                        "--budget5 after layer 1 = 225)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per config (default 5, quick 1)")
+                        "--budget5 after layer 1 = 225; llava_onevision: none unless given)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats per config (default 5, quick 1; llava_onevision 3)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--new-tokens", type=int, default=None, help="decode steps (default 32, quick 8)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=_threads, default=2,
+                   help="torch threads (default 2); 'auto': videosparse.runtime.default_threads() (1 on a busy "
+                        "2-core machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", default=None, help="comma-separated subset of configuration names")
     p.add_argument("--memory", choices=["subprocess", "none"], default="subprocess")
     p.add_argument("--memory-configs", default=None,
-                   help="subset for memory (default: all but the --eq-budget2 rows; quick: full + video)")
+                   help="subset for memory (default: all but the --eq-budget2 rows; quick: full + video; "
+                        "llava_onevision: all, quick: full + the video rows)")
     p.add_argument("--profile", default=None, help="write a torch.profiler table of this config's prefill")
     p.add_argument("--out", default="out/bench_speed", help="output prefix (.json and .md are written)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
+def _ov_heads(hidden: int, heads: int | None) -> dict:
+    """LLaVA-OneVision at a scaled width: head dim 32 unless --heads, KV heads in the 7B's 28:4 = 7:1 ratio as far
+    as the head count allows (the largest divisor of heads <= heads / 7, at least 1), MLP in the 7B's ratio."""
+    heads = heads or max(1, hidden // 32)
+    kv = max(1, heads // 7)
+    while heads % kv:
+        kv -= 1
+    return {"hidden": hidden, "heads": heads, "kv_heads": kv, "intermediate": int(round(hidden * 18944 / 3584 / 8)) * 8}
+
+
 def resolve(args) -> Geometry:
+    family = getattr(args, "family", "video_llava")
+    if family == "llava_onevision":
+        return _resolve_ov(args)
+    args.budget_high = None
     geo = TOY if args.toy else Geometry()
     changes = {}
     hidden = args.hidden or (128 if args.quick and not args.toy else None)
@@ -949,6 +1423,8 @@ def resolve(args) -> Geometry:
         changes.update(heads=args.heads, kv_heads=args.heads)
     if args.layers:
         changes["layers"] = args.layers
+    if args.frames:
+        changes["frames"] = args.frames
     geo = dataclasses.replace(geo, **changes)
     nv = geo.num_visual
     args.budget = args.budget or max(2, round(194 / 2056 * nv))
@@ -966,6 +1442,34 @@ def resolve(args) -> Geometry:
     return geo
 
 
+def _resolve_ov(args) -> Geometry:
+    """LLaVA-OneVision: the 7B's geometry (quick: OV_QUICK_FRAMES frames), kept budgets 10 % and 25 %, one
+    equal-equivalent setting (the paper's 194 / 2056 scaled to the visual tokens; a second with --eq-budget2)."""
+    geo = OV_TOY if args.toy else OV_GEOMETRY
+    changes = {}
+    if args.hidden or args.heads:
+        changes.update(_ov_heads(args.hidden or geo.hidden, args.heads))
+    if args.layers:
+        changes["layers"] = args.layers
+    frames = args.frames or (OV_QUICK_FRAMES if args.quick and not args.toy else None)
+    if frames:
+        changes["frames"] = frames
+    geo = dataclasses.replace(geo, **changes)
+    nv = geo.num_visual
+    args.budget = args.budget or max(2, round(0.10 * nv))
+    args.budget_high = args.budget_high or max(args.budget + 1, round(0.25 * nv))
+    args.budget5 = args.budget5 or max(1, min(round(0.05 * nv), args.budget - 1))  # only for the memory spec
+    if not 0 < args.budget < args.budget_high <= nv:
+        raise SystemExit(f"need 0 < --budget ({args.budget}) < --budget-high ({args.budget_high}) <= {nv}")
+    args.eq_budget = args.eq_budget or max(2, round(194 / 2056 * nv))
+    for flag, v in (("--eq-budget", args.eq_budget), ("--eq-budget2", args.eq_budget2)):
+        if v is not None and not 0 < v <= nv:
+            raise SystemExit(f"{flag} ({v:g}) must be in (0, {nv}] equivalent tokens (<= 1: a fraction)")
+    args.repeats = args.repeats or (1 if args.quick or args.toy else 3)
+    args.new_tokens = args.new_tokens if args.new_tokens is not None else (8 if args.quick or args.toy else 32)
+    return geo
+
+
 def run(args) -> dict:
     import torch
 
@@ -973,26 +1477,42 @@ def run(args) -> dict:
     geo = resolve(args)
     model = build_model(geo, seed=args.seed)
     inputs = make_inputs(model, geo)
-    enc, t_vis = encode_video(model, inputs.pop("pixel_values_videos"))
+    feats, t_vis = video_features(model, inputs.pop("pixel_values_videos"))
+    enc = feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]))
     benches = configurations(geo, args.budget, args.budget5, quick=args.quick,
-                             eq_budgets=(args.eq_budget, args.eq_budget2))
+                             eq_budgets=tuple(x for x in (args.eq_budget, args.eq_budget2) if x),
+                             budget_high=args.budget_high, pre_select=args.pre_select)
     if args.configs:
         wanted = args.configs.split(",")
         benches = [b for b in benches if b.name in wanted or b.name == "full"
                    or (b.eq is not None and b.eq["alias"] in wanted)]
+    prep = {b.name: bench_inputs(model, b, inputs, enc, feats) for b in benches}
     raw = {b.name: {"prefill": [], "decode": [], "selection": [], "selection_groups": []} for b in benches}
     info: dict = {}
     timer = SelectionTimer()
-    print(f"geometry: {geo}", flush=True)
+    shown = repr(geo).replace(", family='video_llava'", "")  # Video-LLaVA's line as before the family field
+    print(f"geometry: {shown}", flush=True)
     with LoadMeter() as load, timer:
         for rep in range(args.warmup + args.repeats):
             for b in benches:
                 timer.reset()
+                b_inputs, b_enc, pre = prep[b.name]
                 with _ctx(model, b) as h:
-                    tp, steps, cache, lens = prefill_and_decode(model, inputs, enc, args.new_tokens)
+                    tp, steps, cache, lens = prefill_and_decode(model, b_inputs, b_enc, args.new_tokens, pre=pre)
                     trace = h.trace if h is not None else None
+                if pre is not None:
+                    timer.times["pre-llm select"] = pre["select_s"]
                 if rep < args.warmup:
-                    if b.name not in info:
+                    if b.name not in info and pre is not None:
+                        # what the decoder saw: every layer's cache = text (incl. the newline) + the K kept tokens
+                        seen = sorted(set(lens))
+                        k = seen[0] - (geo.seq_len - geo.num_visual)
+                        if seen != [lens[0]] or k != b.pre_llm:
+                            raise RuntimeError(f"{b.name}: cache lengths {seen} != text + {b.pre_llm}")
+                        info[b.name] = {"counts": [k], "stage_layers": ["pre"], "raters": 0,
+                                        "trace_recycling": [None], "cache_lengths": lens,
+                                        "equivalent_tokens": float(k)}
+                    elif b.name not in info:
                         counts = trace.counts if trace is not None else []
                         layers = [s.layer for s in trace.stages] if trace is not None else []
                         raters = int(trace.stages[0].raters.sum()) if trace is not None and trace.stages[0].raters \
@@ -1015,7 +1535,7 @@ def run(args) -> dict:
     model.set_attn_implementation("sdpa")
 
     results = {}
-    geo7b = dataclasses.replace(geo, hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064)
+    geo7b = dataclasses.replace(geo, **FAMILIES[geo.family]["dims_7b"])
     for b in benches:
         r, i = raw[b.name], info[b.name]
         fl = prefill_flops(geo, b, i["stage_layers"], i["counts"], i["raters"],
@@ -1042,6 +1562,10 @@ def run(args) -> dict:
             "visual_tokens_seen_per_layer": fl["seen_per_layer"],
             "decode_flops_per_token": decode_flops(geo, dec_cache),
         }
+        if b.pre_llm is not None:
+            results[b.name]["pre_llm"] = {"kept": b.pre_llm, "select": b.pre_select,
+                                          "decoder_visual_tokens": i["counts"][0],
+                                          "decoder_sequence": i["cache_lengths"][0]}
         if b.eq is not None:
             eq = dict(b.eq)
             planned_after = [k + m for _, k, m in eq["plan"]]
@@ -1068,7 +1592,17 @@ def run(args) -> dict:
         memory_method = ("fresh child process per configuration; VmHWM reset (/proc/self/clear_refs = 5) after "
                          "model build and video encoding, then one prefill; figure = VmHWM - VmRSS before the "
                          "prefill (activations + KV cache + allocator), ratio vs the full model's.")
+        if geo.family != "video_llava":
+            memory_method = memory_method.replace(
+                "fresh child process per configuration;", "fresh child process per configuration, glibc's mmap "
+                "threshold fixed at 256 KiB (MALLOC_MMAP_THRESHOLD_: tensors are mapped and unmapped, so RSS follows "
+                "the live memory instead of heap fragmentation);").replace(
+                "video encoding, then", "video encoding and glibc malloc_trim(0) (the heap freed so far returned to "
+                "the OS, so the prefill cannot hide its peak in it), then")
+        ov_video = [b.name for b in benches if b.name.startswith("video@")]
         mem_names = (args.memory_configs.split(",") if args.memory_configs else
+                     (["full"] + ov_video if args.quick else [b.name for b in benches])
+                     if geo.family == "llava_onevision" else
                      (["full", f"video@{args.budget}"] if args.quick else
                       [b.name for b in benches
                        if b.eq is None or any(x["setting"] == f"{_g(args.eq_budget)}eq" for x in b.eq["settings"])]))
@@ -1081,31 +1615,36 @@ def run(args) -> dict:
             if r.get("memory") and fm:
                 r["ratios"]["memory_ratio"] = r["memory"]["delta_mb"] / fm["delta_mb"]
 
+    ov = geo.family == "llava_onevision"
     res = {
         "geometry": dataclasses.asdict(geo), "tokens_per_frame": geo.tokens_per_frame, "num_visual": geo.num_visual,
-        "seq_len": geo.seq_len, "budget": args.budget, "budget5": args.budget5,
-        "eq_budgets": [args.eq_budget, args.eq_budget2], "repeats": args.repeats,
+        "seq_len": geo.seq_len, "budget": args.budget, "budget5": None if ov else args.budget5,
+        "eq_budgets": [x for x in (args.eq_budget, args.eq_budget2) if x], "repeats": args.repeats,
         "warmup": args.warmup, "new_tokens": args.new_tokens, "quick": args.quick, "seed": args.seed,
         "vision_tower_s": t_vis, "machine": machine_info(args.threads), "load": load.result,
-        "flops_formula": flops_doc(), "memory_method": memory_method,
+        "flops_formula": flops_doc(geo), "memory_method": memory_method,
         "command": " ".join([os.path.basename(sys.executable), "scripts/bench_speed.py"] + sys.argv[1:]),
         "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
         "results": results,
     }
+    if ov:
+        res.update(family=geo.family, tail_tokens=geo.tail_tokens, budget_high=args.budget_high,
+                   pre_select=args.pre_select, full_frames=OV_GEOMETRY.frames)
     res["targets"] = [{"target": t, "value": v, "met": ok} for t, v, ok in check_targets(res)]
     if args.profile:
-        res["profile"] = profile_config(model, inputs, enc, {b.name: b for b in benches}[args.profile], args)
+        b = {b.name: b for b in benches}[args.profile]
+        res["profile"] = profile_config(model, *prep[b.name], b, args)
     return res
 
 
-def profile_config(model, inputs, enc, bench: Bench, args) -> str:
+def profile_config(model, inputs, enc, pre, bench: Bench, args) -> str:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     with _ctx(model, bench):
-        prefill_and_decode(model, inputs, enc, 0)
+        prefill_and_decode(model, inputs, enc, 0, pre=pre)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
-            prefill_and_decode(model, inputs, enc, 0)
+            prefill_and_decode(model, inputs, enc, 0, pre=pre)
     model.set_attn_implementation("sdpa")
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     with open(args.out + f".profile-{bench.name.replace('@', '_')}.txt", "w") as fh:

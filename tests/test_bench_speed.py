@@ -234,3 +234,139 @@ def test_toy_run_end_to_end(bench, tmp_path):
     assert data["machine"]["torch_threads"] == 1
     assert "other_processes_cores" in data["load"] and "flops_formula" in data
     assert "Load:" in md and "hidden 64" in md
+
+
+# ----------------------------------------------------------------------------------------- LLaVA-OneVision family
+def test_ov_geometry_comes_from_the_front_end(bench):
+    """Tokens per frame and the closing newline are the front end's answer about the built config, not a formula."""
+    from videosparse.frontends import get_frontend
+
+    fe = get_frontend("llava_onevision")
+    for geo in (bench.OV_GEOMETRY, bench.OV_TOY):
+        cfg = bench.model_config(geo)
+        assert type(cfg).__name__ == "LlavaOnevisionConfig"
+        assert geo.tokens_per_frame == fe.tokens_per_frame(cfg) and geo.tail_tokens == fe.tail_tokens == 1
+        assert geo.seq_len == geo.prefix_tokens + geo.num_visual + 1 + geo.question_tokens
+    args = bench.parse_args(["--family", "llava_onevision"])
+    geo = bench.resolve(args)
+    assert (geo.frames, geo.tokens_per_frame, geo.num_visual, geo.layers) == (32, 196, 6272, 28)
+    assert (geo.heads, geo.kv_heads, geo.hidden // geo.heads) == (7, 1, 32)  # the 7B's 28:4 = 7:1 GQA ratio
+    assert (args.budget, args.budget_high, args.eq_budget, args.eq_budget2) == (627, 1568, 592, None)
+    assert (args.repeats, args.new_tokens, args.threads) == (3, 32, 2)
+    quick = bench.parse_args(["--family", "llava_onevision", "--quick"])
+    qgeo = bench.resolve(quick)
+    assert (qgeo.frames, qgeo.num_visual, quick.budget, quick.budget_high, quick.repeats) == (8, 1568, 157, 392, 1)
+    # the built toy model's video features have the front end's tokens per frame
+    model = bench.build_model(bench.OV_TOY)
+    inputs = bench.make_inputs(model, bench.OV_TOY)
+    feats, _ = bench.video_features(model, inputs["pixel_values_videos"])
+    assert tuple(feats.shape[:2]) == (bench.OV_TOY.frames, bench.OV_TOY.tokens_per_frame)
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == bench.OV_TOY.num_visual + 1
+
+
+def test_ov_flops_count_gqa_and_biases(bench):
+    """The FLOPs model of the Qwen2 decoder: k/v projections D x Dkv (GQA), q/k/v biases counted exactly. Checked
+    against the parameters of a built layer, so taking kv_dim = hidden would fail."""
+    geo = bench.OV_TOY
+    model = bench.build_model(geo)
+    layer = model.model.language_model.layers[0]
+    weights = sum(p.numel() for n, p in layer.named_parameters() if p.ndim == 2)
+    biases = sum(p.numel() for n, p in layer.named_parameters() if p.ndim == 1 and "proj" in n)
+    assert biases == geo.hidden + 2 * geo.kv_dim and geo.kv_dim < geo.hidden
+    n, D = 11, geo.hidden
+    attention = 2 * 2 * D * n * (n + 1) / 2
+    assert bench.layer_flops(n, geo) == 2 * n * weights + n * biases + attention
+    mha = bench.dataclasses.replace(geo, kv_heads=geo.heads)  # kv_dim = hidden: more FLOPs than the real layer
+    assert bench.layer_flops(n, mha) > bench.layer_flops(n, geo)
+    # the 7B's geometry: Dkv = 1 KV head x 32 of hidden 224 (the 7B: 4 x 128 of 3584)
+    big = bench.OV_GEOMETRY
+    assert big.kv_dim == 32
+    assert "grouped-query" in bench.flops_doc(big) and "biases" in bench.flops_doc(big)
+    assert bench.flops_doc(bench.Geometry()) == bench.flops_doc()  # Video-LLaVA's text unchanged
+
+
+def test_ov_pre_llm_feeds_only_k_tokens(bench):
+    """The pre-LLM baseline: the prompt holds K placeholders + the newline and the decoder sees exactly those."""
+    import torch
+
+    geo = bench.OV_TOY
+    model = bench.build_model(geo)
+    inputs = bench.make_inputs(model, geo)
+    feats, _ = bench.video_features(model, inputs.pop("pixel_values_videos"))
+    enc = bench.feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]))
+    text = geo.seq_len - geo.num_visual  # incl. the newline
+    for method in bench.PRE_SELECT:
+        k = 10
+        idx = bench.pre_llm_indices(feats, k, method)
+        assert idx.numel() == k and bool((idx[1:] > idx[:-1]).all())
+        if method == "norm":  # k split over the frames: 3, 3, 2, 2 of each frame's largest norms
+            per = [int(((idx >= t * 16) & (idx < (t + 1) * 16)).sum()) for t in range(geo.frames)]
+            assert per == [3, 3, 2, 2]
+        b = bench.pre_llm_bench(k, method)
+        b_inputs, b_enc, pre = bench.bench_inputs(model, b, inputs, enc, feats)
+        assert b_enc is None and int((b_inputs["input_ids"] == model.config.video_token_id).sum()) == k + 1
+        seen = {}
+        lm = model.model.language_model
+
+        def grab(mod, a, kw):
+            seen.setdefault("emb", kw["inputs_embeds"].clone())  # the prefill (then 1 decode step)
+
+        hook = lm.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            _, _, cache, lens = bench.prefill_and_decode(model, b_inputs, None, 1, pre=pre)
+        finally:
+            hook.remove()
+        assert lens == [text + k] * geo.layers and pre["select_s"] >= 0
+        emb = seen["emb"][0]
+        assert emb.shape[0] == text + k
+        pos = (b_inputs["input_ids"][0] == model.config.video_token_id).nonzero().flatten()
+        want = feats.reshape(-1, feats.shape[-1])[idx]
+        assert torch.allclose(emb[pos[:k]], want) and torch.allclose(emb[pos[k]], model.model.image_newline)
+
+
+def test_ov_toy_run_end_to_end(bench, tmp_path):
+    out = str(tmp_path / "ov")
+    res = bench.main(["--family", "llava_onevision", "--toy", "--threads", "1", "--repeats", "1", "--new-tokens", "2",
+                      "--eq-budget", "20", "--memory-configs", "full,video@6,pre-llm@6", "--out", out])
+    data = json.load(open(out + ".json"))
+    md = open(out + ".md").read()
+    assert data["family"] == "llava_onevision" and data["results"].keys() == res["results"].keys()
+    assert (data["num_visual"], data["tokens_per_frame"], data["tail_tokens"]) == (64, 16, 1)
+    assert (data["budget"], data["budget_high"], data["eq_budgets"]) == (6, 16, [20])
+    rows = data["results"]
+    text = data["seq_len"] - data["num_visual"]
+    for b in (6, 16):
+        for kind in ("video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv",
+                     "pre-llm", "lower-bound"):
+            assert f"{kind}@{b}" in rows, (kind, b, list(rows))
+            assert f"| {kind}@{b} |" in md
+        p = rows[f"pre-llm@{b}"]
+        assert p["counts"] == [b] and set(p["cache_lengths_after_prefill"]) == {text + b}
+        assert p["visual_tokens_seen_per_layer"] == [b] * data["geometry"]["layers"]
+        assert p["pre_llm"]["decoder_visual_tokens"] == b and p["flops"]["scoring"] == 0
+        # v1.5 / v2 end at the kept budget (their recycled tokens come on top for v1.5)
+        assert rows[f"sparsevlm-v2@{b}"]["counts"][-1] == b
+    eq = {r["eq"]["preset"]: (n, r) for n, r in rows.items() if r.get("eq")}
+    assert set(eq) == set(bench.EQ_PRESETS) | {"pre-llm"}
+    for preset, (name, r) in eq.items():
+        assert abs(r["equivalent_tokens"] - 20) <= 2 and "(min)" not in name, (name, r["equivalent_tokens"])
+        assert r["eq"]["plan_matches_trace"], name
+    assert rows["pre-llm@20eq"]["counts"] == [20]
+    full = rows["full"]
+    for name, r in rows.items():
+        q = r["ratios"]
+        assert q["prefill_speedup"] == pytest.approx(full["prefill"]["median"] / r["prefill"]["median"], rel=1e-9)
+        assert q["flops_ideal_speedup"] == pytest.approx(full["flops"]["decoder"] / r["flops"]["decoder"], rel=1e-9)
+        assert (q["flops_ideal_speedup"] == 1.0) == (name == "full")
+    for name in ("full", "video@6", "pre-llm@6"):
+        assert rows[name]["memory"]["delta_mb"] > 0
+    assert rows["pre-llm@6"]["memory"]["kv_cache_mb"] < rows["full"]["memory"]["kv_cache_mb"]
+    assert "MALLOC_MMAP_THRESHOLD_" in data["memory_method"] and "malloc_trim" in data["memory_method"]
+    # targets: the video preset at both kept budgets and the equal-equivalent setting, memory of every measured row
+    targets = [t["target"] for t in data["targets"]]
+    for name in ("video@6", "video@16", "video@20eq"):
+        assert f"{name} prefill speedup >= 90% of the FLOPs-ideal speedup" in targets
+        assert f"{name} selection overhead < 3% of the pruned prefill" in targets
+    assert "every configuration's peak prefill memory not above full" in targets
+    assert "| target | this run | met |" in md and "LLaVA-OneVision" in md and "grouped-query attention 7:1" in md
+    assert "NOT THE 7B's FRAME COUNT" in md and "Side by side" in md
