@@ -33,6 +33,9 @@ def uniform_scores(orig_idx: torch.Tensor, count: int) -> torch.Tensor:
         return torch.zeros(B, M, device=dev)
     slots = ((torch.arange(count, device=dev, dtype=torch.float64) + 0.5) * M / count).floor().long().clamp(max=M - 1)
     pos = torch.arange(M, device=dev)
-    dist = (pos[:, None] - slots[None, :]).abs().min(dim=1).values.float()
+    # distance to the nearest slot (slots ascend): the slot at or after each position, or the one before it
+    right = torch.searchsorted(slots, pos).clamp(max=count - 1)
+    left = (right - 1).clamp(min=0)
+    dist = torch.minimum((slots[right] - pos).abs(), (pos - slots[left]).abs()).float()
     s = 1.0 / (1.0 + dist)
     return s.expand(B, M).clone()

@@ -51,15 +51,18 @@ def received_attention(
     k: torch.Tensor,
     key_valid: torch.Tensor,
     scale: float,
-    chunk: int = 256,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """FastV criterion: mean attention each key receives from every (valid) query row.
 
     q: (B, H, N, d), k: (B, Hkv, N, d), key_valid: (B, N) bool.
-    Computed in row chunks so memory is O(chunk * N) per head, not O(N^2).
+    Computed in row chunks so memory is O(chunk * N) per head, not O(N^2): by default at most 256 rows and
+    about 2^21 attention weights (8 MB in float32) per chunk.
     returns (B, N) float32
     """
     B, H, N, d = q.shape
+    if chunk is None:
+        chunk = max(16, min(256, (1 << 21) // max(1, B * H * N)))
     k = repeat_kv(k, H // k.shape[1]).float()
     total = torch.zeros(B, N, dtype=torch.float32, device=q.device)
     keys = torch.arange(N, device=q.device)
