@@ -17,6 +17,7 @@ from typing import Any
 DEFAULT_MODEL = "LanguageBind/Video-LLaVA-7B-hf"
 DEFAULT_CONFIGS = "full,video"
 DATASET_NAMES = ("msvd", "msrvtt", "activitynet", "tgif")
+MC_NAMES = ("videomme", "mvbench", "egoschema")  # multiple choice, scored without a judge
 
 
 class CLIError(Exception):
@@ -51,13 +52,16 @@ _positive_float = _at_least(float, 0.0, True, "a positive number")
 
 def _add_dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True,
-                   help=f"dataset name: {', '.join(DATASET_NAMES)} (its file layout, see the README)")
+                   help=f"dataset name: {', '.join(DATASET_NAMES)} (open-ended, judged) or {', '.join(MC_NAMES)} "
+                        "(multiple choice, scored without a judge); each in its release's file layout (see the docs)")
     p.add_argument("--root", required=True, help="the dataset directory (e.g. .../GPT_Zero_Shot_QA/MSVD_Zero_Shot_QA)")
     p.add_argument("--questions", default=None, help="question file (default: the release's name under --root)")
     p.add_argument("--answers", default=None, help="answer file (default: the release's name under --root)")
     p.add_argument("--videos", default=None, help="video directory (default: the release's under --root)")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="only the first N questions (the pruning literature's first-1000 protocol); default: all")
+    p.add_argument("--subtitles", action="store_true",
+                   help="Video-MME's 'with subtitles' setting: the prompt starts with the video's subtitle/<id>.srt")
 
 
 def _add_judge(p: argparse.ArgumentParser) -> None:
@@ -80,8 +84,10 @@ def _add_judge(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m video_eval``."""
-    ap = _Parser(prog="video_eval", description="Video-QA evaluation of videosparse configs (MSVD, MSRVTT, "
-                                                 "ActivityNet, TGIF) in the Video-LLaVA / Video-ChatGPT format.")
+    ap = _Parser(prog="video_eval", description="Video-QA evaluation of videosparse configs: MSVD, MSRVTT, "
+                                                 "ActivityNet, TGIF in the Video-LLaVA / Video-ChatGPT format "
+                                                 "(judged), and the multiple-choice Video-MME, MVBench, EgoSchema "
+                                                 "in their release layouts (scored without a judge).")
     sub = ap.add_subparsers(dest="cmd", metavar="{check,run,merge,judge,report}", parser_class=_Parser)
 
     c = sub.add_parser("check", help="validate a dataset directory before a long run")
@@ -96,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--configs", default=DEFAULT_CONFIGS,
                    help="comma-separated: full and <preset>[@<budget>], e.g. full,video@0.1,video@0.05,fastv@0.1 "
                         f"(default {DEFAULT_CONFIGS})")
+    r.add_argument("--mc-scoring", choices=["auto", "generate", "text", "likelihood"], default="auto",
+                   help="multiple-choice benchmarks: generate = the benchmark's prompt with its options and the "
+                        "option letter parsed from the answer as lmms-eval does; text = the question alone, the "
+                        "answer text mapped to an option (models that cannot read option letters); likelihood = the "
+                        "benchmark's prompt, the option letter with the highest first-token probability (no "
+                        "parsing; the letters must be tokens of the model); auto (default) "
+                        "= text for --model testbed, generate otherwise")
     r.add_argument("--out", required=True, help="run directory (created; re-running the same command resumes)")
     r.add_argument("--frames", type=_positive_int, default=None,
                    help="frames per video, uniformly sampled (default: the model family's, 8 for Video-LLaVA, "
@@ -163,23 +176,44 @@ def main(argv: list | None = None) -> int:
 
 # ----------------------------------------------------------------------------- commands
 def _load_dataset(args: argparse.Namespace) -> Any:
+    from video_eval.benchmarks import is_mc, load_mc
     from video_eval.datasets import load_dataset
 
+    if is_mc(args.dataset):
+        _mc_args(args)
+        return load_mc(args.dataset, args.root, questions=args.questions, limit=args.limit, subtitles=args.subtitles)
+    if args.subtitles:
+        raise CLIError(f"--subtitles is Video-MME's setting; {args.dataset} has no subtitles")
     return load_dataset(args.dataset, args.root, questions=args.questions, answers=args.answers,
                         videos=args.videos, limit=args.limit)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``check``: exit 0 when the dataset is usable, 1 otherwise."""
+    from video_eval.benchmarks import check_mc, is_mc
     from video_eval.datasets import check
 
-    report = check(args.dataset, args.root, questions=args.questions, answers=args.answers, videos=args.videos,
+    if is_mc(args.dataset):
+        _mc_args(args)
+        report = check_mc(args.dataset, args.root, questions=args.questions, limit=args.limit,
+                          subtitles=args.subtitles, probe=args.probe)
+    elif args.subtitles:
+        raise CLIError(f"--subtitles is Video-MME's setting; {args.dataset} has no subtitles")
+    else:
+        report = check(args.dataset, args.root, questions=args.questions, answers=args.answers, videos=args.videos,
                    limit=args.limit, probe=args.probe)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.text())
     return 0 if report.ok else 1
+
+
+def _mc_args(args: argparse.Namespace) -> None:
+    for flag in ("answers", "videos"):
+        if getattr(args, flag, None) is not None:
+            raise CLIError(f"--{flag} is for the open-ended datasets; {args.dataset} is read from its release layout "
+                           "under --root (--questions may name its question table)")
 
 
 def _judge_from_args(args: argparse.Namespace) -> Any:
@@ -219,6 +253,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file, not a directory")
     dataset = _load_dataset(args)
+    from video_eval.benchmarks import is_mc
+
+    mc = is_mc(args.dataset)
+    if not mc and args.mc_scoring != "auto":
+        raise CLIError(f"--mc-scoring is for the multiple-choice benchmarks ({', '.join(MC_NAMES)}); "
+                       f"{args.dataset} is open-ended")
+    mc_scoring = None
+    if mc:
+        mc_scoring = args.mc_scoring if args.mc_scoring != "auto" else (
+            "text" if str(args.model) == "testbed" else "generate")
+        if args.then_judge:
+            raise CLIError(f"{args.dataset} is multiple choice: it is scored without a judge when the run is "
+                           "complete (drop --then-judge)")
     if args.threads:
         import torch
 
@@ -227,7 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                       attn_implementation=args.attn, prefetch=args.prefetch, workers=args.workers, seed=args.seed,
                       strict=args.strict, retry_errors=args.retry_errors, progress=not args.quiet,
-                      log_every=args.log_every)
+                      log_every=args.log_every, mc_scoring=mc_scoring)
     s = run(dataset, opts, out, allow_version_change=args.allow_version_change)
     who = f"rank {s.rank}/{s.world}: " if s.world > 1 else ""
     print(f"{who}{s.computed} answered now ({s.errors} with errors), {s.skipped} already done; "
@@ -236,6 +283,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         m = s.merged
         print(f"predictions: {m.path} ({m.records} record{'' if m.records == 1 else 's'}, "
               f"{m.errors} error{'' if m.errors == 1 else 's'})")
+        if mc:
+            from video_eval.evaluate import mc_summary_text, score_mc_run
+
+            print(mc_summary_text(score_mc_run(out)))
+            return 0
         if args.then_judge:
             return _judge_run(out, args)
     elif s.world == 1:
@@ -256,6 +308,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_judge(args: argparse.Namespace) -> int:
     """``judge``: judge the merged predictions, write judged.<judge>.jsonl and results.<judge>.json."""
+    from video_eval.evaluate import is_mc_run, mc_summary_text, score_mc_run
+    from video_eval.runner import load_spec
+
+    if is_mc_run(load_spec(args.run)):
+        print(f"{args.run} is a multiple-choice run: scored without a judge (--judge options are not used)",
+              file=sys.stderr)
+        print(mc_summary_text(score_mc_run(args.run)))
+        return 0
     _check_judge_args(args)
     return _judge_run(Path(args.run), args)
 
@@ -277,7 +337,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     for r in args.results:
         p = Path(r)
         if p.is_dir():
-            found = sorted(p.glob("results.*.json"))
+            if (p / "run.json").is_file():
+                from video_eval.evaluate import is_mc_run, score_mc_run
+                from video_eval.runner import load_spec
+
+                if is_mc_run(load_spec(p)):
+                    score_mc_run(p)  # results.json from the current predictions (cheap, no judge)
+            found = sorted(p.glob("results.*.json")) + sorted(p.glob("results.json"))
             if not found:
                 raise CLIError(f"{p}: no results.*.json (judge the run first: python -m video_eval judge {p})")
             paths.extend(found)

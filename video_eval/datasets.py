@@ -62,6 +62,11 @@ class Item:
     answer: str
     type: str | None  # the answer file's "type" as str, None when absent
     index: int  # position in the (joined, limited) dataset = question-file order
+    # multiple-choice benchmarks only (video_eval.benchmarks): option texts without letters, the
+    # benchmark prompt (options listed), and the breakdown fields as ((key, value), ...) pairs
+    options: tuple = ()
+    prompt: str | None = None
+    breakdown: tuple = ()
 
 
 @dataclass(frozen=True)

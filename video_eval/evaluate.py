@@ -106,3 +106,46 @@ def judge_run(run_dir: str | os.PathLike, judge: Any, progress: bool = True) -> 
     first_failure = next((r["judge_error"] for r in judged if r.get("judge_error")), None)
     return JudgeResult(label, str(judged_path), str(results_path), doc, missing == 0, missing, stats,
                        cache=getattr(judge, "cache", True) is not None, first_failure=first_failure)
+
+
+def is_mc_run(spec: dict) -> bool:
+    """Whether a run.json is a multiple-choice benchmark run (scored without a judge)."""
+    return bool(spec.get("mc_scoring")) or (spec.get("dataset") or {}).get("kind") == "multiple_choice"
+
+
+def score_mc_run(run_dir: str | os.PathLike) -> JudgeResult:
+    """Score a multiple-choice run: merged predictions -> ``RUN/results.json`` (accuracy overall and by
+    the benchmark's breakdown; no judge). Incomplete runs are scored over their finished part."""
+    from video_eval.metrics import MC_RESULTS_FILE, mc_results_document, write_results
+    from video_eval.runner import MERGED_FILE, load_spec, merge
+
+    run_dir = Path(run_dir)
+    spec = load_spec(run_dir)
+    merged_path = run_dir / MERGED_FILE
+    ms = merge(run_dir, partial=True) if _stale(merged_path, run_dir) else None
+    records = [json.loads(line) for line in merged_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    expected = int(spec["dataset"]["size"]) * len(spec["configs"])
+    missing = ms.missing if ms is not None else expected - len(records)
+    if not records:
+        raise ValueError(f"{run_dir}: no predictions to score yet (run `python -m video_eval run ...` first)")
+    doc = mc_results_document(spec, records, missing)
+    path = run_dir / MC_RESULTS_FILE
+    write_results(path, doc)
+    return JudgeResult("choice", str(merged_path), str(path), doc, missing == 0, missing, cache=False)
+
+
+def mc_summary_text(res: JudgeResult) -> str:
+    """Per-config accuracy lines of a multiple-choice run, then the breakdowns of the first config."""
+    doc = res.results
+    lines = [f"scoring: {doc['judge']['model']} (no judge)"]
+    for label, m in doc["metrics"].items():
+        acc = "n/a" if m.get("accuracy") is None else f"{100 * m['accuracy']:.1f}%"
+        eq = m.get("mean_equivalent_tokens")
+        lines.append(f"  {label:<22} accuracy {acc:>6}  correct {m.get('correct')}/{m.get('answered')}  "
+                     f"unparsed {m.get('unparsed')}  errored {m.get('errored')}  equivalent tokens "
+                     f"{'n/a' if eq is None else f'{eq:.1f}'}")
+    if not res.complete:
+        lines.append(f"WARNING: the run is incomplete ({res.missing} (question, config) pairs missing); "
+                     f"these numbers cover the finished part only")
+    lines.append(f"wrote {res.results_path}")
+    return "\n".join(lines)

@@ -319,3 +319,71 @@ def check_results_document(doc: Any, where: str = "results document") -> None:
     dataset = doc["run"].get("dataset")
     if not isinstance(dataset, Mapping) or not dataset.get("name"):
         raise MetricsError(f"{where}: run spec lacks dataset name")
+
+
+# ----------------------------------------------------------------------------- multiple choice
+MC_RESULTS_FILE = "results.json"
+
+
+def mc_judge_info(scoring: str, benchmark: str) -> dict[str, Any]:
+    """The "judge" of a multiple-choice results document: no judge model, the scoring rule named."""
+    rule = {"text": "option text match", "likelihood": "option letter likelihood"}.get(
+        scoring, f"lmms-eval letter parsing ({benchmark})")
+    return {"kind": "choice", "model": f"{scoring}: {rule}", "template_sha256": None}
+
+
+def _mc_cell(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    answered = [r for r in recs if r.get("error") is None]
+    correct = sum(1 for r in answered if r.get("correct"))
+    unparsed = sum(1 for r in answered if r.get("pred_letter") is None)
+    return {"n": len(recs), "answered": len(answered), "correct": correct, "unparsed": unparsed,
+            "accuracy": _ratio(correct, len(answered))}
+
+
+def compute_mc_results(records: Iterable[Mapping[str, Any]], config_order: Sequence[str] | None = None,
+                       breakdown: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per-config metrics of multiple-choice prediction records (no judge).
+
+    ``accuracy`` = correct / answered: an answer whose option cannot be parsed (``pred_letter`` null,
+    counted in ``unparsed``) is wrong, as in lmms-eval; errored records (no answer) are left out and
+    counted in ``errored``. Besides the token and timing statistics of :func:`compute_results`, each
+    config has ``correct``, ``unparsed`` and ``per_breakdown``: ``{key: {value: {n, answered, correct,
+    unparsed, accuracy}}}`` for each breakdown key of the benchmark (values in natural order)."""
+    recs = []
+    for r in records:
+        if "correct" not in r or "breakdown" not in r:
+            raise MetricsError(f"record {_rid(r)} has no 'correct' / 'breakdown' (not a multiple-choice record)")
+        recs.append(dict(r, judge={"kind": "choice", "model": "-", "template_sha256": None},
+                         judge_pred="yes" if r.get("correct") else "no", judge_score=None, judge_error=None))
+    out = compute_results(recs, config_order)
+    by_config: dict[str, list] = {}
+    for r in recs:
+        by_config.setdefault(r["config"], []).append(r)
+    for label, m in out.items():
+        rs = by_config.get(label, [])
+        cell = _mc_cell(rs)
+        m["correct"], m["unparsed"] = cell["correct"], cell["unparsed"]
+        m["mean_score"] = None
+        per: dict[str, dict] = {}
+        for key in breakdown:
+            groups: dict[str, list] = {}
+            for r in rs:
+                groups.setdefault(str((r.get("breakdown") or {}).get(key, "unknown")), []).append(r)
+            per[key] = {v: _mc_cell(groups[v]) for v in sorted(groups, key=_natural_key)}
+        m["per_breakdown"] = per
+    return out
+
+
+def mc_results_document(run_spec: Mapping[str, Any], records: Iterable[Mapping[str, Any]],
+                        missing: int = 0) -> dict[str, Any]:
+    """The ``RUN/results.json`` document of a multiple-choice run (schema 1, judge kind ``choice``)."""
+    records = list(records)
+    ds = run_spec.get("dataset") or {}
+    present = {r["config"] for r in records}
+    metrics = compute_mc_results(records, [c for c in run_spec.get("configs", []) if c in present],
+                                 breakdown=ds.get("breakdown") or ())
+    doc = results_document(run_spec, mc_judge_info(str(run_spec.get("mc_scoring")), str(ds.get("name"))), metrics)
+    doc["complete"] = missing == 0
+    doc["missing_pairs"] = missing
+    doc["breakdown"] = list(ds.get("breakdown") or ())
+    return doc

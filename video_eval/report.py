@@ -87,12 +87,16 @@ def judge_label(judge: Mapping[str, Any]) -> str:
     kind, model = judge.get("kind"), judge.get("model")
     if kind == "offline":
         return OFFLINE_LABEL
+    if kind == "choice":
+        return f"multiple choice, no judge ({model})"
     if kind == "openai":
         return f"GPT judge {model}"
     return f"{kind} judge {model}"
 
 
 def _judge_legend(judge: Mapping[str, Any]) -> str:
+    if judge.get("kind") == "choice":
+        return judge_label(judge)
     sha = judge.get("template_sha256")
     template = f"template sha256 `{sha[:12]}`" if sha else "no prompt template"
     return f"{judge_label(judge)}: model `{judge.get('model')}`, {template}"
@@ -245,7 +249,69 @@ def _markdown(runs: Sequence[dict[str, Any]], sources: Sequence[str | None], tit
         lines.append(f"{i + 1}. " + ", ".join(_cell(p) for p in parts))
         for w in doc.get("warnings") or []:
             lines.append(f"   * warning: {_cell(w)}")
+    lines += _breakdown_tables(runs)
     return "\n".join(lines) + "\n"
+
+
+def _breakdown_runs(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plot panels of multiple-choice runs by the first key of their breakdown (Video-MME: duration; MVBench:
+    task): one results-like document per value, its accuracy the value's."""
+    out: list[dict[str, Any]] = []
+    for doc in runs:
+        keys = list(doc.get("breakdown") or [])
+        metrics = doc.get("metrics") or {}
+        if not keys:
+            continue
+        key = keys[0]
+        values: list[str] = []
+        for m in metrics.values():
+            for v in (m.get("per_breakdown") or {}).get(key, {}):
+                if v not in values:
+                    values.append(v)
+        for v in values:
+            run = dict(doc["run"])
+            ds = dict(run.get("dataset") or {})
+            ds["split"] = f"{ds.get('split') or 'test'} · {key} {v}"
+            run["dataset"] = ds
+            derived = {}
+            for c, m in metrics.items():
+                cell = (m.get("per_breakdown") or {}).get(key, {}).get(v) or {}
+                derived[c] = {"accuracy": cell.get("accuracy"), "mean_equivalent_tokens": m.get("mean_equivalent_tokens")}
+            out.append({"run": run, "judge": doc["judge"], "metrics": derived})
+    return out
+
+
+def _breakdown_tables(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Multiple-choice runs: accuracy per value of each breakdown key (rows) and config (columns)."""
+    out: list[str] = []
+    for i, doc in enumerate(runs):
+        metrics = doc.get("metrics") or {}
+        keys = list(doc.get("breakdown") or [])
+        if not keys or not any(isinstance(m.get("per_breakdown"), Mapping) for m in metrics.values()):
+            continue
+        configs = [c for c in doc.get("config_order") or metrics if c in metrics]
+        out += ["", f"## Run {i + 1}: accuracy by {', '.join(keys)} ({dataset_label(doc['run'])})", "",
+                "Accuracy % = correct / answered; an answer whose option cannot be parsed counts as wrong. "
+                "Questions per row in brackets.", ""]
+        for key in keys:
+            values: list[str] = []
+            for c in configs:
+                for v in (metrics[c].get("per_breakdown") or {}).get(key, {}):
+                    if v not in values:
+                        values.append(v)
+            out += [f"| {_cell(key)} | " + " | ".join(_cell(c) for c in configs) + " |",
+                    "|---|" + "---:|" * len(configs)]
+            for v in values:
+                cells = []
+                n = None
+                for c in configs:
+                    cell = (metrics[c].get("per_breakdown") or {}).get(key, {}).get(v) or {}
+                    n = n if n is not None else cell.get("n")
+                    cells.append(_fmt(cell.get("accuracy"), 1, 100.0))
+                out.append(f"| {_cell(v)} ({n}) | " + " | ".join(cells) + " |")
+            overall = [_fmt(metrics[c].get("accuracy"), 1, 100.0) for c in configs]
+            out += [f"| **overall** | " + " | ".join(overall) + " |", ""]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- plot
@@ -369,7 +435,7 @@ def write_report(results_docs_or_paths: Any, out_dir: str | os.PathLike[str],
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    fig = _figure(runs, title)
+    fig = _figure(runs + _breakdown_runs(runs), title)
     _atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     _atomic_write(md_path, write_md)
     return md_path, png_path

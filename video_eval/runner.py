@@ -44,7 +44,7 @@ FULL = "full"
 
 # run.json fields a resumed run must match (anything else may change between invocations)
 INVARIANT = ("dataset", "model", "num_frames", "frame_strategy", "max_new_tokens", "prompt_template", "dtype",
-             "batch_size", "seed")
+             "batch_size", "seed", "mc_scoring")
 # run.json "versions" entries a resumed run must match (unless --allow-version-change)
 VERSION_INVARIANT = ("videosparse", "torch", "transformers")
 
@@ -452,6 +452,8 @@ class RunOptions:
     retry_errors: bool = False
     progress: bool = True
     log_every: float = 30.0
+    # multiple-choice benchmarks (video_eval.benchmarks): "generate" or "text" (video_eval.mcq); None otherwise
+    mc_scoring: str | None = None
 
 
 @dataclass
@@ -499,7 +501,8 @@ def build_spec(dataset: Any, opts: RunOptions, world: int, model_config: Any = N
     ds = dataset.to_dict()
     return {
         "schema": 1,
-        "dataset": {k: ds.get(k) for k in ("name", "split", "limit", "size", "total")},
+        "dataset": {**{k: ds.get(k) for k in ("name", "split", "limit", "size", "total")},
+                    **{k: ds[k] for k in ("kind", "breakdown", "subtitles") if k in ds}},
         "dataset_root": ds.get("root"),
         "model": opts.model,
         "configs": [c.label for c in opts.configs],
@@ -511,6 +514,7 @@ def build_spec(dataset: Any, opts: RunOptions, world: int, model_config: Any = N
         "dtype": opts.dtype,
         "batch_size": opts.batch_size,
         "seed": opts.seed,
+        **({"mc_scoring": opts.mc_scoring} if opts.mc_scoring else {}),
         "world_size": world,
         "versions": versions(),
         "git_commit": _git_commit(),
@@ -555,6 +559,16 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
         raise RunError(f"--batch-size must be >= 1, got {opts.batch_size}")
     if not opts.configs:
         raise RunError("--configs: nothing to run")
+    mc = any(getattr(it, "options", ()) for it in dataset.items)
+    if mc and opts.mc_scoring is None:
+        opts = dataclasses.replace(opts, mc_scoring="generate")
+    if opts.mc_scoring is not None:
+        from video_eval.mcq import SCORINGS
+
+        if not mc:
+            raise RunError(f"--mc-scoring is for multiple-choice benchmarks; {dataset.name} is open-ended")
+        if opts.mc_scoring not in SCORINGS:
+            raise RunError(f"--mc-scoring must be one of {', '.join(SCORINGS)}, got {opts.mc_scoring!r}")
     check_versions()
     device = opts.device
     if rank is None or world is None:
@@ -568,6 +582,12 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
 
         opts = dataclasses.replace(opts, num_frames=frontend_for(model_config).default_num_frames)
     sparsities = {c.label: c.sparsity(model_config, opts.num_frames) for c in opts.configs}
+    letter_ids = None
+    if opts.mc_scoring == "likelihood":
+        # the option letters must be tokens of the model: checked (the model loaded) before anything is written
+        if qa is None:
+            qa = _load_qa(ckpt, device, opts)
+        letter_ids = option_letter_ids(qa.tokenizer, max(len(it.options) for it in dataset.items))
     spec = build_spec(dataset, opts, world, model_config)
     with writing(run_dir, "create the run directory"):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -590,14 +610,9 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
 
         if todo:
             if qa is None:
-                from videosparse import VideoQA
-
-                qa = VideoQA.from_pretrained(ckpt, sparsity=None, device=device, dtype=opts.dtype,
-                                             attn_implementation=opts.attn_implementation,
-                                             num_frames=opts.num_frames, frame_strategy=opts.frame_strategy,
-                                             progress=opts.progress,  # False: no weight-loading bar (--quiet)
-                                             **({"prompt_template": opts.prompt_template}
-                                                if opts.prompt_template else {}))
+                qa = _load_qa(ckpt, device, opts)
+            if letter_ids is not None:
+                qa._video_eval_letter_ids = letter_ids  # read by _answer_batch (likelihood scoring)
             _seed(opts.seed)
             writer = PredictionWriter(run_dir / RANK_PATTERN.format(rank=rank))
             from video_eval.progress import Progress
@@ -613,6 +628,60 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
         summary.merged = try_merge(run_dir)
     summary.wall_seconds = time.perf_counter() - t_start
     return summary
+
+
+def _load_qa(ckpt: Any, device: Any, opts: RunOptions) -> Any:
+    from videosparse import VideoQA
+
+    return VideoQA.from_pretrained(ckpt, sparsity=None, device=device, dtype=opts.dtype,
+                                   attn_implementation=opts.attn_implementation,
+                                   num_frames=opts.num_frames, frame_strategy=opts.frame_strategy,
+                                   progress=opts.progress,  # False: no weight-loading bar (--quiet)
+                                   **({"prompt_template": opts.prompt_template} if opts.prompt_template else {}))
+
+
+def option_letter_ids(tokenizer: Any, n: int) -> list:
+    """Token ids of the option letters A.. (``n`` of them): for each letter, the single-token spellings
+    ``"A"`` and ``" A"`` the tokenizer has. RunError (one line) when a letter has none: likelihood scoring
+    needs the letters in the model's vocabulary."""
+    from video_eval.mcq import LETTERS
+
+    unk = getattr(tokenizer, "unk_token_id", None)
+    out = []
+    for letter in LETTERS[:n]:
+        ids = []
+        for text in (letter, " " + letter):
+            try:
+                enc = tokenizer.encode(text, add_special_tokens=False)
+            except Exception:  # a tokenizer that cannot encode it has no such token
+                enc = []
+            if len(enc) == 1 and enc[0] != unk and enc[0] not in ids:
+                ids.append(int(enc[0]))
+        if not ids:
+            raise RunError(f"--mc-scoring likelihood: the model's tokenizer has no token for the option letter "
+                           f"{letter!r}; use --mc-scoring generate (or text for a model without option letters, "
+                           f"like the test bed)")
+        out.append(ids)
+    return out
+
+
+class _LetterScores:
+    """A logits processor for one-token generation: records each row's log-probability of every option
+    letter (log-sum over its spellings) at the first step, and lets only letters be generated."""
+
+    def __init__(self, letter_ids: list) -> None:
+        self.letter_ids = letter_ids
+        self.rows: list = []  # one list of letter log-probs per row, over every generate call
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        per = torch.stack([torch.logsumexp(logp[:, ids], dim=-1) for ids in self.letter_ids], dim=-1)
+        self.rows.extend(per.cpu().tolist())
+        allowed = torch.full_like(scores, float("-inf"))
+        allowed[:, [i for ids in self.letter_ids for i in ids]] = 0
+        return scores + allowed
 
 
 def _seed(seed: int) -> None:
@@ -667,7 +736,7 @@ def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities:
             qa.set_sparsity(sparsities[c.label])
             for batch in batches:
                 t0 = time.perf_counter()
-                records = _answer_batch(qa, batch, encoded, c.label, opts)
+                records = _answer_batch(qa, batch, encoded, c.label, opts, dataset.name)
                 summary.generate_seconds += time.perf_counter() - t0
                 new = [r for r in records if (r["question_id"], c.label) not in done]
                 writer.write(new)
@@ -679,8 +748,65 @@ def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities:
     qa.set_sparsity(None)
 
 
-def _answer_batch(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions) -> list:
-    """Records of one fixed batch (errors recorded per question)."""
+def _answer_batch(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions, benchmark: str = "") -> list:
+    """Records of one fixed batch (errors recorded per question). Multiple-choice items are asked
+    :func:`video_eval.mcq.model_question` and their records scored (``pred_letter``, ``correct``)."""
+    if opts.mc_scoring == "likelihood":
+        return _answer_batch_likelihood(qa, batch, encoded, label, opts)
+    records = _answer_batch_raw(qa, batch, encoded, label, opts)
+    if opts.mc_scoring is not None:
+        from video_eval.mcq import score
+
+        for it, rec in zip(batch, records):
+            letter, ok = (None, False) if rec["error"] else score(rec["prediction"], it.options, it.answer,
+                                                                   opts.mc_scoring, benchmark)
+            rec.update({"options": list(it.options), "breakdown": dict(it.breakdown), "scoring": opts.mc_scoring,
+                        "pred_letter": letter, "correct": bool(ok)})
+    return records
+
+
+def _answer_batch_likelihood(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions) -> list:
+    """Likelihood scoring: one forward pass per question over the benchmark prompt; the option letter with
+    the highest log-probability as the first answer token is the answer (no parsing)."""
+    from video_eval.mcq import LETTERS
+
+    proc = _LetterScores(qa._video_eval_letter_ids)
+    records = _answer_batch_raw(qa, batch, encoded, label, dataclasses.replace(opts, max_new_tokens=1),
+                                extra={"logits_processor": _processors(proc)}, model_question_mode="generate")
+    ok = [k for k, r in enumerate(records) if not r["error"]]
+    # ask_many generates group by group (videos of the same frame count), in order of first appearance
+    keys = {k: _feature_key(encoded.get(batch[k].video_name)) for k in ok}
+    order = sorted(ok, key=lambda k: (list(dict.fromkeys(keys[j] for j in ok)).index(keys[k]), k))
+    mismatch = len(proc.rows) != len(order)
+    for k, (it, rec) in enumerate(zip(batch, records)):
+        letter, ok_, lps = None, False, None
+        if not rec["error"]:
+            if mismatch:
+                rec["error"] = (f"likelihood scoring: {len(proc.rows)} scored rows for {len(order)} answers "
+                                f"(re-run with --batch-size 1)")
+            else:
+                row = proc.rows[order.index(k)][: len(it.options)]
+                lps = {LETTERS[i]: round(float(v), 6) for i, v in enumerate(row)}
+                letter = LETTERS[max(range(len(row)), key=lambda i: row[i])]
+                ok_ = letter == str(it.answer).strip().upper()
+        rec.update({"options": list(it.options), "breakdown": dict(it.breakdown), "scoring": "likelihood",
+                    "pred_letter": letter, "correct": bool(ok_), "letter_logprobs": lps})
+    return records
+
+
+def _processors(proc: Any) -> Any:
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList([proc])
+
+
+def _feature_key(enc: Any) -> Any:
+    feats = getattr(enc, "features", None)
+    return None if feats is None else int(feats.shape[0])
+
+
+def _answer_batch_raw(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions, extra: dict | None = None,
+                      model_question_mode: str | None = None) -> list:
     pairs, slots = [], []
     records: list = [None] * len(batch)
     for k, it in enumerate(batch):
@@ -688,12 +814,17 @@ def _answer_batch(qa: Any, batch: list, encoded: dict, label: str, opts: RunOpti
         if isinstance(enc, str):
             records[k] = _record(it, label, error=enc)
         else:
-            pairs.append((enc, it.question))
+            if opts.mc_scoring is not None:
+                from video_eval.mcq import model_question
+
+                pairs.append((enc, model_question(it, model_question_mode or opts.mc_scoring)))
+            else:
+                pairs.append((enc, it.question))
             slots.append(k)
     if pairs:
         try:
             answers = qa.ask_many(pairs, batch_size=len(pairs), on_error="record",
-                                  max_new_tokens=opts.max_new_tokens, do_sample=False)
+                                  max_new_tokens=opts.max_new_tokens, do_sample=False, **(extra or {}))
         except Exception as e:  # e.g. out of memory: the batch is recorded as failed, the run goes on
             msg = _one_line(e)
             for k in slots:

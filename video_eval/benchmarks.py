@@ -1,0 +1,487 @@
+"""Multiple-choice video-QA benchmarks, read from their official release layouts (local files only).
+
+==========  ===========================================================================================
+name        layout under ``--root``
+==========  ===========================================================================================
+videomme    ``videomme/test-00000-of-00001.parquet`` (columns video_id, duration, domain, sub_category,
+            url, videoID, question_id, task_type, question, options ["A. ...", ...], answer "A"),
+            videos ``data/<videoID>.mp4`` (``.MP4`` / ``.mkv`` too), subtitles ``subtitle/<videoID>.srt``.
+            Reading parquet needs ``pyarrow``; without it, the same table as JSON / JSON Lines next to
+            it (``videomme/*.json`` / ``*.jsonl``, a list of row objects) is read instead.
+mvbench     ``json/<task>.json`` (lists of {video, question, candidates, answer (the candidate's text)}),
+            videos ``video/<task's folder>/<video>`` (the folders of the release, e.g.
+            ``star/Charades_segment`` for action_sequence); ``<task's folder>/<video>`` is accepted too.
+egoschema   ``questions.json`` (list of {q_uid, question, option 0..4}) and ``subset_answers.json``
+            ({q_uid: answer index}); videos ``good_clips_git/<q_uid>.mp4`` (``videos/`` too). Only the
+            questions with a public answer (the 500-question subset) are evaluated.
+==========  ===========================================================================================
+
+Each loader gives a :class:`MCDataset`, which the runner uses like an open-ended
+:class:`video_eval.datasets.Dataset`: items (:class:`video_eval.datasets.Item` with ``options``,
+``prompt``, ``breakdown``; ``answer`` is the correct letter), ``video_path``, ``to_dict``.
+:func:`check_mc` reports counts, missing and unreadable videos and file problems like
+:func:`video_eval.datasets.check`.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from video_eval.datasets import SHOW, CheckReport, DatasetError, Item, Problem, _n, _show
+from video_eval.mcq import LETTERS, build_prompt
+
+__all__ = ["BENCHMARKS", "MCDataset", "check_mc", "is_mc", "load_mc"]
+
+VIDEO_EXTS = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov")
+
+# MVBench: task -> video folder of the release (as in the benchmark's own evaluation code)
+MVBENCH_TASKS = {
+    "action_sequence": "star/Charades_segment",
+    "action_prediction": "star/Charades_segment",
+    "action_antonym": "ssv2_video",
+    "fine_grained_action": "Moments_in_Time_Raw/videos",
+    "unexpected_action": "FunQA_test/test",
+    "object_existence": "clevrer/video_validation",
+    "object_interaction": "star/Charades_segment",
+    "object_shuffle": "perception/videos",
+    "moving_direction": "clevrer/video_validation",
+    "action_localization": "sta/sta_video",
+    "scene_transition": "scene_qa/video",
+    "action_count": "perception/videos",
+    "moving_count": "clevrer/video_validation",
+    "moving_attribute": "clevrer/video_validation",
+    "state_change": "perception/videos",
+    "fine_grained_pose": "nturgbd",
+    "character_order": "perception/videos",
+    "egocentric_navigation": "vlnqa",
+    "episodic_reasoning": "tvqa/frames_fps3_hq",
+    "counterfactual_inference": "clevrer/video_validation",
+}
+# alternative folder names seen in copies of the release (lmms-eval's converted mp4 folders)
+MVBENCH_ALT = {
+    "ssv2_video": ("ssv2_video_mp4",),
+    "sta/sta_video": ("sta/sta_video_segment",),
+    "nturgbd": ("nturgbd_convert",),
+    "tvqa/frames_fps3_hq": ("tvqa/video_fps3_hq_segment",),
+}
+
+
+@dataclass(frozen=True)
+class MCSpec:
+    name: str
+    title: str
+    breakdown: tuple  # breakdown keys reported in results.json, in order
+    source: str
+
+
+BENCHMARKS: dict[str, MCSpec] = {
+    "videomme": MCSpec("videomme", "Video-MME", ("duration", "domain", "sub_category", "task_type"),
+                       "lmms-lab/Video-MME (videomme/test-00000-of-00001.parquet, data/*.mp4, subtitle/*.srt)"),
+    "mvbench": MCSpec("mvbench", "MVBench", ("task",), "OpenGVLab/MVBench (json/<task>.json, video/<folder>/...)"),
+    "egoschema": MCSpec("egoschema", "EgoSchema", (),
+                        "egoschema/EgoSchema (questions.json, subset_answers.json, good_clips_git/<q_uid>.mp4)"),
+}
+_ALIASES = {"video-mme": "videomme", "video_mme": "videomme", "ego-schema": "egoschema"}
+
+
+def is_mc(name: str) -> bool:
+    """Whether ``name`` is a multiple-choice benchmark of this module."""
+    key = str(name).strip().lower()
+    return _ALIASES.get(key, key) in BENCHMARKS
+
+
+def _key(name: str) -> str:
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in BENCHMARKS:
+        raise DatasetError(f"unknown multiple-choice benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return key
+
+
+# ----------------------------------------------------------------------------- dataset
+@dataclass
+class MCDataset:
+    """A loaded benchmark: items in the release's order (limited), with each video's file resolved."""
+
+    name: str
+    split: str
+    root: Path
+    video_dir: Path
+    questions_path: Path
+    limit: int | None
+    total: int
+    items: list
+    paths: dict  # video_name -> Path | None
+    tried: dict  # video_name -> [candidate paths] (messages)
+    subtitles: bool = False
+    problems: list = field(default_factory=list)
+
+    @property
+    def spec(self) -> MCSpec:
+        return BENCHMARKS[self.name]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def video_path(self, item: Any) -> Path | None:
+        return self.paths.get(str(getattr(item, "video_name", item)))
+
+    def videos(self) -> list[str]:
+        return list(dict.fromkeys(it.video_name for it in self.items))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "split": self.split, "root": str(self.root), "limit": self.limit,
+                "size": len(self.items), "total": self.total, "questions": str(self.questions_path),
+                "videos": str(self.video_dir), "kind": "multiple_choice",
+                "breakdown": list(self.spec.breakdown), **({"subtitles": True} if self.subtitles else {})}
+
+
+def _first_file(cands: list) -> Path | None:
+    for c in cands:
+        if c.is_file():
+            return c
+    return None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as e:
+        raise DatasetError(f"{what} {path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{what} {path}: not UTF-8 text (byte {e.start}); re-download the file") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{what} {path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; "
+                           "re-download the file") from None
+
+
+def _read_table(path: Path) -> list:
+    """Rows (dicts) of a parquet, JSON (list of objects), JSON Lines or CSV file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DatasetError(f"{path}: reading parquet needs pyarrow, which is not installed; "
+                               "pip install pyarrow (or convert the table to JSON Lines next to it)") from None
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises its own error types
+            raise DatasetError(f"{path}: not a readable parquet file ({e}); re-download it") from None
+    if suffix == ".jsonl":
+        rows = []
+        for k, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines()):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{path}:{k + 1}: invalid JSON ({e.msg}); re-download the file") from None
+        return rows
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    data = _read_json(path, "table")
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of row objects, found a JSON {type(data).__name__}")
+    return data
+
+
+class _Bad:
+    """Collects malformed entries of one file: raised together (strict) or recorded as one problem."""
+
+    def __init__(self, path: Path, fix: str):
+        self.path, self.fix, self.entries = path, fix, []
+
+    def add(self, msg: str) -> None:
+        self.entries.append(msg)
+
+    def finish(self, problems: list | None) -> None:
+        if not self.entries:
+            return
+        msg = (f"{self.path}: {len(self.entries)} bad entr{'y' if len(self.entries) == 1 else 'ies'}: "
+               + "; ".join(self.entries[:SHOW]) + (f"; ... ({len(self.entries) - SHOW} more)"
+                                                   if len(self.entries) > SHOW else ""))
+        if problems is None:
+            raise DatasetError(f"{msg}; {self.fix}")
+        problems.append(Problem("invalid_entries", msg, self.fix))
+
+
+_OPTION_RE = re.compile(r"^\s*\(?([A-Z])[\.\):]\s*(.*)$", re.DOTALL)
+
+
+def _videomme(root: Path, questions: Any, subtitles: bool, problems: list | None) -> tuple:
+    if questions is not None:
+        qpath = Path(questions)
+        if not qpath.is_absolute() and not qpath.is_file():
+            qpath = root / qpath
+        if not qpath.is_file():
+            raise DatasetError(f"question table not found: {questions}; check the --questions path")
+    else:
+        d = root / "videomme"
+        cands = sorted(d.glob("*.parquet")) if d.is_dir() else []
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            # the same table exported as JSON / JSON Lines is read without pyarrow
+            cands = (sorted(d.glob("*.jsonl")) + sorted(d.glob("*.json")) if d.is_dir() else []) + cands
+        if not cands:
+            raise DatasetError(f"Video-MME question table not found: no {d}/test-00000-of-00001.parquet; point "
+                               "--root at the release folder (holding videomme/, data/, subtitle/)")
+        qpath = cands[0]
+    rows = _read_table(qpath)
+    bad = _Bad(qpath, "each row needs question_id, videoID, question, options (4 strings 'A. ...') and answer "
+                      "(a letter); re-download the table")
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            bad.add(f"row {i} is not an object")
+            continue
+        missing = [k for k in ("question_id", "videoID", "question", "options", "answer") if r.get(k) in (None, "")]
+        if missing:
+            bad.add(f"row {i} has no {' / '.join(missing)}")
+            continue
+        opts = r["options"]
+        if isinstance(opts, str):  # CSV / some exports: a JSON- or Python-style list in a string
+            try:
+                opts = json.loads(opts)
+            except json.JSONDecodeError:
+                opts = [o.strip(" '\"") for o in opts.strip("[]").split("', '")]
+        if not isinstance(opts, (list, tuple)) or len(opts) < 2:
+            bad.add(f"row {i}: options must be a list of 'A. ...' strings, got {r['options']!r}")
+            continue
+        texts = []
+        for k, o in enumerate(opts):
+            m = _OPTION_RE.match(str(o))
+            texts.append(m.group(2).strip() if m and m.group(1) == LETTERS[k] else str(o).strip())
+        ans = str(r["answer"]).strip().upper()
+        if ans not in LETTERS[:len(texts)]:
+            bad.add(f"row {i}: answer {r['answer']!r} is not one of {LETTERS[:len(texts)]}")
+            continue
+        vid = str(r["videoID"])
+        sub = None
+        if subtitles:
+            sub = _srt_text(root / "subtitle" / f"{vid}.srt")
+        prompt = build_prompt("videomme", str(r["question"]), texts, subtitles=sub if subtitles else None)
+        bd = tuple((k, str(r.get(k)) if r.get(k) is not None else "unknown") for k in BENCHMARKS["videomme"].breakdown)
+        out.append(dict(qid=str(r["question_id"]), video=vid, question=str(r["question"]), answer=ans,
+                        options=tuple(texts), prompt=prompt, breakdown=bd, type=str(r.get("task_type") or "") or None))
+    bad.finish(problems)
+    vdir = root / "data"
+
+    def cands(v: str) -> list:
+        return [vdir / f"{v}{e}" for e in VIDEO_EXTS]
+    return qpath, vdir, out, cands
+
+
+def _srt_text(path: Path) -> str:
+    """The text lines of an .srt file (no indices, no times, no font tags), one per cue; "" when absent."""
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    lines = []
+    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+        parts = [p for p in block.strip().split("\n") if p.strip()]
+        if len(parts) >= 3 and "-->" in parts[1]:
+            cue = " ".join(parts[2:])
+            lines.append(re.sub(r"<[^>]+>", "", cue).strip())
+    return "\n".join(x for x in lines if x)
+
+
+def _mvbench(root: Path, questions: Any, subtitles: bool, problems: list | None) -> tuple:
+    jdir = Path(questions) if questions is not None else root / "json"
+    if not jdir.is_absolute() and not jdir.exists():
+        jdir = root / jdir
+    files = [jdir] if jdir.is_file() else (sorted(jdir.glob("*.json")) if jdir.is_dir() else [])
+    if not files:
+        raise DatasetError(f"MVBench question files not found: no {root / 'json'}/<task>.json; point --root at "
+                           "the release folder (holding json/ and video/)")
+    known = [f for f in files if f.stem in MVBENCH_TASKS]
+    files = sorted(known, key=lambda f: list(MVBENCH_TASKS).index(f.stem)) + [f for f in files if f not in known]
+    out = []
+    for f in files:
+        task = f.stem
+        rows = _read_json(f, "task file")
+        bad = _Bad(f, "each entry needs video, question, candidates (a list) and answer (one of the candidates)")
+        if not isinstance(rows, list):
+            bad.add(f"expected a JSON list, found a JSON {type(rows).__name__}")
+            rows = []
+        folder = MVBENCH_TASKS.get(task, task)
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict) or any(k not in r for k in ("video", "question", "candidates", "answer")):
+                bad.add(f"entry {i} is not an object with video / question / candidates / answer")
+                continue
+            cands = [str(c) for c in r["candidates"]] if isinstance(r["candidates"], list) else []
+            if str(r["answer"]) not in cands:
+                bad.add(f"entry {i}: answer {r['answer']!r} is not one of its candidates")
+                continue
+            ans = LETTERS[cands.index(str(r["answer"]))]
+            out.append(dict(qid=f"{task}_{i}", video=f"{folder}/{r['video']}", question=str(r["question"]),
+                            answer=ans, options=tuple(cands), prompt=build_prompt("mvbench", str(r["question"]), cands),
+                            breakdown=(("task", task),), type=task))
+        bad.finish(problems)
+
+    def cands(v: str) -> list:
+        folder, _, rel = v.rpartition("/")
+        heads = [folder, *MVBENCH_ALT.get(folder, ())]
+        # the video name carries its extension; folders of frames are not supported (video files only)
+        return [base / h / rel for h in heads for base in (root / "video", root)]
+    return files[0] if len(files) == 1 else jdir, root / "video", out, cands
+
+
+def _egoschema(root: Path, questions: Any, subtitles: bool, problems: list | None) -> tuple:
+    qpath = Path(questions) if questions is not None else root / "questions.json"
+    if not qpath.is_absolute() and not qpath.is_file():
+        qpath = root / qpath
+    apath = root / "subset_answers.json"
+    for p, what in ((qpath, "questions.json"), (apath, "subset_answers.json")):
+        if not p.is_file():
+            raise DatasetError(f"EgoSchema {what} not found at {p}; point --root at the release folder")
+    rows = _read_json(qpath, "question file")
+    answers = _read_json(apath, "answer file")
+    if not isinstance(rows, list) or not isinstance(answers, dict):
+        raise DatasetError(f"{qpath} must hold a JSON list and {apath} a JSON object {{q_uid: answer index}}")
+    bad = _Bad(qpath, "each entry needs q_uid, question and option 0 .. option 4")
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or "q_uid" not in r or "question" not in r:
+            bad.add(f"entry {i} has no q_uid / question")
+            continue
+        uid = str(r["q_uid"])
+        if uid not in answers:
+            continue  # the full set's hidden answers: only the public subset is evaluated
+        opts = [str(r[f"option {k}"]) for k in range(5) if f"option {k}" in r]
+        try:
+            a = int(answers[uid])
+        except (TypeError, ValueError):
+            a = -1
+        if len(opts) < 2 or not 0 <= a < len(opts):
+            bad.add(f"entry {i} ({uid}): {len(opts)} options, answer {answers[uid]!r}")
+            continue
+        out.append(dict(qid=uid, video=uid, question=str(r["question"]), answer=LETTERS[a], options=tuple(opts),
+                        prompt=build_prompt("egoschema", str(r["question"]), opts), breakdown=(), type=None))
+    bad.finish(problems)
+    vdir = root / "good_clips_git"
+    if not vdir.is_dir() and (root / "videos").is_dir():
+        vdir = root / "videos"
+
+    def cands(v: str) -> list:
+        return [vdir / f"{v}{e}" for e in VIDEO_EXTS]
+    return qpath, vdir, out, cands
+
+
+_LOADERS: dict[str, Callable] = {"videomme": _videomme, "mvbench": _mvbench, "egoschema": _egoschema}
+
+
+def load_mc(name: str, root: str | os.PathLike, *, questions: Any = None, limit: int | None = None,
+            subtitles: bool = False, strict: bool = True) -> MCDataset:
+    """Load a multiple-choice benchmark from its release folder (see the module docstring).
+
+    ``subtitles``: Video-MME's "with subtitles" setting (the prompt starts with the video's subtitles).
+    ``strict=False`` keeps the usable entries and records problems (``check_mc``)."""
+    key = _key(name)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DatasetError(f"limit must be a positive integer (the first N questions), got {limit!r}")
+    if subtitles and key != "videomme":
+        raise DatasetError(f"--subtitles is Video-MME's setting; {BENCHMARKS[key].title} has no subtitles")
+    r = Path(root).expanduser()
+    if not r.is_dir():
+        raise DatasetError(f"dataset root {r} is not a directory; pass --root the {BENCHMARKS[key].title} "
+                           "release folder")
+    problems: list | None = None if strict else []
+    qpath, vdir, rows, cands = _LOADERS[key](r, questions, subtitles, problems)
+    seen, dups, uniq = set(), [], []
+    for row in rows:
+        if row["qid"] in seen:
+            dups.append(row["qid"])
+            continue
+        seen.add(row["qid"])
+        uniq.append(row)
+    if dups:
+        msg = f"{qpath}: {len(dups)} duplicate question id{'s' if len(dups) > 1 else ''}: {_show(dups)}"
+        fix = "every question needs its own id; re-download the release"
+        if problems is None:
+            raise DatasetError(f"{msg}; {fix}")
+        problems.append(Problem("duplicate_question_ids", msg, fix))
+    if not uniq and problems is None:
+        raise DatasetError(f"{qpath} holds no usable question (empty split); check that it is the release's file")
+    total = len(uniq)
+    if limit is not None:
+        uniq = uniq[:limit]
+    items = [Item(question_id=row["qid"], video_name=row["video"], question=row["question"], answer=row["answer"],
+                  type=row["type"], index=i, options=row["options"], prompt=row["prompt"], breakdown=row["breakdown"])
+             for i, row in enumerate(uniq)]
+    paths, tried = {}, {}
+    for v in dict.fromkeys(it.video_name for it in items):
+        c = cands(v)
+        tried[v] = c
+        paths[v] = _first_file(c)
+    return MCDataset(name=key, split="test", root=r.resolve(), video_dir=vdir, questions_path=qpath, limit=limit,
+                     total=total, items=items, paths=paths, tried=tried, subtitles=subtitles,
+                     problems=list(problems or []))
+
+
+def check_mc(name: str, root: Any, *, questions: Any = None, limit: int | None = None, subtitles: bool = False,
+             probe: bool = True) -> CheckReport:
+    """Check a benchmark folder: tables, answers, every video present and (``probe``) openable."""
+    try:
+        ds = load_mc(name, root if root is not None else ".", questions=questions, limit=limit, subtitles=subtitles,
+                     strict=False)
+    except DatasetError as e:
+        msg, fix = (str(e).rsplit("; ", 1) + ["see the message"])[:2] if "; " in str(e) else (str(e), "see the message")
+        return CheckReport(dataset=str(name).lower(), split="test", root=None if root is None else str(root),
+                           limit=limit, problems=[Problem("not_loadable", msg, fix)], fatal=True)
+    rep = CheckReport(dataset=ds.name, split=ds.split, root=str(ds.root), questions_file=str(ds.questions_path),
+                      answers_file=str(ds.questions_path), video_dir=str(ds.video_dir),
+                      video_files=sum(1 for p in ds.paths.values() if p is not None), questions=len(ds.items),
+                      total=ds.total, limit=ds.limit, problems=list(ds.problems))
+    if not ds.items:
+        rep.problems.append(Problem("empty", f"no usable question in {ds.questions_path}",
+                                    "check that the files are the release's"))
+    names = ds.videos()
+    rep.videos = len(names)
+    per_video: dict = {}
+    for it in ds.items:
+        per_video[it.video_name] = per_video.get(it.video_name, 0) + 1
+    probe_fn, errs = None, (OSError,)
+    if probe:
+        from videosparse.video import VideoError, probe_video
+
+        probe_fn, errs = functools.partial(probe_video, progress=False), (VideoError, OSError)
+    for v in names:
+        path = ds.paths.get(v)
+        if path is None:
+            rep.missing_videos.append(v)
+            rep.missing_questions += per_video[v]
+        elif probe_fn is not None:
+            rep.probed += 1
+            try:
+                probe_fn(path)
+            except errs as e:
+                reason = str(getattr(e, "reason", None) or e).splitlines()
+                rep.unreadable_videos.append((v, reason[0] if reason else type(e).__name__))
+                rep.unreadable_questions += per_video[v]
+    if rep.missing_videos:
+        example = ds.tried[rep.missing_videos[0]][0]
+        rep.problems.append(Problem(
+            "missing_videos",
+            f"{len(rep.missing_videos)} of {_n(rep.videos, 'video')} ({_n(rep.missing_questions, 'question')}) "
+            f"{'is' if len(rep.missing_videos) == 1 else 'are'} not found: {_show(rep.missing_videos)}",
+            f"put the files where the release has them (e.g. {example}); a run records these questions as errors"))
+    if rep.unreadable_videos:
+        shown = "; ".join(f"{n}: {r}" for n, r in rep.unreadable_videos[:SHOW])
+        rep.problems.append(Problem(
+            "unreadable_videos",
+            f"{len(rep.unreadable_videos)} of {_n(rep.probed, 'probed video')} "
+            f"({_n(rep.unreadable_questions, 'question')}) cannot be read: {shown}",
+            "re-download these files; a run records their questions as errors"))
+    return rep
