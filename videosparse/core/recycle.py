@@ -67,10 +67,11 @@ def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = 5, valid: torch.Tensor 
     density = torch.exp(-(knn**2).mean(dim=-1))
     if pair_valid is not None:
         density = density.masked_fill(~valid, -1.0)
-    # (B, i, j): j denser than i; equal densities: the lower index is denser (exact, no additive noise)
-    idx = torch.arange(n, device=x.device)
-    tie = density[:, None, :] == density[:, :, None]
-    denser = (density[:, None, :] > density[:, :, None]) | (tie & (idx[None, :] < idx[:, None])[None])
+    # (B, i, j): j denser than i; equal densities: the lower index is denser (exact, no additive noise). A
+    # stable descending sort ranks the points in that order, so one comparison of ranks decides it.
+    order = torch.sort(-density, dim=1, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(B, n))
+    denser = rank[:, None, :] < rank[:, :, None]
     if pair_valid is None:
         dmax = dist.flatten(1).max(dim=1).values[:, None].expand(B, n)
         delta = dist.masked_fill(~denser, big).min(dim=-1).values
