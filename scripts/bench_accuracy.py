@@ -2,10 +2,12 @@
 """Accuracy vs visual-token budget on the trained test bed, for every method, in one run.
 
     python scripts/bench_accuracy.py --seed 777 --n 1000 [--json out/acc.json] [--skip-kept]
+    python scripts/bench_accuracy.py --model testbed-onevision --n 200 --skip-kept
 
 A fresh held-out set is generated from --seed (never a training seed), written as real H.264 files
 and read back through `videosparse.video`, so decoding is part of the measurement. The shipped
-test-bed model (or --model DIR) answers every question with all visual tokens, then with each preset
+test-bed model (--model: "testbed", the default, "testbed-onevision", or a checkpoint DIR) answers every
+question with all visual tokens, then with each preset
 at budgets {100, 50, 25, 10, 5} % of the visual tokens. Exact-match accuracy overall and per question
 type, the share of the asked-about patches that survived selection ("target recall") and the
 equivalent tokens are printed as tables and written to JSON with the config and versions.
@@ -43,8 +45,8 @@ PRESETS = ["video", "sparsevlm-v1.5", "sparsevlm-v2", "fastv", "random", "unifor
 BUDGETS = [1.0, 0.5, 0.25, 0.1, 0.05]
 EQ_PRESETS = ["video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv", "random",
               "uniform"]
-# fractions of the visual tokens; on the 4-layer test bed (296 visual tokens) the floor of every preset is
-# <= 153 equivalent tokens (51.7 %, sparsevlm-video: stage after layer 1 plus recycled tokens on top)
+# fractions of the visual tokens; on the 4-layer test beds (296 visual tokens; OneVision: 288) the floor of every
+# preset is <= 153 equivalent tokens (51.7 %, sparsevlm-video: stage after layer 1 plus recycled tokens on top)
 EQ_SETTINGS = [0.52, 0.55, 0.60, 0.70]
 SEED_PRESETS = ["sparsevlm-video", "sparsevlm-v1"]
 
@@ -126,7 +128,8 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--seed", type=int, default=777, help="seed of the held-out set (default 777)")
     ap.add_argument("--n", type=int, default=1000, help="questions (default 1000)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--model", default=None, help="checkpoint directory (default: the shipped test bed)")
+    ap.add_argument("--model", default=None,
+                    help="test-bed name ('testbed' = default, 'testbed-onevision') or checkpoint directory")
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     ap.add_argument("--skip-kept", action="store_true", help="skip the kept-fraction sweep (--presets/--budgets)")
@@ -173,7 +176,8 @@ def main(argv: list | None = None) -> int:
     samples = syn.load_samples(jsonl, num_frames=T)  # decoded back through videosparse.video
     num_visual = T * P
     print(f"held-out set: seed {args.seed}, {len(samples)} questions, {T} frames x {P} tokens = {num_visual} "
-          f"visual tokens; model: {num_layers}-layer decoder; threads {torch.get_num_threads()}", flush=True)
+          f"visual tokens; model: {args.model or 'testbed'} ({model.config.model_type}, {num_layers}-layer decoder); "
+          f"threads {torch.get_num_threads()}", flush=True)
 
     full = tb.evaluate(model, tokenizer, samples, args.batch_size, spec)
     print(f"full model: {full['accuracy']:.4f} {json.dumps(full['per_type'])}", flush=True)
@@ -405,7 +409,7 @@ def main(argv: list | None = None) -> int:
             "seed_rule": seed_res,
             "batch_size": args.batch_size,
             "seed": args.seed, "n": len(samples), "num_visual": num_visual, "num_layers": num_layers,
-            "model": args.model or tb.default_path(), "seconds": elapsed,
+            "model": args.model or tb.default_path(), "model_type": model.config.model_type, "seconds": elapsed,
             "versions": {"videosparse": __version__, "torch": torch.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads()},

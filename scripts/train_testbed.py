@@ -1,8 +1,15 @@
 #!/usr/bin/env python
-"""Train the test-bed Video-LLaVA on synthetic video QA and save it to videosparse/assets/testbed/.
+"""Train a test bed on synthetic video QA and save it to videosparse/assets/testbed[_onevision]/.
 
-    python scripts/train_testbed.py                       # defaults: the shipped checkpoint
+    python scripts/train_testbed.py                       # defaults: the shipped Video-LLaVA checkpoint
+    python scripts/train_testbed.py --family llava_onevision --out videosparse/assets/testbed_onevision
     python scripts/train_testbed.py --steps 200 --out /tmp/tb   # quick smoke run
+
+``--family video_llava`` (default): CLIP ViT 8 px patches + CLS, Llama decoder. ``--family llava_onevision``:
+SigLIP 4 px patches (no CLS) pooled by transformers 2 x 2 to one token per cell, a closing
+``image_newline`` token after the video (never a target, never dropped), Qwen2 decoder (2 KV heads,
+q/k/v biases), Qwen2 chat turns ending with ``<|im_end|>``. Everything below applies to both; token
+positions come from the family's geometry (``videosparse.testbed.model.visual_index``).
 
 Recipe (see README "Test bed"): a real ``VideoLlavaForConditionalGeneration`` (CLIP ViT 2 x 64,
 Llama 4 x 128, tied embeddings) trained from scratch with AdamW on these losses:
@@ -37,9 +44,14 @@ import shutil
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# OpenMP threads sleep instead of spinning at barriers: on a shared machine (another job on one of the
+# cores) spinning made 2-thread steps up to 10x slower; passive waiting costs ~nothing when idle. Must be
+# set before torch loads its OpenMP runtime. Numerics are unchanged.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -55,32 +67,55 @@ TEST_SEED = 777  # fixed questions checked by tests/test_testbed.py
 
 
 class Batcher:
-    """Packed training sequences: ``<s> USER: <video>*V q1 ASSISTANT: a1 </s> USER: q2 ASSISTANT: a2 </s> ...``"""
+    """Packed training sequences.
 
-    def __init__(self, tokenizer, gen: syn.GenConfig, per_frame: int):
+    Video-LLaVA: ``<s> USER: <video>*V q1 ASSISTANT: a1 </s> USER: q2 ASSISTANT: a2 </s> ...``;
+    OneVision: ``<|im_start|> user <video>*(V+1) q1 <|im_end|> <|im_start|> assistant a1 <|im_end|>
+    <|im_start|> user q2 ...`` (the word-level tokenizer drops the template's newlines)."""
+
+    def __init__(self, tokenizer, gen: syn.GenConfig, per_frame: int, family: str = tb.VIDEO_LLAVA,
+                 has_cls: bool = True, tail: int = 0):
         self.tok = tokenizer
         self.gen = gen
         self.per_frame = per_frame
+        self.family = family
+        self.has_cls = has_cls
+        self.tail = tail  # placeholder tokens closing the video block (OneVision's newline), not visual
         self.vocab = tokenizer.get_vocab()
         self.video_id = self.vocab[tb.VIDEO]
+        if family == tb.LLAVA_ONEVISION:
+            self.prefix = [tb.IM_START, "user"]
+            self.turn_open = [tb.IM_START, "user"]
+            self.turn_close = [tb.IM_END, tb.IM_START, "assistant"]
+        else:
+            self.prefix = [tb.BOS, "USER:"]
+            self.turn_open = ["USER:"]
+            self.turn_close = ["ASSISTANT:"]
+        self.eos = tb.eos_token(family)
+
+    def pos(self, vis_start: int, t: int, r: int, c: int) -> int:
+        """Sequence position of cell (r, c) of frame t."""
+        return vis_start + tb.visual_index(t, r, c, self.per_frame, self.gen.grid, self.has_cls)
 
     def ids(self, words):
         return [self.vocab[w] for w in words]
 
     def make(self, rng: np.random.Generator, batch: int, qa_per_clip: int, unknown_prob: float = 0.0,
-             drop_prob: float = 0.0, drop_layers: tuple = (1,), partial_prob: float = 0.0, count_weight: int = 2):
+             drop_prob: float = 0.0, drop_layers: tuple = (1,), partial_prob: float = 0.0, count_weight: int = 2,
+             route_answers: bool = False):
         """Also returns, per sequence, the visual positions removed from the layers after a random
         stage layer (``drop_keys``, ``drop_after``): with ``unknown_prob`` the first question's
         target patches (that question's answer becomes ``unknown``), with ``drop_prob`` a random
-        50-97% of the patches no question asks about (the answers stay)."""
+        50-97% of the patches no question asks about (the answers stay). ``route_answers``: the answer
+        tokens followed by another answer word (``top`` of ``top left``) are routed too (layer 1)."""
         gen = self.gen
         items = syn.training_batch(rng, batch, qa_per_clip, gen, count_weight)
         drops, drop_after = [], []
         n_vis = gen.num_frames * self.per_frame
         seqs, labels, qpos, tmasks, pix, gcol = [], [], [], [], [], []
-        vis_start = 2  # <s> USER:
+        vis_start = len(self.prefix)  # <s> USER: / <|im_start|> user
         for clip, qas in items:
-            ids = [self.vocab[tb.BOS], self.vocab["USER:"]] + [self.video_id] * n_vis
+            ids = self.ids(self.prefix) + [self.video_id] * (n_vis + self.tail)
             lab = [-100] * len(ids)
             qp, tm = [], []
             unknown_first = bool(rng.random() < unknown_prob)
@@ -90,44 +125,44 @@ class Batcher:
             drop_random = bool(rng.random() < drop_prob)
             all_targets = set()
             for s in qas:
-                all_targets.update(vis_start + t * self.per_frame + 1 + r * gen.grid + c for (t, r, c) in s.target)
+                all_targets.update(self.pos(vis_start, t, r, c) for (t, r, c) in s.target)
             dropped = set()
             if drop_random:
                 others = [p for p in range(vis_start, vis_start + n_vis) if p not in all_targets]
                 frac = rng.uniform(0.5, 0.97)
                 dropped.update(int(x) for x in rng.choice(others, size=int(frac * len(others)), replace=False))
             if unknown_first:
-                dropped.update(vis_start + t * self.per_frame + 1 + r * gen.grid + c for (t, r, c) in qas[0].target)
+                dropped.update(self.pos(vis_start, t, r, c) for (t, r, c) in qas[0].target)
             elif partial_prob > 0 and qas[0].qtype != "count" and rng.random() < partial_prob:
                 # a pruner may keep only part of the object: one of its patches is enough to answer
                 tgt = qas[0].target
                 keep = int(rng.integers(len(tgt)))
-                dropped.update(vis_start + t * self.per_frame + 1 + r * gen.grid + c
-                               for i, (t, r, c) in enumerate(tgt) if i != keep)
+                dropped.update(self.pos(vis_start, t, r, c) for i, (t, r, c) in enumerate(tgt) if i != keep)
             drops.append(sorted(dropped))
             drop_after.append(int(rng.choice(drop_layers)))
             for k, s in enumerate(qas):
                 if k:
-                    ids.append(self.vocab["USER:"])
-                    lab.append(-100)
+                    ids += self.ids(self.turn_open)
+                    lab += [-100] * len(self.turn_open)
                 qwords = s.question.split()
                 cpos = len(ids) + qwords.index(s.color)
-                ids += self.ids(qwords) + [self.vocab["ASSISTANT:"]]
-                lab += [-100] * (len(qwords) + 1)
-                apos_end = len(ids) - 1  # ASSISTANT:
+                ids += self.ids(qwords) + self.ids(self.turn_close)
+                lab += [-100] * (len(qwords) + len(self.turn_close))
+                apos_end = len(ids) - 1  # ASSISTANT: / assistant
                 answer = syn.UNKNOWN_WORD if (k == 0 and unknown_first) else s.answer
-                ans = self.ids(answer.split()) + [self.vocab[tb.EOS]]
+                ans = self.ids(answer.split()) + [self.vocab[self.eos]]
                 ids += ans
                 lab += ans
-                target = [vis_start + t * self.per_frame + 1 + r * gen.grid + c for (t, r, c) in s.target]
-                for p in range(cpos, apos_end + 1):
+                target = [self.pos(vis_start, t, r, c) for (t, r, c) in s.target]
+                last = apos_end + (len(ans) - 2 if route_answers else 0)  # inputs predicting a 2nd+ answer word
+                for p in range(cpos, last + 1):
                     qp.append((p, p == cpos))
                     tm.append(target)
             seqs.append(ids)
             labels.append(lab)
             qpos.append(qp)
             tmasks.append(tm)
-            pix.append(tb.preprocess(clip.frames))
+            pix.append(tb.preprocess(clip.frames, None, self.family))
             cw, sw = syn.patch_labels(clip)
             half = gen.grid // 2
             rows = np.where(np.arange(gen.grid) < half, "top", "bottom")[None, :, None]
@@ -184,7 +219,7 @@ def rater_attention(attn_module, captured: dict, batch: dict) -> torch.Tensor:
     Recomputed from the layer's input (captured by a pre-hook) for the Q query rows only, with the
     causal + padding mask, so training can use sdpa and never materialise an L x L map.
     """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # Qwen2's is the same function
 
     h = captured["hidden_states"]  # (B, L, D) after input_layernorm
     cos, sin = captured["position_embeddings"]
@@ -193,6 +228,9 @@ def rater_attention(attn_module, captured: dict, batch: dict) -> torch.Tensor:
     q = attn_module.q_proj(h).view(B, L, -1, hd).transpose(1, 2)
     k = attn_module.k_proj(h).view(B, L, -1, hd).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:  # grouped-query attention (Qwen2): each KV head serves `groups` query heads (repeat_kv)
+        k = k.repeat_interleave(groups, dim=1)
     idx = batch["q_index"]  # (B, Q)
     qr = torch.gather(q, 2, idx[:, None, :, None].expand(-1, q.shape[1], -1, hd))  # (B, H, Q, hd)
     s = (qr.float() @ k.float().transpose(-1, -2)) * attn_module.scaling  # (B, H, Q, L)
@@ -219,7 +257,7 @@ def simulated_pruning_masks(batch: dict, num_layers: int) -> dict:
     B, L = am.shape
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     base = causal[None] & am[:, None, :]
-    base[:, :, 0] = True  # BOS always visible: no empty rows (padding rows)
+    base[:, :, 0] = True  # first token (BOS / <|im_start|>) always visible: no empty rows (padding rows)
     out = {}
     for layer in range(num_layers):
         drop = batch["drop_keys"] & (batch["drop_after"] < layer)[:, None]  # (B, L)
@@ -282,16 +320,23 @@ def grounding_loss(logits: torch.Tensor, words: torch.Tensor, groups: list, bg_i
     return total / 4
 
 
-def lr_at(step: int, args) -> float:
+def lr_at(step: int, args, elapsed: float | None = None) -> float:
+    """Warm-up then cosine to ``min_lr_frac``. With ``--anneal-to-deadline`` the cosine's progress is the larger
+    of the step progress and ``elapsed / --max-minutes``, so a run cut by the time cap still ends annealed."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     p = (step - args.warmup) / max(1, args.steps - args.warmup)
+    if getattr(args, "anneal_to_deadline", False) and elapsed is not None:
+        p = min(1.0, max(p, elapsed / (60.0 * args.max_minutes)))
     return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="output dir (default: videosparse/assets/testbed)")
+    ap.add_argument("--family", default=tb.DEFAULT_FAMILY, choices=tb.FAMILIES,
+                    help="model family: video_llava (default; videosparse/assets/testbed) or llava_onevision "
+                         "(videosparse/assets/testbed_onevision)")
+    ap.add_argument("--out", default=None, help="output dir (default: the family's videosparse/assets/ dir)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=16)
@@ -321,20 +366,32 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--snapshot", default=None, help="also save the model here at every validation")
     ap.add_argument("--max-minutes", type=float, default=30.0, help="safety stop (breaks determinism if hit)")
+    ap.add_argument("--anneal-to-deadline", action="store_true",
+                    help="cosine progress = max(step progress, elapsed / --max-minutes): a run cut by the time cap "
+                         "(shared machine) still ends at the low learning rate (not step-deterministic when it binds)")
+    ap.add_argument("--route-answers", action=argparse.BooleanOptionalAction, default=None,
+                    help="also route (layer 1) the answer tokens followed by another answer word, e.g. 'top' of "
+                         "'top left' (default: on for llava_onevision, off for video_llava)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from transformers import VideoLlavaForConditionalGeneration
+    from videosparse.frontends import get_frontend
 
+    family = args.family
+    onevision = family == tb.LLAVA_ONEVISION
+    # OneVision (2 KV heads): without it the second word of 'where' answers stayed at the prior (left/right
+    # 50 %) while the visual tokens' grounding of left/right was perfect
+    route_answers = onevision if args.route_answers is None else bool(args.route_answers)
     gen = syn.GenConfig()
-    tok = tb.build_tokenizer()
-    config = tb.build_config(tok, gen)
-    model = VideoLlavaForConditionalGeneration(config)
+    tok = tb.build_tokenizer(family)
+    config = tb.build_config(tok, gen, family=family)
+    model = get_frontend(family).model_class()(config)
     model.set_attn_implementation("sdpa")
+    tower = model.model.vision_tower if onevision else model.model.video_tower
     with torch.no_grad():  # larger position embeddings: patch position survives the saturated object colours
-        model.model.video_tower.embeddings.position_embedding.weight.normal_(0.0, args.pos_init_std)
+        tower.embeddings.position_embedding.weight.normal_(0.0, args.pos_init_std)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("params %d", n_params)
     drop_layers = tuple(int(x) for x in args.drop_layers.split(","))
@@ -342,12 +399,26 @@ def main(argv=None) -> int:
     bg_id = tok.convert_tokens_to_ids(syn.BACKGROUND_WORD)
     groups = grounding_groups(tok)
     color_ids = torch.tensor(tok.convert_tokens_to_ids(list(syn.COLORS)))
-    question_words = sorted({w for t in syn.QUESTION_TEMPLATES.values() for w in t.replace("{c}", "").split()} | {"ASSISTANT:"})
+    closing = {tb.IM_END, tb.IM_START, "assistant"} if onevision else {"ASSISTANT:"}
+    question_words = sorted({w for t in syn.QUESTION_TEMPLATES.values() for w in t.replace("{c}", "").split()} | closing)
     non_key_ids = torch.tensor(tok.convert_tokens_to_ids(question_words))
-    batcher = Batcher(tok, gen, per_frame)
+    batcher = Batcher(tok, gen, per_frame, family, tb.has_cls(config), tb.tail_tokens(config))
 
     feats = {}
-    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
+    inner = model.model
+    if onevision:
+        # the visual tokens are the projector's patch tokens *pooled* 2 x 2 (transformers' apply_pooling):
+        # capture them there, one token per cell (B*T, grid*grid, D)
+        pooling = inner.apply_pooling
+
+        def pool_and_keep(x):
+            y = pooling(x)
+            feats["v"] = y
+            return y
+
+        inner.apply_pooling = pool_and_keep
+    else:
+        inner.multi_modal_projector.register_forward_hook(lambda m, i, o: feats.__setitem__("v", o))
     layers = model.model.language_model.layers
     captured = [{}, {}]
 
@@ -387,11 +458,12 @@ def main(argv=None) -> int:
     ema = None
     step = 0
     for step in range(args.steps):
+        lr = lr_at(step, args, time.time() - t0)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = lr
         rng = np.random.default_rng([TRAIN_SEED_DOMAIN, args.seed, step])
         batch = batcher.make(rng, args.batch, args.qa_per_clip, args.unknown_prob, args.drop_prob, drop_layers,
-                             args.partial_prob, args.count_weight)
+                             args.partial_prob, args.count_weight, route_answers)
         masks.clear()
         masks.update(simulated_pruning_masks(batch, len(layers)))
         model.train()
@@ -404,7 +476,7 @@ def main(argv=None) -> int:
         masks.clear()  # the simulated-pruning masks are for this training forward only
         logits = out.logits[:, :-1]
         qa = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
-        v = feats["v"][:, 1:]  # (B*T, P, D) projected patch tokens (CLS dropped)
+        v = feats["v"] if onevision else feats["v"][:, 1:]  # (B*T, cells, D) patch tokens (CLS dropped)
         rpen = (
             rater_penalty(v, batch["g_words"], model.get_input_embeddings().weight, non_key_ids, color_ids, bg_id)
             if args.rater_weight > 0 else v.new_zeros(())
@@ -422,7 +494,7 @@ def main(argv=None) -> int:
         vals = [qa.item(), ground.item(), route.item(), rpen.item()]
         ema = vals if ema is None else [0.95 * e + 0.05 * x for e, x in zip(ema, vals)]
         if step % 25 == 0:
-            log.info("step %d lr %.2e qa %.3f ground %.3f route %.3f rater %.3f (%.0fs)", step, lr_at(step, args), *ema,
+            log.info("step %d lr %.2e qa %.3f ground %.3f route %.3f rater %.3f (%.0fs)", step, lr, *ema,
                      time.time() - t0)
         last = step == args.steps - 1
         if (step + 1) % args.eval_every == 0 or last:
@@ -433,7 +505,7 @@ def main(argv=None) -> int:
             if args.snapshot:
                 model.save_pretrained(args.snapshot)
                 tok.save_pretrained(args.snapshot)
-                tb.save_json(tb.preprocessor_config(gen), os.path.join(args.snapshot, "preprocessor_config.json"))
+                tb.save_preprocessor_config(args.snapshot, gen, family)
             if res["accuracy"] >= args.stop_at:
                 log.info("stop: validation accuracy reached %.3f", args.stop_at)
                 break
@@ -441,8 +513,10 @@ def main(argv=None) -> int:
             log.warning("stop: --max-minutes %.1f reached (run is no longer step-deterministic)", args.max_minutes)
             break
     train_seconds = time.time() - t0
+    if onevision:
+        del inner.apply_pooling  # back to the class's method
 
-    out_dir = args.out or tb.default_path()
+    out_dir = args.out or tb.default_path(family)
     os.makedirs(out_dir, exist_ok=True)
     model.eval()
     model.set_attn_implementation("sdpa")
@@ -454,7 +528,7 @@ def main(argv=None) -> int:
     model.generation_config.bos_token_id = tok.bos_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
-    tb.save_json(tb.preprocessor_config(gen), os.path.join(out_dir, "preprocessor_config.json"))
+    tb.save_preprocessor_config(out_dir, gen, family)
 
     # fixed questions for the tests: from a seed never used in training, answered correctly by the model
     fixed = syn.make_dataset(TEST_SEED, 64, gen)
@@ -470,6 +544,7 @@ def main(argv=None) -> int:
     res = tb.evaluate(model2, tok2, samples, batch_size=64, spec=spec)
     log.info("HELD-OUT seed %d n %d acc %.4f %s", HELDOUT_SEED, len(samples), res["accuracy"], json.dumps(res["per_type"]))
     info = {
+        "family": family,
         "seed": args.seed,
         "args": vars(args),
         "steps_run": step + 1,

@@ -109,3 +109,28 @@ def test_bench_accuracy_equal_equivalent_tokens(tmp_path):
     assert any(t["target"].startswith("video >= every sparsevlm-*") for t in doc["targets"])
     for name in presets:
         assert f"| {name} |" in out_txt
+
+
+def test_bench_accuracy_onevision_test_bed(tmp_path):
+    """`--model testbed-onevision`: the same sweep on the LLaVA-OneVision test bed (36 tokens per frame, no CLS)."""
+    from videosparse import testbed
+
+    if not (Path(testbed.path("testbed-onevision")) / "model.safetensors").exists():
+        pytest.skip("OneVision test-bed checkpoint not shipped")
+    out = tmp_path / "ov.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_accuracy.py"), "--model", "testbed-onevision", "--seed", "31337",
+         "--n", "8", "--presets", "video,random", "--budgets", "1.0,0.1", "--batch-size", "8", "--eq", "",
+         "--seed-presets", "", "--json", str(out)],
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["model_type"] == "llava_onevision" and doc["model"] == "testbed-onevision"
+    assert doc["num_visual"] == 8 * 36  # the closing newline is not a visual token
+    assert doc["full"] >= 0.75
+    for preset in ("video", "random"):
+        assert doc["results"][preset]["1.0"] == doc["full"]
+        _, selected, _ = doc["stage_plans"][preset]["0.1"][-1]
+        assert selected == round(0.1 * 288)
+    assert doc["target_recall"]["video"]["0.1"] >= doc["target_recall"]["random"]["0.1"]
