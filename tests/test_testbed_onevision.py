@@ -183,7 +183,10 @@ def test_videoqa_from_pretrained_by_name(video_file):
     from videosparse import SparseConfig, VideoQA
 
     path, sample = video_file
-    qa = VideoQA.from_pretrained(NAME, sparsity=None, num_frames=FRAMES, progress=False)
+    # no num_frames: the checkpoint's own (its video processor's num_frames, 8), not the family's 32, which
+    # would not fit this model's 1,024 positions
+    qa = VideoQA.from_pretrained(NAME, sparsity=None, progress=False)
+    assert qa.num_frames == FRAMES == 8 and qa.frontend.default_num_frames == 32
     assert type(qa.model).__name__ == "LlavaOnevisionForConditionalGeneration"
     assert qa.tokens_per_frame == P
     ans = qa.ask(path, sample.question)
@@ -201,7 +204,7 @@ def test_cli_model_name(video_file, capsys):
     from videosparse import cli
 
     path, sample = video_file
-    rc = cli.main(["ask", path, sample.question, "--model", NAME, "--frames", str(FRAMES), "--budget", "0.25",
+    rc = cli.main(["ask", path, sample.question, "--model", NAME, "--budget", "0.25",  # the checkpoint's frames
                    "--max-new-tokens", "4", "--json", "--quiet"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -580,7 +580,9 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
     if opts.num_frames is None:
         from videosparse.frontends import frontend_for
 
-        opts = dataclasses.replace(opts, num_frames=frontend_for(model_config).default_num_frames)
+        fe = frontend_for(model_config)
+        spec = qa.spec if qa is not None else fe.preprocessor_spec(ckpt.source, ckpt.local_files_only)
+        opts = dataclasses.replace(opts, num_frames=fe.default_frames(spec))
     sparsities = {c.label: c.sparsity(model_config, opts.num_frames) for c in opts.configs}
     letter_ids = None
     if opts.mc_scoring == "likelihood":

@@ -466,8 +466,9 @@ def cmd_ask(args, say) -> int:
     fe = frontend_for(config)  # the model family's prompt, frame geometry and limits
     P = fe.tokens_per_frame(config)
     layers = fe.num_layers(config)
-    frames = args.frames if args.frames is not None else (None if args.fps else fe.default_num_frames)
-    pre_budget = args.pre_budget if args.pre_budget is not None else fe.default_num_frames * P
+    default_frames = fe.default_frames(fe.preprocessor_spec(ckpt.source, ckpt.local_files_only))
+    frames = args.frames if args.frames is not None else (None if args.fps else default_frames)
+    pre_budget = args.pre_budget if args.pre_budget is not None else default_frames * P
     long = args.fps is not None or frames * P > pre_budget
     decoder_tokens = pre_budget if long else frames * P
     sparsity = _sparsity(args.preset, budget, layers, decoder_tokens)
@@ -512,7 +513,7 @@ def cmd_ask(args, say) -> int:
     say(f"loading model {args.model} ...")
     t0 = time.perf_counter()
     qa = VideoQA.from_pretrained(ckpt, sparsity=sparsity, device=args.device, dtype=args.dtype,
-                                 attn_implementation=args.attn, num_frames=fe.default_num_frames if long else frames,
+                                 attn_implementation=args.attn, num_frames=default_frames if long else frames,
                                  tokenizer=tok, progress=bars)
     qa.decode_progress = None if bars else False  # the long path's sequential decodes
     say(f"model loaded in {time.perf_counter() - t0:.1f}s")

@@ -149,7 +149,8 @@ class VideoQA:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.spec = spec if spec is not None else fe.default_spec()
-        self.num_frames = _positive_int(fe.default_num_frames if num_frames is None else num_frames, "num_frames")
+        self.default_frames = fe.default_frames(self.spec)  # the checkpoint's, else the family's
+        self.num_frames = _positive_int(self.default_frames if num_frames is None else num_frames, "num_frames")
         self.frame_strategy = frame_strategy
         self.prompt_template = prompt_template
         self._cache: OrderedDict = OrderedDict()
@@ -210,15 +211,16 @@ class VideoQA:
             raise ValueError(f"attn_implementation must be eager, sdpa or flash_attention_2, got {attn_implementation!r}")
         config = ckpt.load_config()
         fe = frontend_for(config)
-        nf = fe.default_num_frames if num_frames is None else int(num_frames)
-        sparsity = _resolve_sparsity(sparsity, config, nf)
+        spec = fe.preprocessor_spec(ckpt.source, ckpt.local_files_only)
+        default_frames = fe.default_frames(spec)
+        nf = default_frames if num_frames is None else int(num_frames)
+        sparsity = _resolve_sparsity(sparsity, config, nf, default_frames)
         from transformers import AutoTokenizer
 
         local = {"local_files_only": True} if ckpt.local_files_only else {}
         with hf_output(progress=progress):
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(ckpt.source, **local)
-            spec = fe.preprocessor_spec(ckpt.source, ckpt.local_files_only)
             from videosparse.compat import load_kwargs
 
             load_kw: dict = {"attn_implementation": attn_implementation, "config": config, **local, **load_kwargs()}
@@ -234,7 +236,7 @@ class VideoQA:
         from videosparse import sparsify
 
         if sparsity is not None:  # checked before the current patch is touched: a bad config changes nothing
-            sparsity = _resolve_sparsity(sparsity, self.model.config, self.num_frames)
+            sparsity = _resolve_sparsity(sparsity, self.model.config, self.num_frames, self.default_frames)
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
@@ -463,7 +465,7 @@ class VideoQA:
         if pre_budget is None:
             pre_budget = self._pre_config().long.budget
         if pre_budget is None:
-            return self.frontend.default_num_frames * self.tokens_per_frame
+            return self.default_frames * self.tokens_per_frame
         return _positive_int(pre_budget, "pre_budget")
 
     def _is_long(self, video: Any, sampling: Sampling, capacity: int) -> bool:
@@ -938,9 +940,10 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int) -> Any:
+def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int, default_frames: int | None = None) -> Any:
     """A preset name -> SparseConfig for the model's depth; any config is checked against the model's
-    depth and the visual tokens of ``num_frames`` frames (ValueError naming the field)."""
+    depth and the visual tokens of ``num_frames`` frames (ValueError naming the field); ``default_frames``:
+    the checkpoint's default frames (the long-video pool's default size), None = the family's."""
     from videosparse import SparseConfig
 
     if sparsity is None:
@@ -950,13 +953,17 @@ def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int) -> Any:
         sparsity = SparseConfig.preset(sparsity, num_layers=layers)
     if not isinstance(sparsity, SparseConfig):
         raise ValueError(f"sparsity must be a SparseConfig, a preset name or None, got {type(sparsity).__name__}")
-    sparsity.describe(decoder_visual_tokens(config, num_frames, sparsity.long.budget), layers)  # as a run would
+    sparsity.describe(decoder_visual_tokens(config, num_frames, sparsity.long.budget, default_frames),
+                      layers)  # as a run would
     return sparsity
 
 
-def decoder_visual_tokens(config: Any, num_frames: int, pre_budget: int | None = None) -> int:
+def decoder_visual_tokens(config: Any, num_frames: int, pre_budget: int | None = None,
+                          default_frames: int | None = None) -> int:
     """Visual tokens the decoder sees for ``num_frames`` frames: all of them, or the long-video pool
-    (``pre_budget``, default the front end's default frames' worth, 8 for Video-LLaVA) when they are more."""
+    (``pre_budget``, default ``default_frames``' worth: the checkpoint's or the family's default frames, 8 for
+    Video-LLaVA) when they are more."""
     fe = frontend_for(config)
     P = fe.tokens_per_frame(config)
-    return min(num_frames * P, pre_budget if pre_budget is not None else fe.default_num_frames * P)
+    default_frames = fe.default_num_frames if default_frames is None else default_frames
+    return min(num_frames * P, pre_budget if pre_budget is not None else default_frames * P)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import VIDEO_TOKEN, make_ov_inputs, make_ov_model, ov_tokens_per_frame, ov_visual_mask
+from tests.conftest import VIDEO_TOKEN, make_ov_inputs, make_ov_model, ov_tokens_per_frame, ov_visual_mask
 from videosparse import SparseConfig, sparsify
 from videosparse.frontends import frontend_for
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_ov_model
+from tests.conftest import make_ov_model
 
 WORDS = ["what", "is", "the", "red", "blue", "object", "where", "when", "does", "appear", "user", "assistant",
          "a", "square", "circle", "early", "late", "of", "man", "doing", "top", "left"]

@@ -72,6 +72,12 @@ class FrontEnd:
         """Decoder layers (the depth sparsity configs are checked against)."""
         return int(config.text_config.num_hidden_layers)
 
+    def default_frames(self, spec: Any = None) -> int:
+        """Frames sampled per video when the caller does not say: the checkpoint's own setting (its video
+        processor's ``num_frames``, read into the preprocessing spec) when it has one, else the family's."""
+        n = getattr(spec, "num_frames", None)
+        return int(n) if n else int(self.default_num_frames)
+
     def video_token_id(self, config: Any) -> int:  # pragma: no cover - protocol
         raise NotImplementedError
 

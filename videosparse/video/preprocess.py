@@ -83,6 +83,9 @@ class VideoProcessorSpec:
     do_center_crop: bool = True
     do_rescale: bool = True
     do_normalize: bool = True
+    num_frames: int | None = field(default=None, metadata={
+        "help": "frames the checkpoint samples per video (its processor's num_frames), when it says; "
+                "None: the model family's default"})
     resize_backend: str = field(default="pil", metadata={
         "help": "pil: PIL resize per frame (Video-LLaVA's image processor); torch: torchvision's tensor resize "
                 "as transformers' torchvision processors run it (uint8 interpolate, antialias; LLaVA-OneVision)"})
@@ -166,6 +169,9 @@ class VideoProcessorSpec:
         kw: dict[str, Any] = {}
         backend = cfg.get("resize_backend") or _backend_for_config(cfg)
         kw["resize_backend"] = backend
+        nf = cfg.get("num_frames")
+        if isinstance(nf, int) and not isinstance(nf, bool) and nf >= 1:
+            kw["num_frames"] = nf
         size = cfg.get("size")
         if isinstance(size, Mapping):
             if "shortest_edge" in size:
