@@ -73,13 +73,11 @@ def _stale(merged: Path, run_dir: Path) -> bool:
     return any(p.stat().st_mtime_ns > t for p in run_dir.glob("predictions.rank*.jsonl"))
 
 
-def judge_run(run_dir: str | os.PathLike, judge: Any, progress: bool = True) -> JudgeResult:
-    """Judge every prediction of a run with ``judge`` (an OfflineJudge or OpenAIJudge)."""
-    from video_eval import judges
-    from video_eval.metrics import compute_results, results_document, write_results
-    from video_eval.runner import MERGED_FILE, _atomic_write, load_spec, merge
+def _merged_records(run_dir: Path, verb: str) -> tuple:
+    """(run spec, merged prediction records, pairs still missing, merged file path) of a run; the shards are
+    merged first when the merged file is stale. ValueError when there is nothing to ``verb`` yet."""
+    from video_eval.runner import MERGED_FILE, load_spec, merge
 
-    run_dir = Path(run_dir)
     spec = load_spec(run_dir)
     merged_path = run_dir / MERGED_FILE
     ms = merge(run_dir, partial=True) if _stale(merged_path, run_dir) else None
@@ -87,7 +85,18 @@ def judge_run(run_dir: str | os.PathLike, judge: Any, progress: bool = True) -> 
     expected = int(spec["dataset"]["size"]) * len(spec["configs"])
     missing = ms.missing if ms is not None else expected - len(records)
     if not records:
-        raise ValueError(f"{run_dir}: no predictions to judge yet (run `python -m video_eval run ...` first)")
+        raise ValueError(f"{run_dir}: no predictions to {verb} yet (run `python -m video_eval run ...` first)")
+    return spec, records, missing, merged_path
+
+
+def judge_run(run_dir: str | os.PathLike, judge: Any, progress: bool = True) -> JudgeResult:
+    """Judge every prediction of a run with ``judge`` (an OfflineJudge or OpenAIJudge)."""
+    from video_eval import judges
+    from video_eval.metrics import compute_results, results_document, write_results
+    from video_eval.runner import _atomic_write
+
+    run_dir = Path(run_dir)
+    spec, records, missing, _ = _merged_records(run_dir, "judge")
     if missing:
         logger.warning("%s: judging an incomplete run (%d pairs missing)", run_dir, missing)
     judged, stats = judges.judge_records(records, judge, progress=progress)
@@ -117,17 +126,9 @@ def score_mc_run(run_dir: str | os.PathLike) -> JudgeResult:
     """Score a multiple-choice run: merged predictions -> ``RUN/results.json`` (accuracy overall and by
     the benchmark's breakdown; no judge). Incomplete runs are scored over their finished part."""
     from video_eval.metrics import MC_RESULTS_FILE, mc_results_document, write_results
-    from video_eval.runner import MERGED_FILE, load_spec, merge
 
     run_dir = Path(run_dir)
-    spec = load_spec(run_dir)
-    merged_path = run_dir / MERGED_FILE
-    ms = merge(run_dir, partial=True) if _stale(merged_path, run_dir) else None
-    records = [json.loads(line) for line in merged_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    expected = int(spec["dataset"]["size"]) * len(spec["configs"])
-    missing = ms.missing if ms is not None else expected - len(records)
-    if not records:
-        raise ValueError(f"{run_dir}: no predictions to score yet (run `python -m video_eval run ...` first)")
+    spec, records, missing, merged_path = _merged_records(run_dir, "score")
     doc = mc_results_document(spec, records, missing)
     path = run_dir / MC_RESULTS_FILE
     write_results(path, doc)
