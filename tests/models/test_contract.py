@@ -23,6 +23,7 @@ import torch
 
 from conftest import VIDEO_TOKEN, make_inputs, make_model, make_ov_inputs, make_ov_model, ov_visual_mask
 from videosparse import SparseConfig, sparsify
+from videosparse.compat import cache_keyword, output_cache
 
 ATTN = ["eager", "sdpa"]
 
@@ -416,7 +417,8 @@ def test_a_second_turn_continues_the_pruned_cache(family, models, attn):
         ids2 = torch.cat([first.sequences, turn2], 1)
         mask2 = torch.cat([inp["attention_mask"], torch.ones(B, ids2.shape[1] - inp["input_ids"].shape[1],
                                                             dtype=torch.long)], 1)
-        second = model.generate(input_ids=ids2, attention_mask=mask2, past_key_values=first.past_key_values, **gen)
+        cache = {cache_keyword(model): output_cache(first)}  # `cache` from transformers 5.24, else past_key_values
+        second = model.generate(input_ids=ids2, attention_mask=mask2, **cache, **gen)
         assert h.trace is trace1  # no new prefill: the second turn ran on the pruned cache
         logits2 = torch.stack(second.logits, 1)
         full = second.sequences[:, :-1]
