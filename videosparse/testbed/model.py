@@ -134,6 +134,20 @@ def default_size(family: str = DEFAULT_FAMILY) -> ModelSize:
     return ONEVISION_SIZE if check_family(family) == LLAVA_ONEVISION else ModelSize()
 
 
+def _vision_kwargs(size: ModelSize, gen: syn.GenConfig) -> dict:
+    """The vision-tower config fields both families' test beds share."""
+    return dict(hidden_size=size.vision_hidden, intermediate_size=4 * size.vision_hidden,
+                num_hidden_layers=size.vision_layers, num_attention_heads=size.vision_heads, image_size=gen.size)
+
+
+def _text_kwargs(tokenizer, size: ModelSize) -> dict:
+    """The decoder config fields both families' test beds share (everything but the BOS token)."""
+    return dict(vocab_size=len(tokenizer), hidden_size=size.text_hidden, intermediate_size=size.text_intermediate,
+                num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads,
+                num_key_value_heads=size.text_kv_heads or size.text_heads, max_position_embeddings=1024,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+
+
 def build_config(tokenizer, gen: syn.GenConfig = syn.GenConfig(), size: ModelSize | None = None,
                  family: str = DEFAULT_FAMILY):
     """The model config of a family's test bed for ``tokenizer`` (``build_tokenizer(family)``).
@@ -146,28 +160,8 @@ def build_config(tokenizer, gen: syn.GenConfig = syn.GenConfig(), size: ModelSiz
         return _build_onevision_config(tokenizer, gen, size)
     from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
 
-    vision = CLIPVisionConfig(
-        hidden_size=size.vision_hidden,
-        intermediate_size=4 * size.vision_hidden,
-        num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.vision_heads,
-        image_size=gen.size,
-        patch_size=gen.cell,
-        projection_dim=size.vision_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=size.text_hidden,
-        intermediate_size=size.text_intermediate,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_heads,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    vision = CLIPVisionConfig(**_vision_kwargs(size, gen), patch_size=gen.cell, projection_dim=size.vision_hidden)
+    text = LlamaConfig(**_text_kwargs(tokenizer, size), bos_token_id=tokenizer.bos_token_id)
     config = VideoLlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -188,29 +182,9 @@ def _build_onevision_config(tokenizer, gen: syn.GenConfig, size: ModelSize):
 
     if gen.cell % 2:
         raise ValueError(f"the OneVision test bed needs an even cell size (2 x 2 patches per cell), got {gen.cell}")
-    vision = SiglipVisionConfig(
-        hidden_size=size.vision_hidden,
-        intermediate_size=4 * size.vision_hidden,
-        num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.vision_heads,
-        image_size=gen.size,
-        patch_size=gen.cell // 2,
-        vision_use_head=False,  # as the OneVision checkpoints: the pooling head is not used
-    )
-    text = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=size.text_hidden,
-        intermediate_size=size.text_intermediate,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_kv_heads or size.text_heads,
-        max_position_embeddings=1024,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-    )
+    vision = SiglipVisionConfig(**_vision_kwargs(size, gen), patch_size=gen.cell // 2,
+                                vision_use_head=False)  # as the OneVision checkpoints: no pooling head
+    text = Qwen2Config(**_text_kwargs(tokenizer, size), bos_token_id=None, use_sliding_window=False)
     config = LlavaOnevisionConfig(
         vision_config=vision,
         text_config=text,
