@@ -460,20 +460,26 @@ def ov_configurations(geo: Geometry, budgets: tuple, eq_budgets: tuple = (), pre
             Bench(f"lower-bound@{b}", "sdpa", _lower_bound(b, L),
                   "uniform selection with the video preset's stage layers and counts: no scoring work"),
         ]
-    by_name = {b.name: b for b in out}
     for target in eq_budgets:
-        for b in [eq_bench(p, target, geo) for p in EQ_PRESETS] + [pre_llm_eq_bench(target, geo, pre_select)]:
-            if b is None:
-                continue
-            s = {"setting": b.eq["setting"], "target": b.eq["target"]}
-            if b.name in by_name:
-                if by_name[b.name].eq is not None and s not in by_name[b.name].eq["settings"]:
-                    by_name[b.name].eq["settings"].append(s)
-                continue
-            b.eq["settings"] = [s]
-            by_name[b.name] = b
-            out.append(b)
+        _add_eq_rows(out, [eq_bench(p, target, geo) for p in EQ_PRESETS] + [pre_llm_eq_bench(target, geo, pre_select)])
     return out
+
+
+def _add_eq_rows(out: list, rows: list) -> None:
+    """Append equal-equivalent rows to ``out``; a row already there (the same config serving two settings, e.g.
+    both below the preset's lowest reachable) records the extra setting instead. None rows are skipped."""
+    by_name = {b.name: b for b in out}
+    for b in rows:
+        if b is None:
+            continue
+        s = {"setting": b.eq["setting"], "target": b.eq["target"]}
+        if b.name in by_name:
+            if by_name[b.name].eq is not None and s not in by_name[b.name].eq["settings"]:
+                by_name[b.name].eq["settings"].append(s)
+            continue
+        b.eq["settings"] = [s]
+        by_name[b.name] = b
+        out.append(b)
 
 
 def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False,
@@ -521,20 +527,8 @@ def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False
                   f"seed 192-schedule fractions scaled to {budget}/{nv}"),
             Bench("full-eager", "eager", None, "unpruned, eager (context for seed-ref)", ratio_row=True),
         ]
-    by_name = {b.name: b for b in out}
     for target in eq_budgets:
-        for preset in EQ_PRESETS:
-            b = eq_bench(preset, target, geo)
-            if b is None:
-                continue
-            s = {"setting": b.eq["setting"], "target": b.eq["target"]}
-            if b.name in by_name:  # the same row serves two settings (e.g. both below the preset's lowest)
-                if by_name[b.name].eq is not None and s not in by_name[b.name].eq["settings"]:
-                    by_name[b.name].eq["settings"].append(s)
-                continue
-            b.eq["settings"] = [s]
-            by_name[b.name] = b
-            out.append(b)
+        _add_eq_rows(out, [eq_bench(preset, target, geo) for preset in EQ_PRESETS])
     return out
 
 
@@ -1638,7 +1632,6 @@ def run(args) -> dict:
 
 
 def profile_config(model, inputs, enc, pre, bench: Bench, args) -> str:
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with _ctx(model, bench):
