@@ -30,14 +30,7 @@ def bed():
 
 @pytest.fixture(scope="module")
 def fixed():
-    with open(tb.fixed_questions_path(PATH)) as fh:
-        recs = json.load(fh)
-    samples = []
-    for rec in recs:
-        s = syn.make_sample(rec["seed"], rec["index"])  # regenerate: the frames are not stored
-        assert (s.question, s.answer) == (rec["question"], rec["answer"])
-        samples.append(s)
-    return samples
+    return tb.fixed_samples(PATH)  # regenerated from their seeds; ValueError if one differs from the record
 
 
 def test_files_and_size():

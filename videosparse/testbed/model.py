@@ -446,6 +446,21 @@ def fixed_questions_path(path: str | None = None) -> str:
     return os.path.join(resolve(path) if path else default_path(), "fixed_questions.json")
 
 
+def fixed_samples(path: str | None = None) -> list:
+    """The checkpoint's fixed questions (``fixed_questions.json``) as samples, regenerated from their seeds (the
+    frames are not stored); ValueError when a regenerated question or answer differs from the recorded one."""
+    with open(fixed_questions_path(path)) as fh:
+        recs = json.load(fh)
+    samples = []
+    for rec in recs:
+        s = syn.make_sample(rec["seed"], rec["index"])
+        if (s.question, s.answer) != (rec["question"], rec["answer"]):
+            raise ValueError(f"fixed question {rec['seed']}/{rec['index']} regenerates as {s.question!r} -> "
+                             f"{s.answer!r}, recorded {rec['question']!r} -> {rec['answer']!r}")
+        samples.append(s)
+    return samples
+
+
 def save_json(obj: Any, path: str) -> None:
     with open(path, "w") as fh:
         json.dump(obj, fh, indent=1)
