@@ -73,14 +73,39 @@ class RetentionTrace:
     # pre-selection scores of every sampled token, redundant = temporal-redundancy flags)
     pool: StageRecord | None = None
     timestamps: list | None = None  # seconds of each of the num_frames sampled frames
+    # a batch whose samples have different frame geometries (dynamic-resolution families such as Qwen-VL):
+    # per-sample (num_frames, tokens_per_frame, (rows, cols)); num_frames / tokens_per_frame / grid are then
+    # sample 0's and the stage arrays are padded per sample (kept -1, merged False, scores NaN, clusters -1,
+    # redundant False); `select(b)` gives sample b's trace on its own geometry
+    samples: list | None = None
+
+    @property
+    def ragged(self) -> bool:
+        """True when the samples of the batch have different frame geometries (see ``samples``)."""
+        return self.samples is not None
+
+    def _uniform(self, what: str) -> None:
+        if self.samples is not None:
+            raise ValueError(f"RetentionTrace.{what}: the samples of this batch have different frame geometries "
+                             f"({[tuple(g[:2]) for g in self.samples]} frames x tokens); use trace.select(b) "
+                             "for sample b, or trace.sample_counts")
 
     @property
     def num_visual(self) -> int:
+        self._uniform("num_visual")
         return self.num_frames * self.tokens_per_frame
 
     @property
+    def sample_counts(self) -> list:
+        """Per sample, the visual tokens alive after each stage (``[[stage counts] per sample]``)."""
+        if self.samples is None:
+            return [self.counts for _ in range(self.batch_size)]
+        return [[int((s.kept[b] >= 0).sum()) for s in self.stages] for b in range(self.batch_size)]
+
+    @property
     def counts(self) -> list:
-        """Visual tokens alive after each stage (same for every sample)."""
+        """Visual tokens alive after each stage (same for every sample; see ``sample_counts`` otherwise)."""
+        self._uniform("counts")
         return [s.count for s in self.stages]
 
     @property
@@ -113,15 +138,29 @@ class RetentionTrace:
         return self.kept_mask(stage).sum(dim=-1)
 
     def select(self, b: int) -> "RetentionTrace":
-        """The trace of sample `b` alone (batch size 1)."""
+        """The trace of sample `b` alone (batch size 1), on its own frame geometry."""
+        if not 0 <= b < self.batch_size:
+            raise IndexError(f"RetentionTrace.select: sample {b} of a batch of {self.batch_size}")
+        T, P, grid = (self.num_frames, self.tokens_per_frame, self.grid) if self.samples is None else self.samples[b]
+        nv = T * P
+
         def one(x: Any) -> Any:
             return None if x is None else x[b : b + 1]
 
-        def rec(s: Any) -> Any:
-            return None if s is None else StageRecord(s.layer, one(s.kept), one(s.merged), one(s.scores),
-                                                      one(s.raters), one(s.clusters), one(s.redundant))
+        def per_token(x: Any) -> Any:  # over the original visual tokens: drop the padding
+            return None if x is None else x[b : b + 1, :nv]
 
-        return RetentionTrace(self.num_frames, self.tokens_per_frame, self.has_cls, self.grid, self.num_layers, 1,
+        def rec(s: Any) -> Any:
+            if s is None:
+                return None
+            kept, merged = one(s.kept), one(s.merged)
+            if self.samples is not None:
+                k = int((kept[0] >= 0).sum())
+                kept, merged = kept[:, :k], merged[:, :k]
+            return StageRecord(s.layer, kept, merged, per_token(s.scores), one(s.raters), per_token(s.clusters),
+                               per_token(s.redundant))
+
+        return RetentionTrace(T, P, self.has_cls, tuple(grid), self.num_layers, 1,
                               [rec(s) for s in self.stages], dict(self.config), one(self.raters_text_positions),
                               self.decoder_visual, rec(self.pool),
                               None if self.timestamps is None else list(self.timestamps))

@@ -284,7 +284,7 @@ class SparseHandle:
 
     def _record(self, trace: Any) -> None:
         self.trace = trace
-        self.last_counts = trace.counts if trace is not None else None
+        self.last_counts = None if trace is None else (trace.sample_counts if trace.ragged else trace.counts)
         for fn in self._callbacks:
             fn(trace)
 
