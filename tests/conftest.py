@@ -91,6 +91,132 @@ def ov_visual_mask(model, inp):
     return run & (run.long().cumsum(1) < run.sum(1, keepdim=True))
 
 
+# ----------------------------------------------------------------------------- Qwen2.5-VL / Qwen3-VL
+QWEN_VS, QWEN_VE = 3, 4  # vision_start / vision_end (the tiny models' ids)
+QWEN_MERGE = 2
+
+
+def make_qwen_model(kind="qwen2_5_vl", attn="sdpa", layers=4, hidden=64, heads=4, kv_heads=2, vocab=64, seed=0):
+    """A tiny random Qwen2.5-VL or Qwen3-VL (mrope; Qwen3-VL: interleaved mrope, q/k norms, deepstack after
+    layers 0 and 1). 4 px patches, temporal patch 2, 2 x 2 merge: a video of grid (t, h, w) patches holds
+    t x (h/2) x (w/2) tokens. Weights at unit scale and norm weights away from 1, so a wrong position, a
+    missing q/k norm or a missing deepstack input changes the scores."""
+    torch.manual_seed(seed)
+    rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+    text = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
+                pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    ids = dict(video_token_id=VIDEO_TOKEN, image_token_id=IMAGE_TOKEN, vision_start_token_id=QWEN_VS,
+               vision_end_token_id=QWEN_VE)
+    if kind == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig as Config, Qwen2_5_VLForConditionalGeneration as Model
+
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
+                      patch_size=4, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2, window_size=16,
+                      fullatt_block_indexes=[0])
+    else:
+        from transformers import Qwen3VLConfig as Config, Qwen3VLForConditionalGeneration as Model
+
+        rope["mrope_interleaved"] = True
+        text["head_dim"] = hidden // heads
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
+                      patch_size=4, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0, 1])
+    text["rope_parameters"] = rope
+    cfg = Config(text_config=text, vision_config=vision, **ids)
+    cfg.text_config.bos_token_id, cfg.text_config.eos_token_id, cfg.text_config.pad_token_id = 1, 2, PAD
+    cfg._attn_implementation = attn
+    model = Model(cfg).eval()
+    model.set_attn_implementation(attn) if hasattr(model, "set_attn_implementation") else None
+    model.generation_config.bos_token_id, model.generation_config.eos_token_id = 1, 2
+    model.generation_config.pad_token_id = PAD
+    with torch.no_grad():
+        lm = model.model.language_model
+        for name, p in lm.named_parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
+            elif name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+        model.lm_head.weight.mul_(5.0)  # peaked next-token distributions: generation depends on the prompt
+    return model
+
+
+QWEN_GRID = (4, 4, 4)  # (t, h, w) patches: 4 temporal groups of 2 x 2 = 4 tokens
+
+
+def qwen_tokens(grid):
+    t, h, w = grid
+    return t * (h // QWEN_MERGE) * (w // QWEN_MERGE)
+
+
+def _qwen_video_ids(model, grid):
+    t, h, w = grid
+    per = (h // QWEN_MERGE) * (w // QWEN_MERGE)
+    if model.config.model_type == "qwen3_vl":  # "<t seconds>" text before every temporal group
+        out = []
+        for g in range(t):
+            out += [30 + g % 20, 29, QWEN_VS] + [VIDEO_TOKEN] * per + [QWEN_VE]
+        return out
+    return [QWEN_VS] + [VIDEO_TOKEN] * (t * per) + [QWEN_VE]
+
+
+def make_qwen_inputs(model, questions=((9, 10, 11, 12),), grids=None, prefix=(1, 7, 8), seed=1):
+    """Qwen prompts, left padded: prefix + the video block (Qwen3-VL: timestamp text + one run per temporal
+    group) + question; one video per sample, of grid `grids[b]` (default QWEN_GRID for every sample)."""
+    g = torch.Generator().manual_seed(seed)
+    grids = [tuple(gr) for gr in (grids or [QWEN_GRID] * len(questions))]
+    seqs = [list(prefix) + _qwen_video_ids(model, gr) + list(q) for q, gr in zip(questions, grids)]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(s)
+        mask[i, L - len(s):] = 1
+    v = model.config.vision_config
+    dim = 3 * v.temporal_patch_size * v.patch_size ** 2
+    pix = torch.cat([torch.randn(t * h * w, dim, generator=g) for t, h, w in grids])
+    out = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == VIDEO_TOKEN).long() * 2,
+           "pixel_values_videos": pix, "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
+    if model.config.model_type == "qwen2_5_vl":
+        out["second_per_grid_ts"] = torch.tensor([1.0 + 0.5 * b for b in range(len(seqs))])
+    return out
+
+
+def qwen_single(inp, b):
+    """Sample b of Qwen inputs alone, unpadded."""
+    L = int(inp["attention_mask"][b].sum())
+    grid = inp["video_grid_thw"]
+    sizes = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()
+    start = sum(sizes[:b])
+    out = {"input_ids": inp["input_ids"][b:b + 1, -L:], "attention_mask": inp["attention_mask"][b:b + 1, -L:],
+           "mm_token_type_ids": inp["mm_token_type_ids"][b:b + 1, -L:],
+           "pixel_values_videos": inp["pixel_values_videos"][start:start + sizes[b]], "video_grid_thw": grid[b:b + 1]}
+    if "second_per_grid_ts" in inp:
+        out["second_per_grid_ts"] = inp["second_per_grid_ts"][b:b + 1]
+    return out
+
+
+def qwen_repeat(inp, rep):
+    """Qwen inputs with every sample repeated `rep` times (its video's patches included)."""
+    grid = inp["video_grid_thw"]
+    sizes = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()
+    blocks = inp["pixel_values_videos"].split(sizes)
+    out = {k: v.repeat_interleave(rep, 0) for k, v in inp.items() if k != "pixel_values_videos"}
+    out["pixel_values_videos"] = torch.cat([blk for blk in blocks for _ in range(rep)])
+    return out
+
+
+def qwen_extend(inp, ids, mask):
+    """Forward kwargs for prompt + generated tokens `ids` (mask `mask`) without a cache: the model computes
+    its own 3-axis positions (the generated tokens are text)."""
+    out = {k: v for k, v in inp.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    tt = torch.zeros_like(ids)
+    tt[:, : inp["mm_token_type_ids"].shape[1]] = inp["mm_token_type_ids"]
+    return {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": tt, **out}
+
+
 def make_inputs(model, frames=4, prefix=(1, 7, 8), questions=((9, 10, 11, 12),), pad_left=True, seed=1):
     """Batch of prompts: prefix + video tokens + question; left-padded to a common length."""
     g = torch.Generator().manual_seed(seed)

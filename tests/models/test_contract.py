@@ -21,7 +21,9 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from conftest import VIDEO_TOKEN, make_inputs, make_model, make_ov_inputs, make_ov_model, ov_visual_mask
+from tests.conftest import (VIDEO_TOKEN, make_inputs, make_model, make_ov_inputs, make_ov_model,
+                            make_qwen_inputs, make_qwen_model, ov_visual_mask, qwen_extend, qwen_repeat,
+                            qwen_single)
 from videosparse import SparseConfig, sparsify
 from videosparse.compat import cache_keyword, output_cache
 
@@ -38,12 +40,42 @@ class Family:
     lm_head: Callable[..., Any]  # model -> the output projection
     single: Callable[..., dict]  # (inputs, b) -> sample b alone, unpadded
     num_layers: int = 4
+    # (inputs, ids, mask) -> forward kwargs of the prompt followed by generated tokens, without a cache
+    extend: Callable[..., dict] | None = None
+    # (inputs, rep) -> inputs with every sample repeated rep times
+    repeat: Callable[..., dict] | None = None
+    mrope: bool = False  # multi-axis rotary positions: no renumbering
 
 
 def _vl_single(inp: dict, b: int) -> dict:
     L = int(inp["attention_mask"][b].sum())
     return {"input_ids": inp["input_ids"][b : b + 1, -L:], "attention_mask": inp["attention_mask"][b : b + 1, -L:],
             "pixel_values_videos": inp["pixel_values_videos"][b : b + 1]}
+
+
+def _vl_extend(inp: dict, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    rest = {k: v for k, v in inp.items() if k not in ("input_ids", "attention_mask")}
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, **rest}
+
+
+def _vl_repeat(inp: dict, rep: int) -> dict:
+    return {k: v.repeat_interleave(rep, 0) for k, v in inp.items()}
+
+
+def _qwen_family(kind: str) -> Family:
+    return Family(
+        name=kind,
+        build=lambda attn, seed=0: make_qwen_model(kind, attn, seed=seed),
+        inputs=lambda model, questions, seed=1: make_qwen_inputs(model, questions=questions, seed=seed),
+        visual_mask=lambda model, inp: inp["input_ids"] == VIDEO_TOKEN,
+        decoder=lambda model: model.model.language_model,
+        lm_head=lambda model: model.lm_head,
+        single=qwen_single,
+        extend=qwen_extend,
+        repeat=qwen_repeat,
+        mrope=True,
+    )
 
 
 FAMILIES = {
@@ -65,7 +97,17 @@ FAMILIES = {
         lm_head=lambda model: model.lm_head,
         single=_vl_single,
     ),
+    "qwen2_5_vl": _qwen_family("qwen2_5_vl"),
+    "qwen3_vl": _qwen_family("qwen3_vl"),
 }
+
+
+def _extend(family, inp, ids, mask):
+    return (family.extend or _vl_extend)(inp, ids, mask)
+
+
+def _repeat(family, inp, rep):
+    return (family.repeat or _vl_repeat)(inp, rep)
 QUESTIONS = ((9, 10, 11, 12, 13), (14, 15))  # different lengths -> left padding
 
 
@@ -143,13 +185,18 @@ def _reference_logits(family, model, inp, stages):
         grab["pe"] = kwargs["position_embeddings"]
         raise StopIteration  # the stock inputs of layer 0 are all the reference needs
 
-    hook = dec.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    def side_inputs(module, args, kwargs):  # Qwen3-VL's deepstack features, added after the first layers
+        grab["deepstack"] = kwargs.get("deepstack_visual_embeds")
+
+    hooks = [dec.layers[0].register_forward_pre_hook(capture, with_kwargs=True),
+             dec.register_forward_pre_hook(side_inputs, with_kwargs=True)]
     try:
         model(**inp)
     except StopIteration:
         pass
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     x, (cos, sin) = grab["x"], grab["pe"]
     B, N, _ = x.shape
     vm = family.visual_mask(model, inp)
@@ -167,6 +214,12 @@ def _reference_logits(family, model, inp, stages):
               sin.expand(B, -1, -1).gather(1, rows[..., None].expand(-1, -1, sin.shape[-1])))
         out = layer(h, attention_mask=m4, position_embeddings=pe, position_ids=None)
         h = out[0] if isinstance(out, tuple) else out
+        ds = grab.get("deepstack")
+        if ds is not None and i < len(ds):  # the stock decoder adds them to the visual rows, here to those alive
+            feats = ds[i].view(B, -1, ds[i].shape[-1])  # equal visual counts per sample
+            order = (vm.long().cumsum(1) - 1).clamp(min=0).gather(1, rows)
+            is_vis = vm.gather(1, rows)
+            h = h + feats.gather(1, order[..., None].expand(-1, -1, h.shape[-1])) * is_vis[..., None]
         if i in kept_after:
             keep_pos = vis_pos.gather(1, kept_after[i])  # original positions of the kept visual tokens
             alive = ~vm.clone()
@@ -206,16 +259,18 @@ def test_cached_decoding_equals_a_recompute_without_cache(family, models, attn, 
     model = models[attn]
     inp = family.inputs(model, QUESTIONS, seed=9)
     cfg = SparseConfig(budget=0.2, layers=(0, 2), positions=positions)
+    if family.mrope and positions == "renumber":  # 1-D renumbering is not defined on 3-axis positions
+        with pytest.raises(ValueError, match="mrope"):
+            sparsify(model, cfg)
+        return
     with torch.no_grad(), sparsify(model, cfg) as h:
         seq, logits = _gen(model, inp)
         kept = [s.kept for s in h.trace.stages]
         n_new = logits.shape[1]
         B = seq.shape[0]
         mask = torch.cat([inp["attention_mask"], torch.ones(B, n_new - 1, dtype=torch.long)], 1)
-        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        rest = {k: v for k, v in inp.items() if k not in ("input_ids", "attention_mask")}
         with h.override_selection(kept):
-            ref = model(input_ids=seq[:, :-1], attention_mask=mask, position_ids=pos, use_cache=False, **rest).logits
+            ref = model(**_extend(family, inp, seq[:, :-1], mask), use_cache=False).logits
     ref = ref[:, -n_new:]
     live = torch.ones(B, n_new, dtype=torch.bool)  # steps before each row's EOS (the batch pads after it)
     for b in range(B):
@@ -224,6 +279,23 @@ def test_cached_decoding_equals_a_recompute_without_cache(family, models, attn, 
             live[b, int(eos[0]) + 1:] = False
     err = (ref - logits).abs().amax(-1)[live].max().item()
     assert err < 1e-4, err
+
+
+class _positions_seen:
+    """Context collecting the position_ids every decoder call receives."""
+
+    def __init__(self, family, model):
+        self.dec, self.seen = family.decoder(model), []
+
+    def __enter__(self):
+        def grab(module, args, kwargs):
+            self.seen.append(kwargs["position_ids"])
+
+        self.hook = self.dec.register_forward_pre_hook(grab, with_kwargs=True)
+        return self.seen
+
+    def __exit__(self, *exc):
+        self.hook.remove()
 
 
 def _nv(family, model, inp):
@@ -251,12 +323,12 @@ class _ForcePrefix:
         return torch.full_like(scores, float("-inf")).scatter_(1, self.prefix[:, s : s + 1], 0.0)
 
 
-def _next_logprobs_cached(model, h, inp, rep, gen):
+def _next_logprobs_cached(family, model, h, inp, rep, gen):
     """Next-token log-probs after prompt + `gen` (rows = sample x rep), by a pruned prefill of the prompt and
     pruned cached decode steps over `gen` (greedy, forced; no beam reordering, no sampling)."""
     from transformers import LogitsProcessorList
 
-    x = {k: v.repeat_interleave(rep, 0) for k, v in inp.items()}
+    x = _repeat(family, inp, rep)
     n = x["input_ids"].shape[1]
     out = model.generate(**x, max_new_tokens=gen.shape[1] + 1, do_sample=False, pad_token_id=0,
                          logits_processor=LogitsProcessorList([_ForcePrefix(n, gen)]), output_logits=True,
@@ -265,19 +337,17 @@ def _next_logprobs_cached(model, h, inp, rep, gen):
     return out.logits[-1].float()
 
 
-def _next_logprobs_no_cache(model, h, inp, rep, gen):
+def _next_logprobs_no_cache(family, model, h, inp, rep, gen):
     """The same by one forward of prompt + `gen` without a cache, the selection forced to the prompt's own
     (raters are the prompt's text tokens only, so the pruned prefill selects the same tokens for every prefix)."""
     B = inp["input_ids"].shape[0]
     model(**inp)  # the prompt's selection
     kept = [s.kept.repeat_interleave(rep, 0) for s in h.trace.stages]
-    mask = torch.cat([inp["attention_mask"].repeat_interleave(rep, 0),
-                      torch.ones(B * rep, gen.shape[1], dtype=torch.long)], 1)
-    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    ids = torch.cat([inp["input_ids"].repeat_interleave(rep, 0), gen], 1)
-    rest = {k: v.repeat_interleave(rep, 0) for k, v in inp.items() if k not in ("input_ids", "attention_mask")}
+    x = _repeat(family, inp, rep)
+    mask = torch.cat([x["attention_mask"], torch.ones(B * rep, gen.shape[1], dtype=torch.long)], 1)
+    ids = torch.cat([x["input_ids"], gen], 1)
     with h.override_selection(kept):
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **rest).logits
+        logits = model(**_extend(family, x, ids, mask), use_cache=False).logits
     return logits[:, -1].float()
 
 
@@ -289,13 +359,13 @@ REFERENCES = {
 }
 
 
-def _logprobs(scorer, model, h, inp, rep, gen):
-    lp = torch.log_softmax(scorer(model, h, inp, rep, gen), -1)
+def _logprobs(family, scorer, model, h, inp, rep, gen):
+    lp = torch.log_softmax(scorer(family, model, h, inp, rep, gen), -1)
     lp[:, EOS] = float("-inf")  # suppress_tokens=[EOS]
     return lp
 
 
-def _ref_beam_search(scorer, model, h, inp, nb, steps):
+def _ref_beam_search(family, scorer, model, h, inp, nb, steps):
     """Plain beam search (length penalty 1, no EOS): keep the nb best (beam, token) continuations by summed
     log-prob; returns every sample's nb beams best first and their scores (sum / generated length)."""
     B = inp["input_ids"].shape[0]
@@ -303,7 +373,7 @@ def _ref_beam_search(scorer, model, h, inp, nb, steps):
     scores = torch.full((B, nb), float("-inf"))
     scores[:, 0] = 0.0  # one live beam at the start
     for _ in range(steps):
-        lp = _logprobs(scorer, model, h, inp, nb, gen).view(B, nb, -1) + scores[:, :, None]
+        lp = _logprobs(family, scorer, model, h, inp, nb, gen).view(B, nb, -1) + scores[:, :, None]
         V = lp.shape[-1]
         scores, idx = lp.view(B, -1).topk(nb)
         rows = (torch.arange(B)[:, None] * nb + idx // V).reshape(-1)
@@ -311,13 +381,13 @@ def _ref_beam_search(scorer, model, h, inp, nb, steps):
     return gen, scores.reshape(-1) / steps
 
 
-def _ref_sample(scorer, model, h, inp, steps, top_k, seed):
+def _ref_sample(family, scorer, model, h, inp, steps, top_k, seed):
     """Top-k sampling drawing from torch's global generator exactly as generate does: one
     multinomial(softmax(top-k filtered scores), 1) per step, nothing else consuming random numbers."""
     torch.manual_seed(seed)
     gen = torch.zeros(inp["input_ids"].shape[0], 0, dtype=torch.long)
     for _ in range(steps):
-        lp = _logprobs(scorer, model, h, inp, 1, gen)
+        lp = _logprobs(family, scorer, model, h, inp, 1, gen)
         lp = lp.masked_fill(lp < lp.topk(top_k).values[:, -1:], float("-inf"))
         gen = torch.cat([gen, torch.multinomial(torch.softmax(lp, -1), 1)], 1)
     return gen
@@ -362,7 +432,7 @@ def test_pruned_beam_search_equals_a_reference_beam_search(family, models, ref):
             prompt_kept = [s.kept for s in h.trace.stages]
             out = _beam(model, inp)
             beam_kept = [s.kept for s in h.trace.stages]
-            ref_gen, ref_scores = _ref_beam_search(scorer, model, h, inp, BEAMS, NEW)
+            ref_gen, ref_scores = _ref_beam_search(family, scorer, model, h, inp, BEAMS, NEW)
     # real pruning: two stages, far fewer tokens than the video has
     assert h.trace.counts[-1] < _nv(family, model, inp) // 5
     # the beams' prefill (batch x beams rows) selects, per row, what the prompt alone selects
@@ -387,7 +457,7 @@ def test_pruned_sampling_equals_a_reference_sampler_and_only_the_seed_changes_it
         for key in ((0, "a"), (0, "b"), (1, "a")):
             runs[key] = _sample(model, inp, key[0])
             kept[key] = [s.kept for s in h.trace.stages]
-        refs = {seed: _ref_sample(scorer, model, h, inp, NEW, TOP_K, seed) for seed in (0, 1)}
+        refs = {seed: _ref_sample(family, scorer, model, h, inp, NEW, TOP_K, seed) for seed in (0, 1)}
     assert h.trace.counts[-1] < _nv(family, model, inp) // 5
     for key, seq in runs.items():
         assert torch.equal(seq[:, :n], inp["input_ids"])
@@ -410,7 +480,8 @@ def test_a_second_turn_continues_the_pruned_cache(family, models, attn):
     gen = dict(do_sample=False, pad_token_id=0, suppress_tokens=[EOS], return_dict_in_generate=True,
                output_logits=True, max_new_tokens=3)
     with torch.no_grad(), sparsify(model, cfg) as h:
-        first = model.generate(**inp, **gen)
+        with _positions_seen(family, model) as seen:
+            first = model.generate(**inp, **gen)
         kept = [s.kept for s in h.trace.stages]
         trace1 = h.trace
         turn2 = torch.tensor([[20, 21, 22]]).expand(B, 3)
@@ -418,15 +489,22 @@ def test_a_second_turn_continues_the_pruned_cache(family, models, attn):
         mask2 = torch.cat([inp["attention_mask"], torch.ones(B, ids2.shape[1] - inp["input_ids"].shape[1],
                                                             dtype=torch.long)], 1)
         cache = {cache_keyword(model): output_cache(first)}  # `cache` from transformers 5.24, else past_key_values
-        second = model.generate(input_ids=ids2, attention_mask=mask2, **cache, **gen)
+        with _positions_seen(family, model) as seen2:
+            second = model.generate(input_ids=ids2, attention_mask=mask2, **cache, **gen)
         assert h.trace is trace1  # no new prefill: the second turn ran on the pruned cache
         logits2 = torch.stack(second.logits, 1)
         full = second.sequences[:, :-1]
         mask = torch.cat([mask2, torch.ones(B, full.shape[1] - mask2.shape[1], dtype=torch.long)], 1)
-        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        rest = {k: v for k, v in inp.items() if k not in ("input_ids", "attention_mask")}
+        x = _extend(family, inp, full, mask)
+        if family.mrope:
+            # the 3-axis positions the stock model gives a continued conversation are its own (Qwen2.5-VL's
+            # differ from a fresh computation over the whole text even without videosparse): the reference
+            # takes the ones both generate calls used (prompt, decode steps, second turn, its decode steps)
+            # (a continued generate hands the decoder one row, text positions + rope_deltas, for every axis)
+            x["position_ids"] = torch.cat([p.expand(4, *p.shape[1:]) for p in seen + seen2], -1)
+            assert x["position_ids"].shape[-1] == full.shape[1]
         with h.override_selection(kept):
-            ref = model(input_ids=full, attention_mask=mask, position_ids=pos, use_cache=False, **rest).logits
+            ref = model(**x, use_cache=False).logits
     ref = ref[:, -logits2.shape[1]:]
     assert (ref - logits2).abs().max().item() < 1e-4
 
@@ -438,6 +516,8 @@ def test_batch_equals_each_sample_alone(family, models, attn, preset):
     model = models[attn]
     inp = family.inputs(model, QUESTIONS, seed=7)
     cfg = SparseConfig.preset(preset, budget=0.2, num_layers=family.num_layers)
+    if family.mrope and cfg.positions == "renumber":
+        cfg = cfg.replace(positions="original")  # the seed preset's renumbering is 1-D only (refused under mrope)
     with torch.no_grad(), sparsify(model, cfg) as h:
         seq, _ = _gen(model, inp)
         kept_b = [s.kept for s in h.trace.stages]

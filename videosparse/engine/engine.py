@@ -173,7 +173,6 @@ class _Prefill:
         dev = x.device
         self.started = True
         self.cache = get_cache(kwargs)
-        self.use_cache = bool(kwargs.get("use_cache"))
         vm = lay.visual_mask.to(dev)
         if vm.shape != (B, N):
             raise ValueError(f"videosparse: video-token mask {tuple(vm.shape)} does not match the sequence {(B, N)}")
@@ -595,7 +594,7 @@ class _Prefill:
         fam, cfg, handle = self.family, self.cfg, self.handle
         first, _, keep_idx, shift = self.segments[-1]
         self.segments[-1] = (first, fam.num_layers - 1, keep_idx, shift)
-        if self.cache is not None and self.use_cache:
+        if self.cache is not None:  # the layers wrote the pruned rows to it (use_cache need not reach the layers)
             valid = self.seg_valid if any(v is not None for v in self.seg_valid) else None
             setattr(self.cache, CACHE_STATE_ATTR, CacheState(prefill_len=self.N, segments=self.segments, valid=valid))
         if cfg.trace:

@@ -6,6 +6,7 @@ from typing import Any
 
 from videosparse.models.base import SparseHandle, find_adapter, registered_adapters
 from videosparse.models import llava_onevision as _llava_onevision  # noqa: F401  (registers the adapter)
+from videosparse.models import qwen_vl as _qwen_vl  # noqa: F401  (registers the adapters)
 from videosparse.models import video_llava as _video_llava  # noqa: F401  (registers the adapter)
 
 

@@ -27,6 +27,7 @@ class ModelAdapter:
     description: str = ""
     model_classes: tuple = ()  # (conditional-generation class name, inner multimodal model class name)
     image_inputs: tuple = ("pixel_values",)  # keyword arguments carrying images (refused: videos only)
+    mrope: bool = False  # multi-axis rotary positions (no renumbering, no 1-D RoPE gravity)
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -42,8 +43,6 @@ class ModelAdapter:
         return cls.inner_of(model).get_decoder().layers
 
     def __init__(self, model: Any, config: Any) -> None:
-        from videosparse.frontends import frontend_for
-
         check_transformers_version()
         self.model = model
         self.config = config
@@ -65,8 +64,18 @@ class ModelAdapter:
         config.check_layers(self.num_layers)
         if config.budget == "rank" and config.method != "sparsevlm":
             raise ValueError("SparseConfig.budget: 'rank' needs method='sparsevlm' (rater attention)")
-        # the frame geometry has one owner: the family's front end
-        mcfg = self.inner.config
+        if self.mrope and (config.positions == "renumber" or config.gravity is not None):
+            raise ValueError(
+                f"videosparse: {self.name} uses multi-axis rotary positions (mrope: time, height, width); "
+                "positions='renumber' and RoPE gravity are defined for 1-D positions only. Use "
+                "positions='original' and gravity=None (e.g. the 'video' preset)"
+            )
+        self._read_geometry(self.inner.config)
+
+    def _read_geometry(self, mcfg: Any) -> None:
+        """The frame geometry; it has one owner, the family's front end."""
+        from videosparse.frontends import frontend_for
+
         fe = frontend_for(mcfg)
         self.grid = tuple(int(v) for v in fe.frame_grid(mcfg))
         self.has_cls = bool(fe.has_cls)
@@ -142,12 +151,16 @@ class ModelAdapter:
     def project_queries(self, layer: Any, x: Any) -> Any:
         """Pre-rotary queries of rows `x` (B, R, D) of `layer`'s input: (B, H, R, d)."""
         attn = layer.self_attn
-        return attn.q_proj(layer.input_layernorm(x)).view(x.shape[0], x.shape[1], -1, attn.head_dim).transpose(1, 2)
+        q = attn.q_proj(layer.input_layernorm(x)).view(x.shape[0], x.shape[1], -1, attn.head_dim)
+        norm = getattr(attn, "q_norm", None)  # per-head RMS norm before rotary (Qwen3)
+        return (q if norm is None else norm(q)).transpose(1, 2)
 
     def project_keys(self, layer: Any, x: Any) -> Any:
         """Pre-rotary keys of rows `x` (B, R, D) of `layer`'s input: (B, H_kv, R, d)."""
         attn = layer.self_attn
-        return attn.k_proj(layer.input_layernorm(x)).view(x.shape[0], x.shape[1], -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(layer.input_layernorm(x)).view(x.shape[0], x.shape[1], -1, attn.head_dim)
+        norm = getattr(attn, "k_norm", None)
+        return (k if norm is None else norm(k)).transpose(1, 2)
 
     @staticmethod
     def rotate(x: Any, cos: Any, sin: Any) -> Any:
