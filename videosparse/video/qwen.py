@@ -413,7 +413,9 @@ def sample_indices(total_frames: int, video_fps: float | None, *, fps: float | N
                    temporal_patch_size: int = 2) -> np.ndarray:
     """Source frame indices a Qwen processor keeps from a ``total_frames``-frame video at ``video_fps``.
 
-    ``family`` picks the rule (``fps`` and ``num_frames`` are mutually exclusive in all of them):
+    ``num_frames`` (a fixed count) replaces fps sampling when given, whatever ``fps`` says (transformers
+    refuses both only when both are passed to the call; the processors' default fps yields to ``num_frames``).
+    ``family`` picks the rule:
 
     ``"qwen2_5_vl"`` -- transformers' ``Qwen2VLVideoProcessor.sample_frames`` (the class Qwen2.5-VL's
     processor uses when sampling is on): ``n = total / video_fps * fps``, clamped to
@@ -453,10 +455,9 @@ def sample_indices(total_frames: int, video_fps: float | None, *, fps: float | N
     total = _check_side("total_frames", total_frames)
     tps = _check_side("temporal_patch_size", temporal_patch_size)
     min_frames, max_frames = _check_side("min_frames", min_frames), _check_side("max_frames", max_frames)
-    if fps is not None and num_frames is not None:
-        raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
-    if num_frames is not None:
+    if num_frames is not None:  # a fixed count replaces fps sampling (as a call-time num_frames does)
         num_frames = _check_side("num_frames", num_frames)
+        fps = None
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps!r}")
     if video_fps is not None and not video_fps > 0:
