@@ -111,6 +111,8 @@ def test_ragged_trace_is_padded_and_selects_each_sample(models):
         tr.counts
     with pytest.raises(ValueError, match="different frame geometries"):
         tr.kept_mask()
+    with pytest.raises(ValueError, match="select"):
+        tr.to_dict()
     st = tr.stages[0]
     k0, k1 = tr.sample_counts[0][0], tr.sample_counts[1][0]
     assert st.kept.shape == (2, max(k0, k1)) and (st.kept[0, k0:] == -1).all() and (st.kept[0, :k0] >= 0).all()
@@ -122,6 +124,10 @@ def test_ragged_trace_is_padded_and_selects_each_sample(models):
         assert one.counts == [tr.sample_counts[b][0]]
         assert one.kept_mask().shape == (1, T, P) and int(one.kept_mask().sum()) == one.counts[0]
         assert not torch.isnan(one.stages[0].scores).all()
+        from videosparse import RetentionTrace
+
+        back = RetentionTrace.from_dict(one.to_dict())  # one sample: an ordinary document
+        assert back.grid == grid and torch.equal(back.stages[0].kept, one.stages[0].kept)
 
 
 @pytest.mark.parametrize("grids", [None, GRIDS], ids=["same-grid", "different-grids"])

@@ -182,7 +182,11 @@ class RetentionTrace:
         """The trace as a JSON-able document of the current trace format (TRACE_FORMAT, TRACE_VERSION;
         docs/trace-format.md): every sample of the batch, every stage record and the pool. Scores are float32
         written as the shortest decimals that read back to the same float32 (NaN -> null); timestamps as
-        `clean_time` (null when missing, non-finite or absurd). `from_dict` reads it back exactly."""
+        `clean_time` (null when missing, non-finite or absurd). `from_dict` reads it back exactly. A batch of
+        different frame geometries has no single document: write `select(b)` per sample."""
+        if self.samples is not None:
+            raise ValueError("RetentionTrace.to_dict: the samples of this batch have different frame geometries; "
+                             "write each sample: trace.select(b).to_dict() / .save_json(path)")
         B = self.batch_size
 
         def rec(s: Any) -> dict:
