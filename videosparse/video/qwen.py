@@ -419,10 +419,11 @@ def sample_indices(total_frames: int, video_fps: float | None, *, fps: float | N
 
     ``"qwen2_5_vl"`` -- transformers' ``Qwen2VLVideoProcessor.sample_frames`` (the class Qwen2.5-VL's
     processor uses when sampling is on): ``n = total / video_fps * fps``, clamped to
-    ``[min_frames, floor(min(max_frames, total) / 2) * 2]`` and ``total``, floored to a multiple of
+    ``[min_frames, floor(min(max_frames, total) / tp) * tp]`` and ``total``, floored to a multiple of
     ``temporal_patch_size``; ``num_frames`` is rounded to that multiple instead. Indices are
-    ``torch.arange(0, total, total / n).int()``: ``int(i * total / n)`` up to float32 rounding (exact for
-    ``total < 2**16``; the torch call itself is made so the float32 results match for long videos too).
+    ``torch.arange(0, total, total / n).int()``: ``int(i * total / n)`` up to float32 rounding, which moves
+    some indices by one on long videos (from roughly 17k frames); the torch call itself is made, so those
+    match transformers too.
     For some ``(total, n)`` (e.g. 17, 14) that arange returns ``n + 1`` values, the last == ``total``, and
     transformers' indexing then fails; only the first ``n`` are returned here. ``fps=None`` and
     ``num_frames=None``: every frame. Raises where transformers raises (no fps; ``n > total``) and where it
@@ -444,6 +445,13 @@ def sample_indices(total_frames: int, video_fps: float | None, *, fps: float | N
     The two transformers rules differ in three ways: Qwen2.5-VL keeps ``n`` even and spaces indices by
     ``floor(i * total / n)`` (first frame, never the last), Qwen3-VL rounds along ``linspace`` (first and last
     frame) and allows odd ``n``; qwen-vl-utils counts like Qwen2.5-VL but places like Qwen3-VL.
+
+    Which to use: the rule of whatever samples the frames in the pipeline being matched. The family's
+    transformers rule when the transformers processor samples (Qwen3-VL does by default; Qwen2.5-VL's
+    processor only when given ``fps``/``num_frames``, otherwise it keeps every frame it is handed);
+    ``"qwen_vl_utils"`` for the model cards' reference pipeline, where qwen-vl-utils samples (and resizes)
+    and the processor is called with ``do_sample_frames=False``. The default ``"qwen2_5_vl"`` at ``fps=2``
+    is transformers' Qwen2.5-VL rule at qwen-vl-utils' rate.
 
     Returns:
         ``int64 (n,)`` indices in ``[0, total_frames)``, non-decreasing.
