@@ -65,7 +65,14 @@ def test_adapter_registry_matches_the_preload_check():
     from videosparse.models import registered_adapters
 
     types = {t for a in registered_adapters().values() for t in getattr(a, "model_types", ())}
-    assert types == set(loading.SUPPORTED_MODEL_TYPES)
+    # every front end has an adapter; the adapters without one are named as engine-only (sparsify only)
+    assert types == set(loading.SUPPORTED_MODEL_TYPES) | set(loading.ENGINE_ONLY_MODEL_TYPES)
+    assert not set(loading.SUPPORTED_MODEL_TYPES) & set(loading.ENGINE_ONLY_MODEL_TYPES)
+
+
+def test_engine_only_checkpoint_is_refused_by_videoqa_with_the_sparsify_route():
+    with pytest.raises(loading.CheckpointError, match=r"'qwen3_vl' checkpoint.*sparsify\(model, cfg\).*not support it yet"):
+        loading.check_model_type("qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct")
 
 
 def test_llama_checkpoint_refused_before_loading_api(llama_dir, no_model_load):

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # model_type (config.json) -> what is supported: one entry per front end (`tests` check every one also has a
 # family adapter)
 SUPPORTED_MODEL_TYPES = {key: fe.description for key, fe in sorted(registered_frontends().items())}
+# families the engine prunes (an adapter) that have no front end yet: `sparsify` only
+ENGINE_ONLY_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl")
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -102,6 +104,11 @@ def check_model_type(model_type: str | None, name: str, architectures: Any = Non
         return
     arch = f" ({', '.join(architectures)})" if architectures else ""
     supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED_MODEL_TYPES.items())
+    if model_type in ENGINE_ONLY_MODEL_TYPES:
+        raise CheckpointError(
+            f"{name} is a {model_type!r} checkpoint{arch}: videosparse prunes it through `sparsify(model, cfg)` on a "
+            f"model you load with transformers, but VideoQA, the CLI and the evaluation runner do not support it "
+            f"yet. They support: {supported}")
     raise CheckpointError(
         f"{name} is a {model_type!r} checkpoint{arch}, which videosparse does not support. Supported: {supported}"
     )
