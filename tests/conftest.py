@@ -10,6 +10,18 @@ IMAGE_TOKEN = 6
 PAD = 0
 
 
+def pad_batch(seqs, left=True):
+    """Token lists -> (input_ids, attention_mask) padded with PAD to the longest, on the left by default."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(L - len(s), L) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(s, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
 def make_model(attn="sdpa", layers=4, image_size=16, patch=4, hidden=64, heads=4, kv_heads=2, vocab=64, seed=0):
     from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
@@ -75,12 +87,7 @@ def make_ov_inputs(model, frames=4, prefix=(1, 7, 8), questions=((9, 10, 11, 12)
     vcfg = model.config.vision_config
     n = frames * ov_tokens_per_frame(model) + 1
     seqs = [list(prefix) + [VIDEO_TOKEN] * n + list(q) for q in questions]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(s)
-        mask[i, L - len(s):] = 1
+    ids, mask = pad_batch(seqs)
     pix = torch.randn(len(seqs), frames, 3, vcfg.image_size, vcfg.image_size, generator=g)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pix}
 
@@ -168,12 +175,7 @@ def make_qwen_inputs(model, questions=((9, 10, 11, 12),), grids=None, prefix=(1,
     g = torch.Generator().manual_seed(seed)
     grids = [tuple(gr) for gr in (grids or [QWEN_GRID] * len(questions))]
     seqs = [list(prefix) + _qwen_video_ids(model, gr) + list(q) for q, gr in zip(questions, grids)]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(s)
-        mask[i, L - len(s):] = 1
+    ids, mask = pad_batch(seqs)
     v = model.config.vision_config
     dim = 3 * v.temporal_patch_size * v.patch_size ** 2
     pix = torch.cat([torch.randn(t * h * w, dim, generator=g) for t, h, w in grids])
@@ -223,16 +225,7 @@ def make_inputs(model, frames=4, prefix=(1, 7, 8), questions=((9, 10, 11, 12),),
     vcfg = model.config.vision_config
     P = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
     seqs = [list(prefix) + [VIDEO_TOKEN] * (frames * P) + list(q) for q in questions]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if pad_left:
-            ids[i, L - len(s):] = torch.tensor(s)
-            mask[i, L - len(s):] = 1
-        else:
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+    ids, mask = pad_batch(seqs, left=pad_left)
     pix = torch.randn(len(seqs), frames, 3, vcfg.image_size, vcfg.image_size, generator=g)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pix}
 

@@ -198,7 +198,6 @@ class _Prefill:
             if n not in by_count:
                 by_count[n] = cfg.schedule(n, fam.num_layers)  # ValueError naming `budget` when impossible
         self.schedules = [by_count[n] for n in nv]
-        self.schedule = self.schedules[0]
         # visual positions in prompt order (need not be contiguous); a shorter sample's row is padded with
         # positions that are never read
         vis_pos = torch.argsort((~vm).to(torch.int8), dim=1, stable=True)[:, :self.Nv]
