@@ -26,9 +26,9 @@ def test_registry_is_keyed_by_model_type_and_matches_loading():
 
 
 def test_unknown_model_type_names_the_supported_ones():
-    with pytest.raises(ValueError, match=r"no front end for model_type 'qwen2_5_vl'; supported: llava_onevision: "
-                                         r".*; video_llava: "):
-        get_frontend("qwen2_5_vl")
+    with pytest.raises(ValueError, match=r"no front end for model_type 'gemma3'; supported: llava_onevision: "
+                                         r".*; qwen2_5_vl: .*; qwen3_vl: .*; video_llava: "):
+        get_frontend("gemma3")
 
     class Cfg:
         model_type = "llama"

@@ -70,9 +70,16 @@ def test_adapter_registry_matches_the_preload_check():
     assert not set(loading.SUPPORTED_MODEL_TYPES) & set(loading.ENGINE_ONLY_MODEL_TYPES)
 
 
-def test_engine_only_checkpoint_is_refused_by_videoqa_with_the_sparsify_route():
-    with pytest.raises(loading.CheckpointError, match=r"'qwen3_vl' checkpoint.*sparsify\(model, cfg\).*not support it yet"):
-        loading.check_model_type("qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct")
+def test_engine_only_checkpoint_is_refused_by_videoqa_with_the_sparsify_route(monkeypatch):
+    # a family the engine prunes before it has a front end (Qwen-VL was one until its front end landed)
+    monkeypatch.setattr(loading, "ENGINE_ONLY_MODEL_TYPES", ("brand_new_vl",))
+    with pytest.raises(loading.CheckpointError, match=r"'brand_new_vl' checkpoint.*sparsify\(model, cfg\).*not support it yet"):
+        loading.check_model_type("brand_new_vl", "someone/Brand-New-VL")
+
+
+def test_qwen_checkpoints_pass_the_preload_check():
+    for t in ("qwen2_5_vl", "qwen3_vl"):
+        loading.check_model_type(t, f"Qwen/{t}")  # a front end each: VideoQA, the CLI and the runner load them
 
 
 def test_llama_checkpoint_refused_before_loading_api(llama_dir, no_model_load):

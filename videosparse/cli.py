@@ -464,19 +464,36 @@ def cmd_ask(args, say) -> int:
     from videosparse.frontends import frontend_for
 
     fe = frontend_for(config)  # the model family's prompt, frame geometry and limits
-    P = fe.tokens_per_frame(config)
+    P = fe.tokens_per_frame(config)  # None: each video has its own (Qwen-VL's smart_resize)
     layers = fe.num_layers(config)
-    default_frames = fe.default_frames(fe.preprocessor_spec(ckpt.source, ckpt.local_files_only))
+    qspec = fe.preprocessor_spec(ckpt.source, ckpt.local_files_only)
+    default_frames = fe.default_frames(qspec)
     frames = args.frames if args.frames is not None else (None if args.fps else default_frames)
-    pre_budget = args.pre_budget if args.pre_budget is not None else default_frames * P
-    long = args.fps is not None or frames * P > pre_budget
-    decoder_tokens = pre_budget if long else frames * P
+    if fe.dynamic_grid:  # no long-video pool: whole frames (at --fps: at most the checkpoint's max_frames)
+        from videosparse.pipeline import long_path_unsupported
+
+        if args.pre_budget is not None:
+            raise CLIError(_flagged(long_path_unsupported(fe.name)))
+        if frames is None:
+            frames = int(getattr(qspec, "max_frames", 768))
+        long, pre_budget, decoder_tokens = False, None, None
+    else:
+        pre_budget = args.pre_budget if args.pre_budget is not None else default_frames * P
+        long = args.fps is not None or frames * P > pre_budget
+        decoder_tokens = pre_budget if long else frames * P
     sparsity = _sparsity(args.preset, budget, layers, decoder_tokens)
     if sparsity is not None and args.pre_budget is not None:
         sparsity = sparsity.replace(long=sparsity.long.replace(budget=args.pre_budget))
     resolve_device(args.device)
     if sparsity is not None:
-        say(sparsity.describe(decoder_tokens, layers))
+        if decoder_tokens is None:
+            try:
+                sparsity.check_layers(layers)
+            except ValueError as e:
+                raise CLIError(_flagged(str(e))) from None
+            say(f"{sparsity.name}: budget applied to each video's own visual tokens (known once it is decoded)")
+        else:
+            say(sparsity.describe(decoder_tokens, layers))
     # 3. the video (a bad file fails before the model loads)
     from videosparse.video import load_video, probe_video
 
@@ -494,9 +511,11 @@ def cmd_ask(args, say) -> int:
                 f"--pre-budget={pre_budget} tokens{share}, question-guided")
         clip = None
     else:
-        say(f"decoding {frames} frames of {args.video} ...")
+        say(f"decoding {frames} frames of {args.video} ..." if not args.fps else
+            f"decoding {args.fps:g} frames/s (at most {frames}) of {args.video} ...")
         t0 = time.perf_counter()
-        clip = load_video(args.video, num_frames=frames, strict=args.strict, progress=None if bars else False)
+        how = {"strategy": "fps", "sample_fps": args.fps} if args.fps else {}
+        clip = load_video(args.video, num_frames=frames, strict=args.strict, progress=None if bars else False, **how)
         decode_seconds = time.perf_counter() - t0
         say(f"decoded in {decode_seconds:.2f}s ({clip.frames.shape[2]}x{clip.frames.shape[1]}, {clip.backend})")
     # 4. the prompt against the tokenizer and the model's context
@@ -505,8 +524,12 @@ def cmd_ask(args, say) -> int:
     from videosparse.pipeline import check_prompt
 
     tok = AutoTokenizer.from_pretrained(ckpt.source, local_files_only=ckpt.local_files_only)
-    check_prompt(tok, args.question, (frames or 0) if long else clip.num_frames, P, fe.max_positions(config),
-                 args.max_new_tokens, pool=pre_budget if long else None, frontend=fe)
+    if fe.dynamic_grid:  # at least one token per temporal group: refuses only what no video size could fit
+        check_prompt(tok, args.question, -(-clip.num_frames // fe.frames_per_step), 1, fe.max_positions(config),
+                     args.max_new_tokens, frontend=fe)
+    else:
+        check_prompt(tok, args.question, (frames or 0) if long else clip.num_frames, P, fe.max_positions(config),
+                     args.max_new_tokens, pool=pre_budget if long else None, frontend=fe)
     # 5. the model
     from videosparse.pipeline import VideoQA
 

@@ -447,9 +447,13 @@ LEGEND = "score low->high | white: kept | magenta: recycled | dim: pruned | gree
 
 
 def frame_label(t: int, n_kept: int, per_frame: int, timestamp: Any = None, has_time: bool = False,
-                font: Any = None, max_width: float | None = None) -> str:
-    """Label under frame `t`: "#t t=1.50s  kept k/P" (t=? for a bad timestamp), shortened to fit."""
+                font: Any = None, max_width: float | None = None, span: Any = None) -> str:
+    """Label under frame `t`: "#t t=1.50s  kept k/P" (t=? for a bad timestamp), shortened to fit; a frame that
+    is a group of sampled frames (`span` = (first, last) seconds, Qwen-VL's temporal patch): "#t 1.00-1.50s"."""
     ts = f"{time_label(timestamp)} " if has_time else ""
+    if span is not None:
+        a, b = (clean_time(x) for x in span)
+        ts = f"{a:.2f}-{b:.2f}s " if a is not None and b is not None else ts
     options = [f"#{t} {ts} kept {n_kept}/{per_frame}" if ts else f"#{t} kept {n_kept}/{per_frame}",
                f"#{t} {ts}{n_kept}/{per_frame}", f"#{t} {n_kept}/{per_frame}"]
     if font is None or max_width is None:
@@ -475,7 +479,25 @@ def _is_model_view(frames: np.ndarray, trace: Any) -> bool:
 
 def _view(frames: Any, trace: Any, spec: Any, indices: Sequence) -> np.ndarray:
     sub = np.asarray(frames)[list(indices)]
-    return sub if _is_model_view(sub, trace) else model_view(sub, spec)
+    if _is_model_view(sub, trace):
+        return sub
+    if hasattr(spec, "merge_size"):  # a Qwen-VL spec: each video has its own size, the trace's grid says which
+        return qwen_model_view(sub, spec, *trace.grid)
+    return model_view(sub, spec)
+
+
+def qwen_model_view(frames: np.ndarray, spec: Any, rows: int, cols: int) -> np.ndarray:
+    """Frames as a Qwen-VL model sees them: resized (the spec's filter, as `videosparse.video.qwen.preprocess_video`
+    does) to ``rows x cols`` merged patches of ``patch_size x merge_size`` pixels, not normalised (uint8)."""
+    import torch
+
+    from videosparse.video.preprocess import _torch_resize
+
+    oh, ow = int(rows) * spec.factor, int(cols) * spec.factor
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+    if spec.do_resize:
+        x = _torch_resize(x, oh, ow, spec.resample)
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
 def render_frames(frames: np.ndarray, trace: Any, sample: int = 0, cell: int = 224, spec: Any = None,
@@ -494,9 +516,12 @@ def render_frames(frames: np.ndarray, trace: Any, sample: int = 0, cell: int = 2
     if any(not 0 <= t < T for t in idx):
         raise ValueError(f"heatmap: frame indices must lie in [0, {T})")
     timestamps = _trace_timestamps(trace, timestamps)
+    spans = getattr(trace, "time_spans", None)
     view = _view(frames, trace, spec, idx)
     arr = _token_arrays(trace, sample)
     rows, cols = trace.grid
+    # the tile keeps the grid's aspect (Qwen-VL frames are not square): `cell` px high
+    cw = cell if rows == cols else max(16, int(round(cell * cols / rows)))
     P = trace.tokens_per_frame
     off = 1 if trace.has_cls else 0
     norm = _colour_values(arr)
@@ -509,12 +534,12 @@ def render_frames(frames: np.ndarray, trace: Any, sample: int = 0, cell: int = 2
         src = view[j]
         # small inputs (e.g. 48 px test-bed frames) are enlarged with nearest so patches stay crisp
         filt = Image.NEAREST if cell >= 2 * src.shape[0] else Image.BICUBIC
-        img = Image.fromarray(src).resize((cell, cell), filt)
+        img = Image.fromarray(src).resize((cw, cell), filt)
         base = np.asarray(img).astype(np.float64)
         heat = np.zeros_like(base)
         alpha = np.zeros(base.shape[:2])
         dim = np.ones(base.shape[:2])
-        ph, pw = cell / rows, cell / cols
+        ph, pw = cell / rows, cw / cols
         for p in range(off, P):
             i = t * P + p
             r, c = divmod(p - off, cols)
@@ -526,7 +551,7 @@ def render_frames(frames: np.ndarray, trace: Any, sample: int = 0, cell: int = 2
                 dim[y0:y1, x0:x1] = 0.3
         comp = base * dim[..., None]
         comp = comp * (1 - alpha[..., None]) + heat * alpha[..., None]
-        canvas = Image.new("RGB", (cell, cell + label_h), (255, 255, 255))
+        canvas = Image.new("RGB", (cw, cell + label_h), (255, 255, 255))
         canvas.paste(Image.fromarray(comp.clip(0, 255).astype(np.uint8)), (0, 0))
         d = ImageDraw.Draw(canvas)
         lw = max(1, cell // 150)
@@ -541,9 +566,10 @@ def render_frames(frames: np.ndarray, trace: Any, sample: int = 0, cell: int = 2
         if trace.has_cls:
             cls_kept = bool(kept[t * P])
             bs = max(6, cell // 20)
-            d.rectangle([cell - bs - 2, 2, cell - 2, bs + 2], fill=(40, 200, 80) if cls_kept else (90, 90, 90))
+            d.rectangle([cw - bs - 2, 2, cw - 2, bs + 2], fill=(40, 200, 80) if cls_kept else (90, 90, 90))
         has_time = timestamps is not None and t < len(timestamps)
-        label = frame_label(t, n_kept, P, timestamps[t] if has_time else None, has_time, font, cell - 6)
+        span = spans[t] if spans is not None and t < len(spans) else None
+        label = frame_label(t, n_kept, P, timestamps[t] if has_time else None, has_time, font, cw - 6, span)
         draw_text(d, (3, cell + 1), label, font, (0, 0, 0))
         out.append(np.asarray(canvas))
     return out

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 # family adapter)
 SUPPORTED_MODEL_TYPES = {key: fe.description for key, fe in sorted(registered_frontends().items())}
 # families the engine prunes (an adapter) that have no front end yet: `sparsify` only
-ENGINE_ONLY_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl")
+ENGINE_ONLY_MODEL_TYPES: tuple = ()
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",

@@ -112,6 +112,9 @@ class EncodedVideo:
     key: str
     source: Any = None  # keeps an in-memory video alive while it is cached (its id is the key)
     seconds: dict = field(default_factory=dict)  # video_decode / vision wall time
+    # what the family needs besides the tokens (a dynamic-grid family's grid, times, deepstack features; see
+    # FrontEnd.encode_frames); features are then (temporal groups, tokens per group, D)
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -297,12 +300,15 @@ class VideoQA:
         clip = self.load(video, sampling)
         t1 = time.perf_counter()
         with torch.no_grad():
-            feats = self._features(clip.frames)
+            if self.frontend.dynamic_grid:
+                feats, extra = self.frontend.encode_frames(self.model, clip.frames, self.spec, clip)
+            else:
+                feats, extra = self._features(clip.frames), {}
         # a path is decoded here (timed); a Clip or an array was decoded by the caller: not measured (None)
         decoded_here = isinstance(video, (str, os.PathLike))
         enc = EncodedVideo(clip=clip, features=feats, key=key or "", source=video,
                            seconds={"video_decode": t1 - t0 if decoded_here else None,
-                                    "vision": time.perf_counter() - t1})
+                                    "vision": time.perf_counter() - t1}, extra=extra)
         if key is not None:
             self._cache[key] = enc
             while len(self._cache) > self._cache_size:
@@ -386,7 +392,9 @@ class VideoQA:
         for i, video, question in short:
             try:
                 enc = self.encode(video, sampling)
-                ready.append((("short", int(enc.features.shape[0])), i, enc, question))
+                # a dynamic-grid family batches videos of any size (the engine's per-sample geometry)
+                key = ("short", "any") if self.frontend.dynamic_grid else ("short", int(enc.features.shape[0]))
+                ready.append((key, i, enc, question))
             except (VideoError, ValueError, OSError) as e:
                 fail(i, video, question, e)
         for items in long.values():
@@ -438,6 +446,9 @@ class VideoQA:
             raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
         if num_frames is None:
             num_frames = None if strategy in ("fps", "all") else self.num_frames
+            if num_frames is None and self.frontend.dynamic_grid:
+                # no long-video pool for these families: the checkpoint's own frame cap (its processor's max_frames)
+                num_frames = min(int(getattr(self.spec, "max_frames", MAX_FRAMES)), MAX_FRAMES)
         else:
             num_frames = _positive_int(num_frames, "num_frames")
         if num_frames is not None and num_frames > MAX_FRAMES:
@@ -464,13 +475,17 @@ class VideoQA:
         tokens (8 frames for Video-LLaVA)."""
         if pre_budget is None:
             pre_budget = self._pre_config().long.budget
+        if self.frontend.dynamic_grid:
+            if pre_budget is not None:
+                raise ValueError(long_path_unsupported(self.frontend.name))
+            return None
         if pre_budget is None:
             return self.default_frames * self.tokens_per_frame
         return _positive_int(pre_budget, "pre_budget")
 
     def _is_long(self, video: Any, sampling: Sampling, capacity: int) -> bool:
         """Long path: fps sampling, or more sampled tokens than the pool holds (never for an EncodedVideo)."""
-        if isinstance(video, EncodedVideo):
+        if isinstance(video, EncodedVideo) or self.frontend.dynamic_grid:
             return False
         frames = self._expected_frames(video, sampling)
         if sampling.strategy in ("fps", "all") or frames is None:
@@ -536,8 +551,17 @@ class VideoQA:
     def check_prompt(self, question: str, num_frames: int, max_new_tokens: int = 64) -> None:
         """Raise ValueError when the question is empty, mostly unknown to the tokenizer, or when the
         prompt for ``num_frames`` frames plus ``max_new_tokens`` does not fit ``max_positions``."""
+        fe = self.frontend
+        if fe.dynamic_grid:  # tokens per frame known once the video is encoded: the least any video can have
+            if num_frames is None:
+                _check_question(question)
+                return
+            groups = -(-int(num_frames) // fe.frames_per_step)
+            check_prompt(self.tokenizer, question, groups, fe.min_tokens_per_frame(self.model.config, self.spec),
+                         self.max_positions, max_new_tokens, self.prompt_template, frontend=fe)
+            return
         check_prompt(self.tokenizer, question, num_frames, self.tokens_per_frame, self.max_positions,
-                     max_new_tokens, self.prompt_template, frontend=self.frontend)
+                     max_new_tokens, self.prompt_template, frontend=fe)
 
     def _expected_frames(self, video: Any, sampling: "Sampling | None" = None) -> int | None:
         """Frames the video will contribute, known without decoding: the frames of an array / Clip /
@@ -546,7 +570,7 @@ class VideoQA:
         from videosparse.video import Clip
 
         if isinstance(video, EncodedVideo):
-            return int(video.features.shape[0])
+            return video.clip.num_frames if self.frontend.dynamic_grid else int(video.features.shape[0])
         if isinstance(video, Clip):
             return video.num_frames
         sp = sampling or self._default_sampling()
@@ -562,6 +586,8 @@ class VideoQA:
 
         gen = self._generation_kwargs(generation)
         expand = self._expansion(gen)  # how generate expands the batch (trace rows per sample)
+        if not pooled and self.frontend.dynamic_grid:
+            return self._generate_dynamic(chunk, gen, expand, keep_frames)
         nrs = int(gen.get("num_return_sequences", 1))
         P = self.tokens_per_frame
         pixels = offsets = None
@@ -631,6 +657,53 @@ class VideoQA:
             ))
         return answers
 
+    def _generate_dynamic(self, chunk: list, gen: dict, expand: int, keep_frames: bool) -> list:
+        """`_generate` for a family whose videos each have their own grid (Qwen2.5-VL / Qwen3-VL): one prompt per
+        video's geometry, the batch's videos may differ in size (the trace is then per sample, ``ragged``).
+        A trace "frame" is a temporal group of ``frames_per_step`` sampled frames: the answer's timestamps are the
+        groups' (mean of their first and last frame), its frames and frame indices the groups' first."""
+        import torch
+
+        fe = self.frontend
+        nrs = int(gen.get("num_return_sequences", 1))
+        encs = [enc for _, enc, _ in chunk]
+        feats = [enc.features for enc in encs]
+        extras = [enc.extra for enc in encs]
+        prompts = [fe.prompt(q, int(f.shape[0]), int(f.shape[1]), self.prompt_template, e)
+                   for (_, _, q), f, e in zip(chunk, feats, extras)]
+        pixels = [fe.pixels(enc.clip.frames, self.spec) for enc in encs] if expand > 1 else None
+
+        def vision(input_ids: Any) -> dict:
+            if pixels is None:
+                return fe.video_inputs(self.model, feats, extras, input_ids)
+            return fe.video_inputs(self.model, feats, extras, input_ids, pixels=pixels)
+
+        biggest = max(range(len(feats)), key=lambda j: feats[j].shape[0] * feats[j].shape[1])
+        T, P = int(feats[biggest].shape[0]), int(feats[biggest].shape[1])
+        texts, new, prefill, decode, trace = self._run_generate([q for _, _, q in chunk], T, P, None, gen,
+                                                                prompts=prompts, vision_fn=vision)
+        step = fe.frames_per_step
+        answers = []
+        for j, (_, enc, q) in enumerate(chunk):
+            Tj, Pj = int(feats[j].shape[0]), int(feats[j].shape[1])
+            t = trace.select(j * expand) if trace is not None else None
+            times = [float(x) for x in enc.extra["times"]]
+            if t is not None:
+                t.timestamps = list(times)
+                t.time_spans = [tuple(x) for x in enc.extra["spans"]]
+            seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
+            clip = enc.clip
+            answers.append(Answer(
+                text=seqs[0], question=q, video=_video_name(clip), timestamps=times,
+                frame_indices=[int(x) for x in clip.indices[::step]], visual_tokens=Tj * Pj,
+                counts=t.counts if t is not None else [],
+                equivalent_tokens=t.equivalent_tokens if t is not None else float(Tj * Pj),
+                prefill_seconds=prefill, decode_seconds=decode, new_tokens=self._content_tokens(new[j * nrs]),
+                trace=t, frames=clip.frames[::step] if keep_frames else None, sequences=seqs,
+                video_decode_seconds=enc.seconds.get("video_decode", 0.0), vision_seconds=enc.seconds.get("vision", 0.0),
+            ))
+        return answers
+
     def _pool_trace(self, pv: Any, t: Any) -> Any:
         """The trace of a pooled answer: the decoder's (a trace without stages when unpruned), with the pool's
         pre-selection recorded as ``t.pool``."""
@@ -664,18 +737,21 @@ class VideoQA:
         return beams if beams > 1 else int(gen.get("num_return_sequences", 1))
 
     def _run_generate(self, questions: list, T: int, P: int, feats: Any, gen: dict, pixels: Any = None,
-                      visual_offsets: Any = None) -> tuple:
+                      visual_offsets: Any = None, prompts: list | None = None, vision_fn: Any = None) -> tuple:
         """Tokenize the prompts (T x P video tokens each), run `generate` with the given visual features
         (or pixels), time prefill and decode steps. Returns (texts, new ids, prefill s, decode s, trace).
 
         visual_offsets: optional (B, T*P) long RoPE position offsets of the video tokens from the first one
-        (the long path's time-aligned layout); other tokens keep their sequence index."""
+        (the long path's time-aligned layout); other tokens keep their sequence index.
+        prompts / vision_fn: the prompts as built by the caller and callable(input_ids) -> generate's visual
+        keyword arguments (dynamic-grid families; T x P is then the largest video's, for the context message)."""
         import torch
 
         from videosparse.loading import context_error
 
         fe = self.frontend
-        prompts = [fe.prompt(q, T, P, self.prompt_template) for q in questions]
+        if prompts is None:
+            prompts = [fe.prompt(q, T, P, self.prompt_template) for q in questions]
         # verbose=False: the length is checked against the model's context below, not the tokenizer's
         enc_in = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True, verbose=False)
         dev = self.model.device
@@ -684,7 +760,12 @@ class VideoQA:
         err = context_error(int(input_ids.shape[1]), int(gen["max_new_tokens"]), self.max_positions, T, P)
         if err:
             raise ValueError(err)
-        vision = fe.pixel_inputs(pixels.to(dev, self.model.dtype)) if pixels is not None else fe.feature_inputs(self.model, feats)
+        if vision_fn is not None:
+            vision = vision_fn(input_ids)
+        elif pixels is not None:
+            vision = fe.pixel_inputs(pixels.to(dev, self.model.dtype))
+        else:
+            vision = fe.feature_inputs(self.model, feats)
         extra: dict = {}
         if visual_offsets is not None:
             vm = input_ids == fe.video_token_id(self.model.config)
@@ -948,14 +1029,26 @@ def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int, default_frame
 
     if sparsity is None:
         return None
-    layers = frontend_for(config).num_layers(config)
+    fe = frontend_for(config)
+    layers = fe.num_layers(config)
     if isinstance(sparsity, str):
         sparsity = SparseConfig.preset(sparsity, num_layers=layers)
     if not isinstance(sparsity, SparseConfig):
         raise ValueError(f"sparsity must be a SparseConfig, a preset name or None, got {type(sparsity).__name__}")
+    if fe.dynamic_grid:  # the visual tokens are known per video: the depth now, the budget on each video
+        if sparsity.long.budget is not None:
+            raise ValueError(long_path_unsupported(fe.name))
+        sparsity.check_layers(layers)
+        return sparsity
     sparsity.describe(decoder_visual_tokens(config, num_frames, sparsity.long.budget, default_frames),
                       layers)  # as a run would
     return sparsity
+
+
+def long_path_unsupported(family: str) -> str:
+    """The message for a long-video pool asked of a family that has none yet."""
+    return (f"the long-video pool (pre_budget / long.budget) is not supported for {family} yet: its pooled tokens "
+            f"would need their 3-axis (mrope) positions; sample fewer frames (num_frames) instead")
 
 
 def decoder_visual_tokens(config: Any, num_frames: int, pre_budget: int | None = None,

@@ -78,6 +78,10 @@ class RetentionTrace:
     # sample 0's and the stage arrays are padded per sample (kept -1, merged False, scores NaN, clusters -1,
     # redundant False); `select(b)` gives sample b's trace on its own geometry
     samples: list | None = None
+    # (first, last) seconds of the sampled frames each trace frame covers, when a frame of the trace is a group
+    # of several sampled frames (Qwen-VL's temporal patch of 2: `timestamps` are then the groups' mid-times);
+    # None: one sampled frame each
+    time_spans: list | None = None
 
     @property
     def ragged(self) -> bool:
@@ -160,10 +164,12 @@ class RetentionTrace:
             return StageRecord(s.layer, kept, merged, per_token(s.scores), one(s.raters), per_token(s.clusters),
                                per_token(s.redundant))
 
-        return RetentionTrace(T, P, self.has_cls, tuple(grid), self.num_layers, 1,
-                              [rec(s) for s in self.stages], dict(self.config), one(self.raters_text_positions),
-                              self.decoder_visual, rec(self.pool),
-                              None if self.timestamps is None else list(self.timestamps))
+        out = RetentionTrace(T, P, self.has_cls, tuple(grid), self.num_layers, 1,
+                             [rec(s) for s in self.stages], dict(self.config), one(self.raters_text_positions),
+                             self.decoder_visual, rec(self.pool),
+                             None if self.timestamps is None else list(self.timestamps))
+        out.time_spans = None if self.time_spans is None else [tuple(x) for x in self.time_spans]
+        return out
 
     def kept_frames(self, stage: int = -1, sample: int = 0) -> list:
         """Sampled-frame index of every token kept after `stage` (the pool when there are no stages)."""
@@ -216,6 +222,8 @@ class RetentionTrace:
             "config": self.config,
             "decoder_visual": None if self.decoder_visual is None else int(self.decoder_visual),
             "timestamps": None if self.timestamps is None else [clean_time(t) for t in self.timestamps],
+            **({} if self.time_spans is None else
+               {"time_spans": [[clean_time(a), clean_time(b)] for a, b in self.time_spans]}),
             "raters_text_positions": _int_rows(self.raters_text_positions, B),
             "pool": None if self.pool is None else rec(self.pool),
             "stages": [rec(s) for s in self.stages],
@@ -298,6 +306,11 @@ class RetentionTrace:
             if len(ts) != T:
                 raise ValueError(f"{where}: {len(ts)} timestamps for {T} frames")
             trace.timestamps = [float("nan") if v is None else float(v) for v in ts]
+        spans = doc.get("time_spans")
+        if spans is not None:
+            if len(spans) != T or any(not isinstance(x, (list, tuple)) or len(x) != 2 for x in spans):
+                raise ValueError(f"{where}: time_spans must hold one [first, last] pair per frame ({T})")
+            trace.time_spans = [tuple(float("nan") if v is None else float(v) for v in x) for x in spans]
         counts = doc.get("counts")
         if counts is not None and list(counts) != trace.counts:
             raise ValueError(f"{where}: stage records keep {trace.counts} tokens but the document says {counts}")

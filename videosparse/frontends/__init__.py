@@ -16,6 +16,7 @@ from videosparse.frontends.base import (
     tokens_per_frame,
 )
 from videosparse.frontends import llava_onevision as _llava_onevision  # noqa: F401  (registers the front end)
+from videosparse.frontends import qwen_vl as _qwen_vl  # noqa: F401  (registers the front ends)
 from videosparse.frontends import video_llava as _video_llava  # noqa: F401  (registers the front end)
 
 __all__ = ["FrontEnd", "frontend_for", "get_frontend", "register_frontend", "registered_frontends",

@@ -33,6 +33,10 @@ class FrontEnd:
     has_cls: bool = False  # a frame's visual tokens start with a CLS token
     tail_tokens: int = 0  # placeholder tokens after the visual ones that close the video block (not visual)
     default_num_frames: int = 8
+    # True: a frame's token count depends on the video (its resolution; Qwen2.5-VL / Qwen3-VL's smart_resize), so
+    # ``tokens_per_frame(config)`` is None and the geometry of each video comes from ``encode_frames``
+    dynamic_grid: bool = False
+    frames_per_step: int = 1  # sampled frames one trace "frame" covers (Qwen's temporal patch: 2)
 
     # ---------------------------------------------------------------- loading
     def model_class(self) -> type:  # pragma: no cover - protocol
@@ -59,8 +63,9 @@ class FrontEnd:
         """(rows, cols) of a frame's patch tokens."""
         raise NotImplementedError
 
-    def tokens_per_frame(self, config: Any) -> int:
-        """Visual tokens of one frame: the patch grid, plus the CLS token when the family keeps it."""
+    def tokens_per_frame(self, config: Any) -> int | None:
+        """Visual tokens of one frame: the patch grid, plus the CLS token when the family keeps it (None for a
+        ``dynamic_grid`` family: each video has its own)."""
         rows, cols = self.frame_grid(config)
         return int(rows) * int(cols) + (1 if self.has_cls else 0)
 
@@ -86,10 +91,12 @@ class FrontEnd:
         if self.video_placeholder not in template or "{question}" not in template:
             raise ValueError(f"prompt_template must contain '{self.video_placeholder}' and '{{question}}'")
 
-    def prompt(self, question: str, num_frames: int, tokens_per_frame: int, template: str | None = None) -> str:
+    def prompt(self, question: str, num_frames: int, tokens_per_frame: int, template: str | None = None,
+               extra: dict | None = None) -> str:
         """The full prompt text: the template with the question and the video placeholder expanded to
         ``num_frames x tokens_per_frame`` placeholder tokens (a pool of K tokens: 1 x K), plus the family's
-        ``tail_tokens`` closing the video block."""
+        ``tail_tokens`` closing the video block. ``extra``: the video's ``encode_frames`` extra (families whose
+        prompt holds per-video text, e.g. Qwen3-VL's timestamps; None: a nominal prompt of the same length class)."""
         from videosparse.video import expand_video_prompt
 
         template = self.prompt_template if template is None else template
@@ -99,6 +106,15 @@ class FrontEnd:
                                    num_frames * tokens_per_frame + self.tail_tokens, video_token=self.video_placeholder)
 
     # ---------------------------------------------------------------- model inputs
+    def encode_frames(self, model: Any, frames: Any, spec: Any, clip: Any = None) -> tuple:
+        """uint8 frames (T, H, W, 3) of one video -> (projected visual tokens (T', P, D), extra): T' trace frames
+        (``T / frames_per_step``), P tokens each; ``extra`` is what the family needs besides the tokens to build
+        the prompt and ``generate``'s inputs (empty here; ``clip``: the Clip the frames come from, for its times)."""
+        from videosparse.video import preprocess_frames
+
+        pv = preprocess_frames(frames, spec).to(model.device, model.dtype)
+        return self.video_features(model, pv), {}
+
     def video_features(self, model: Any, pixel_values: Any) -> Any:  # pragma: no cover - protocol
         """Projected visual tokens (T, P, D) of one video's preprocessed frames (T, 3, H, W)."""
         raise NotImplementedError
