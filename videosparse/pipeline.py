@@ -662,8 +662,6 @@ class VideoQA:
         video's geometry, the batch's videos may differ in size (the trace is then per sample, ``ragged``).
         A trace "frame" is a temporal group of ``frames_per_step`` sampled frames: the answer's timestamps are the
         groups' (mean of their first and last frame), its frames and frame indices the groups' first."""
-        import torch
-
         fe = self.frontend
         nrs = int(gen.get("num_return_sequences", 1))
         encs = [enc for _, enc, _ in chunk]
