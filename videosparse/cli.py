@@ -469,14 +469,12 @@ def cmd_ask(args, say) -> int:
     qspec = fe.preprocessor_spec(ckpt.source, ckpt.local_files_only)
     default_frames = fe.default_frames(qspec)
     frames = args.frames if args.frames is not None else (None if args.fps else default_frames)
-    if fe.dynamic_grid:  # no long-video pool: whole frames (at --fps: at most the checkpoint's max_frames)
-        from videosparse.pipeline import long_path_unsupported
-
-        if args.pre_budget is not None:
-            raise CLIError(_flagged(long_path_unsupported(fe.name)))
+    if fe.dynamic_grid:  # per-video token counts: a pool only with --pre-budget; --fps alone samples whole frames
         if frames is None:
             frames = int(getattr(qspec, "max_frames", 768))
-        long, pre_budget, decoder_tokens = False, None, None
+        long = args.pre_budget is not None
+        pre_budget = args.pre_budget
+        decoder_tokens = pre_budget if long else None
     else:
         pre_budget = args.pre_budget if args.pre_budget is not None else default_frames * P
         long = args.fps is not None or frames * P > pre_budget
@@ -503,7 +501,7 @@ def cmd_ask(args, say) -> int:
         what = f"{args.fps:g} frames/s" + (f" (at most {frames})" if frames else "") if args.fps else f"{frames} frames"
         say(f"long video: {info.num_frames} frames, {info.duration:.1f}s; sampling {what}, decoded in chunks, "
             f"a pool of {pre_budget} tokens enters the decoder")
-        if sparsity is None:
+        if sparsity is None and P is not None:
             sampled = min(frames, info.num_frames) if frames else None
             share = (f" (of {sampled} frames x {P} = {sampled * P} tokens: {1 - pre_budget / (sampled * P):.1%} "
                      f"dropped)" if sampled and sampled * P > pre_budget else "")
@@ -524,11 +522,12 @@ def cmd_ask(args, say) -> int:
     from videosparse.pipeline import check_prompt
 
     tok = AutoTokenizer.from_pretrained(ckpt.source, local_files_only=ckpt.local_files_only)
-    if fe.dynamic_grid:  # at least one token per temporal group: refuses only what no video size could fit
+    if fe.dynamic_grid and not long:  # at least one token per temporal group: refuses only what no size could fit
         check_prompt(tok, args.question, -(-clip.num_frames // fe.frames_per_step), 1, fe.max_positions(config),
                      args.max_new_tokens, frontend=fe)
     else:
-        check_prompt(tok, args.question, (frames or 0) if long else clip.num_frames, P, fe.max_positions(config),
+        check_prompt(tok, args.question, (frames or 0) if long else clip.num_frames,
+                     P if P is not None else "its own number of", fe.max_positions(config),
                      args.max_new_tokens, pool=pre_budget if long else None, frontend=fe)
     # 5. the model
     from videosparse.pipeline import VideoQA

@@ -64,6 +64,11 @@ class PooledVideo:
     seconds: dict = field(default_factory=dict)
     peak_pool: int = 0
     thumbnails: np.ndarray | None = None
+    # per-token payload gathered with the features (K, A): what a family adds to the pooled tokens besides their
+    # features (Qwen3-VL's deepstack features, concatenated); None when the encoder gives none
+    aux: torch.Tensor | None = None
+    grid: tuple | None = None  # (rows, cols) of a frame's tokens when the family's grid is per video (Qwen-VL)
+    extra: dict = field(default_factory=dict)  # the family's per-video metadata (Qwen-VL: grid, times, spans)
 
     @property
     def num_tokens(self) -> int:
@@ -113,7 +118,8 @@ def build_pools(
     """Stream the chunks of one video into one pool per question.
 
     chunks: iterable of `videosparse.video.Clip` (frames in temporal order, ``num_frames`` in total);
-    encode: frames uint8 (Tc, H, W, 3) -> (Tc, P, D) projected features; text / text_valid: from
+    encode: frames uint8 (Tc, H, W, 3) -> (Tc, P, D) projected features, or (features, aux (Tc, P, A)): a
+    per-token payload the pool gathers alongside (PooledVideo.aux); text / text_valid: from
     `question_text_tokens`; capacity: the pool size (pre_budget); config: a SparseConfig (its `long`
     LongVideoConfig, and `seed` for method='random');
     thumbnail: optional frames -> uint8 (Tc, s, s, 3); on_chunk: optional callable(frames_done, pools) run
@@ -135,6 +141,7 @@ def build_pools(
         g = torch.Generator(device="cpu").manual_seed(int(config.seed))
         random_table = torch.rand(num_frames * P, generator=g)
     pool_feats: torch.Tensor | None = None  # (Q, K, D)
+    pool_aux: torch.Tensor | None = None  # (Q, K, A) when the encoder gives a payload
     pool_ids = torch.zeros(Q, 0, dtype=torch.long, device=dev)
     pool_logits = torch.zeros(Q, 0, int(text.shape[1]), device=dev)
     pool_red = torch.zeros(Q, 0, dtype=torch.bool, device=dev)
@@ -157,7 +164,10 @@ def build_pools(
         seconds["video_decode"] += t1 - t0
         video_name = str(getattr(clip, "path", None) or video_name)
         with torch.no_grad():
-            feats = encode(clip.frames)  # (Tc, P, D)
+            feats = encode(clip.frames)  # (Tc, P, D) or ((Tc, P, D), (Tc, P, A))
+        aux = None
+        if isinstance(feats, tuple):
+            feats, aux = feats
         t2 = time.perf_counter()
         seconds["vision"] += t2 - t1
         Tc = int(feats.shape[0])
@@ -171,6 +181,7 @@ def build_pools(
             thumbs.append(thumbnail(clip.frames))
         del clip
         flat = feats.reshape(Tc * P, -1)
+        flat_aux = None if aux is None else aux.reshape(Tc * P, -1)
         new_ids = torch.arange(done * P, (done + Tc) * P, device=dev)
         with torch.no_grad():
             red = repeats_previous(feats, prev, long.temporal_tau) if long.temporal_tau is not None \
@@ -193,26 +204,33 @@ def build_pools(
             window = (cand_ids // P) // fpw
             keep = select_pool(score, window, per_window, global_count)  # (Q, K) indices into candidates
             K_old = pool_ids.shape[1]
-            new_feats = []
+            new_feats, new_aux = [], []
             for q in range(Q):
                 k = keep[q]
                 old = k[k < K_old]
                 fresh = k[k >= K_old] - K_old
-                parts = []
+                parts, aux_parts = [], []
                 if pool_feats is not None and old.numel():
                     parts.append(pool_feats[q].index_select(0, old))
+                    if pool_aux is not None:
+                        aux_parts.append(pool_aux[q].index_select(0, old))
                 if fresh.numel():
                     parts.append(flat.index_select(0, fresh))
+                    if flat_aux is not None:
+                        aux_parts.append(flat_aux.index_select(0, fresh))
                 new_feats.append(torch.cat(parts, dim=0))
-                del parts
+                if flat_aux is not None:
+                    new_aux.append(torch.cat(aux_parts, dim=0))
+                del parts, aux_parts
             pool_feats = torch.stack(new_feats)
+            pool_aux = torch.stack(new_aux) if new_aux else None
             pool_ids = cand_ids.gather(1, keep)
             pool_red = cand_red.gather(1, keep)
             # the final scores of the pooled tokens (relevance statistics moved since they were seen)
             all_scores.scatter_(1, pool_ids.cpu(), score.gather(1, keep).float().cpu())
             if cand_logits is not None:
                 pool_logits = cand_logits.gather(1, keep[:, :, None].expand(-1, -1, cand_logits.shape[-1]))
-            del feats, flat, cand_logits, score, keep, new_feats
+            del feats, flat, flat_aux, aux, cand_logits, score, keep, new_feats, new_aux
         peak = max(peak, int(pool_ids.shape[1]))
         done += Tc
         seconds["preselect"] += time.perf_counter() - t2
@@ -227,7 +245,8 @@ def build_pools(
         PooledVideo(features=pool_feats[q], ids=pool_ids[q].cpu(), num_frames=num_frames, tokens_per_frame=P,
                     timestamps=ts, frame_indices=ix, scores=all_scores[q], redundant=all_red.clone(),
                     window=(fpw, per_window), method=long.method, capacity=capacity, video=video_name,
-                    seconds=dict(seconds), peak_pool=peak, thumbnails=thumbs_arr)
+                    seconds=dict(seconds), peak_pool=peak, thumbnails=thumbs_arr,
+                    aux=None if pool_aux is None else pool_aux[q])
         for q in range(Q)
     ]
 
@@ -238,7 +257,7 @@ def thumbnails(frames: np.ndarray, spec: Any, side: int = THUMBNAIL_SIDE) -> np.
 
     from videosparse.heatmap import model_view
 
-    view = model_view(frames, spec)
+    view = frames if hasattr(spec, "merge_size") else model_view(frames, spec)  # Qwen-VL: the frames' own aspect
     h, w = view.shape[1:3]
     if max(h, w) <= side:
         return view

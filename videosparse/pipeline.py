@@ -392,6 +392,8 @@ class VideoQA:
         for i, video, question in short:
             try:
                 enc = self.encode(video, sampling)
+                if self.frontend.dynamic_grid:  # the video's own token count, known now: checked before batching
+                    self._check_encoded(enc, question, max_new)
                 # a dynamic-grid family batches videos of any size (the engine's per-sample geometry)
                 key = ("short", "any") if self.frontend.dynamic_grid else ("short", int(enc.features.shape[0]))
                 ready.append((key, i, enc, question))
@@ -475,18 +477,18 @@ class VideoQA:
         tokens (8 frames for Video-LLaVA)."""
         if pre_budget is None:
             pre_budget = self._pre_config().long.budget
-        if self.frontend.dynamic_grid:
-            if pre_budget is not None:
-                raise ValueError(long_path_unsupported(self.frontend.name))
-            return None
+        if self.frontend.dynamic_grid:  # per-video token counts: a pool only when its size is given
+            return None if pre_budget is None else _positive_int(pre_budget, "pre_budget")
         if pre_budget is None:
             return self.default_frames * self.tokens_per_frame
         return _positive_int(pre_budget, "pre_budget")
 
     def _is_long(self, video: Any, sampling: Sampling, capacity: int) -> bool:
         """Long path: fps sampling, or more sampled tokens than the pool holds (never for an EncodedVideo)."""
-        if isinstance(video, EncodedVideo) or self.frontend.dynamic_grid:
+        if isinstance(video, EncodedVideo):
             return False
+        if self.frontend.dynamic_grid:
+            return capacity is not None
         frames = self._expected_frames(video, sampling)
         if sampling.strategy in ("fps", "all") or frames is None:
             return True
@@ -495,7 +497,8 @@ class VideoQA:
     def _check_long(self, question: str, capacity: int, max_new: int, frames: int | None) -> None:
         """Prompt and budget checks of the long path, before any decoding: text + pool + new tokens must fit
         the context, and the in-decoder budget must fit the pool."""
-        check_prompt(self.tokenizer, question, frames, self.tokens_per_frame, self.max_positions, max_new,
+        per_frame = self.tokens_per_frame if self.tokens_per_frame is not None else "its own number of"
+        check_prompt(self.tokenizer, question, frames, per_frame, self.max_positions, max_new,
                      self.prompt_template, pool=capacity, frontend=self.frontend)
         if self.sparsity is not None:
             try:
@@ -531,6 +534,9 @@ class VideoQA:
             if T > MAX_FRAMES:
                 raise ValueError(f"{_video_name(video)}: {T} frames sampled, more than the {MAX_FRAMES} videosparse "
                                  f"accepts from one video; lower fps or pass num_frames")
+            if self.frontend.dynamic_grid:
+                meta = chunks.metadata() if isinstance(video, (str, os.PathLike)) else clip
+                return self._pool_dynamic(video, meta, chunks, questions, capacity, keep_frames, cfg)
             dev = self.model.device
             text, valid = question_text_tokens(self.tokenizer, self.prompt_template, questions,
                                                self.model.get_input_embeddings(),
@@ -542,6 +548,81 @@ class VideoQA:
                 for pv in pools:
                     pv.seconds["video_decode"] = None
             return pools
+
+    def _check_encoded(self, enc: "EncodedVideo", question: str, max_new: int) -> None:
+        """A video of a dynamic-grid family, once encoded: its prompt fits the context and the pruning config fits
+        its visual tokens (ValueError naming the video, the count and the limit)."""
+        from videosparse.loading import context_error
+
+        T, P = int(enc.features.shape[0]), int(enc.features.shape[1])
+        name = _video_name(enc)
+        if self.sparsity is not None:
+            try:
+                self.sparsity.describe(T * P, self.frontend.num_layers(self.model.config))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e} ({T} temporal groups x {P} tokens at its size)") from None
+        prompt = self.frontend.prompt(question, T, P, self.prompt_template, enc.extra)
+        n = len(self.tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"])
+        err = context_error(n, max_new, self.max_positions, T, P)
+        if err:
+            raise ValueError(f"{name}: {err}")
+
+    def _pool_dynamic(self, video: Any, meta: Any, chunks: Iterable, questions: list, capacity: int,
+                      keep_frames: bool, cfg: Any) -> list:
+        """The long path of a family whose grid is per video (Qwen-VL): the clip's size and grid from its first
+        frame's size and frame count (every chunk is resized to it), chunks regrouped into whole temporal groups,
+        the pool over groups (a trace frame), the deepstack features gathered with the pooled tokens."""
+        import torch
+
+        from videosparse.longvideo import build_pools, question_text_tokens, thumbnails
+
+        fe, spec = self.frontend, self.spec
+        step = fe.frames_per_step
+        n = int(len(meta.indices))
+        H, W = int(meta.frames.shape[1]), int(meta.frames.shape[2])
+        size = fe.clip_size(spec, n, H, W)
+        rows, cols = size[0] // spec.factor, size[1] // spec.factor
+        groups = -(-n // step)
+        m = spec.merge_size
+        extra = fe.clip_extra(meta, spec, (groups, rows * m, cols * m))
+
+        def regroup() -> Iterable:
+            """Chunks of whole temporal groups (the last may be short: the processor repeats its last frame)."""
+            carry = None
+            done = 0
+            for c in chunks:
+                frames = c.frames if carry is None else np.concatenate([carry, c.frames])
+                cut = frames.shape[0] - frames.shape[0] % step
+                carry = frames[cut:] if cut < frames.shape[0] else None
+                if cut:
+                    yield self._group_chunk(frames[:cut], extra, done, step, getattr(c, "path", None))
+                    done += cut // step
+            if carry is not None:
+                yield self._group_chunk(carry, extra, done, step, None)
+
+        dev = self.model.device
+        text, valid = question_text_tokens(self.tokenizer, self.prompt_template, questions,
+                                           self.model.get_input_embeddings(), video_token=fe.video_placeholder)
+        thumb = (lambda f: thumbnails(f[::step], spec)) if keep_frames else None
+        with torch.no_grad():
+            pools = build_pools(regroup(), fe.pool_encoder(self.model, spec, size), text.to(dev), valid.to(dev),
+                                groups, rows * cols, capacity, cfg, thumbnail=thumb)
+        first = np.asarray(meta.indices)[::step]
+        for pv in pools:
+            pv.grid, pv.extra = (rows, cols), extra
+            pv.frame_indices = first.astype(np.int64)
+            if not isinstance(video, (str, os.PathLike)):  # frames decoded by the caller: not measured here
+                pv.seconds["video_decode"] = None
+        return pools
+
+    @staticmethod
+    def _group_chunk(frames: np.ndarray, extra: dict, first_group: int, step: int, path: Any) -> Any:
+        import types
+
+        g = -(-frames.shape[0] // step)
+        sl = slice(first_group, first_group + g)
+        return types.SimpleNamespace(frames=frames, timestamps=extra["times"][sl],
+                                     indices=list(range(first_group, first_group + g)), path=path)
 
     def prompt_length(self, question: str, num_frames: int) -> int:
         """Tokens of the full prompt (text + ``num_frames`` x ``tokens_per_frame`` visual tokens)."""
@@ -586,7 +667,9 @@ class VideoQA:
 
         gen = self._generation_kwargs(generation)
         expand = self._expansion(gen)  # how generate expands the batch (trace rows per sample)
-        if not pooled and self.frontend.dynamic_grid:
+        if self.frontend.dynamic_grid:
+            if pooled:
+                return self._generate_pooled_dynamic(chunk, gen, expand, keep_frames)
             return self._generate_dynamic(chunk, gen, expand, keep_frames)
         nrs = int(gen.get("num_return_sequences", 1))
         P = self.tokens_per_frame
@@ -702,6 +785,50 @@ class VideoQA:
             ))
         return answers
 
+    def _generate_pooled_dynamic(self, chunk: list, gen: dict, expand: int, keep_frames: bool) -> list:
+        """`_generate` for long-video pools of a family whose grid is per video (Qwen-VL): the pooled prompt is the
+        whole-video prompt without the tokens outside the pool, every token at its whole-video 3-axis position
+        (the model's own `get_rope_index` of the whole prompt, handed to `generate` for this call)."""
+        import torch
+
+        fe = self.frontend
+        pools = [pv for _, pv, _ in chunk]
+        questions = [q for _, _, q in chunk]
+        nrs = int(gen.get("num_return_sequences", 1))
+        input_ids, mask, vision, pos, deltas = fe.pooled_inputs(self.model, self.tokenizer, self.prompt_template,
+                                                                questions, pools)
+        if expand > 1:  # generate expands the text rows; the pooled features are given per row
+            out = vision["mm_encoder_outputs"]["video"]
+            out.pooler_output = tuple(f for f in out.pooler_output for _ in range(expand))
+            if getattr(out, "deepstack_features", None):
+                out.deepstack_features = [tuple(f for f in layer for _ in range(expand))
+                                          for layer in out.deepstack_features]
+        T, (rows, cols) = pools[0].num_frames, pools[0].grid
+        P = rows * cols
+        ids = torch.stack([pv.ids for pv in pools])
+        ctx = self.handle.pooled(ids, T, (rows, cols)) if self.handle is not None else contextlib.nullcontext()
+        with ctx, _positions_given(self.model, input_ids, pos, deltas):
+            texts, new, prefill, decode, trace = self._run_generate(questions, T, P, None, gen, inputs=(input_ids, mask),
+                                                                    vision_fn=lambda _ids: vision)
+        answers = []
+        for j, (_, pv, q) in enumerate(chunk):
+            t = trace.select(j * expand) if trace is not None else None
+            t = self._pool_trace(pv, t)
+            t.timestamps = [float(x) for x in pv.timestamps]
+            t.time_spans = [tuple(x) for x in pv.extra["spans"]]
+            seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
+            answers.append(Answer(
+                text=seqs[0], question=q, video=pv.video, timestamps=[float(x) for x in pv.timestamps],
+                frame_indices=[int(x) for x in pv.frame_indices], visual_tokens=T * P,
+                counts=t.counts if trace is not None else [],
+                equivalent_tokens=t.equivalent_tokens if trace is not None else float(pv.num_tokens),
+                prefill_seconds=prefill, decode_seconds=decode, new_tokens=self._content_tokens(new[j * nrs]),
+                trace=t, frames=pv.thumbnails if keep_frames else None, sequences=seqs, pool_tokens=pv.num_tokens,
+                video_decode_seconds=pv.seconds.get("video_decode", 0.0), vision_seconds=pv.seconds.get("vision", 0.0),
+                preselect_seconds=pv.seconds.get("preselect", 0.0),
+            ))
+        return answers
+
     def _pool_trace(self, pv: Any, t: Any) -> Any:
         """The trace of a pooled answer: the decoder's (a trace without stages when unpruned), with the pool's
         pre-selection recorded as ``t.pool``."""
@@ -711,8 +838,9 @@ class VideoQA:
 
         K = pv.num_tokens
         if t is None:
-            t = RetentionTrace(num_frames=pv.num_frames, tokens_per_frame=self.tokens_per_frame,
-                               has_cls=self.frontend.has_cls, grid=tuple(self.frontend.frame_grid(self.model.config)),
+            grid = pv.grid if pv.grid is not None else self.frontend.frame_grid(self.model.config)
+            t = RetentionTrace(num_frames=pv.num_frames, tokens_per_frame=pv.tokens_per_frame,
+                               has_cls=self.frontend.has_cls, grid=tuple(grid),
                                num_layers=self.frontend.num_layers(self.model.config), batch_size=1, decoder_visual=K)
         t.pool = StageRecord(layer=-1, kept=pv.ids[None].clone(), merged=torch.zeros(1, K, dtype=torch.bool),
                              scores=pv.scores[None].clone(), redundant=pv.redundant[None].clone())
@@ -735,26 +863,31 @@ class VideoQA:
         return beams if beams > 1 else int(gen.get("num_return_sequences", 1))
 
     def _run_generate(self, questions: list, T: int, P: int, feats: Any, gen: dict, pixels: Any = None,
-                      visual_offsets: Any = None, prompts: list | None = None, vision_fn: Any = None) -> tuple:
+                      visual_offsets: Any = None, prompts: list | None = None, vision_fn: Any = None,
+                      inputs: tuple | None = None) -> tuple:
         """Tokenize the prompts (T x P video tokens each), run `generate` with the given visual features
         (or pixels), time prefill and decode steps. Returns (texts, new ids, prefill s, decode s, trace).
 
         visual_offsets: optional (B, T*P) long RoPE position offsets of the video tokens from the first one
         (the long path's time-aligned layout); other tokens keep their sequence index.
         prompts / vision_fn: the prompts as built by the caller and callable(input_ids) -> generate's visual
-        keyword arguments (dynamic-grid families; T x P is then the largest video's, for the context message)."""
+        keyword arguments (dynamic-grid families; T x P is then the largest video's, for the context message);
+        inputs: (input_ids, attention_mask) made by the caller instead of tokenizing prompts."""
         import torch
 
         from videosparse.loading import context_error
 
         fe = self.frontend
-        if prompts is None:
-            prompts = [fe.prompt(q, T, P, self.prompt_template) for q in questions]
-        # verbose=False: the length is checked against the model's context below, not the tokenizer's
-        enc_in = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True, verbose=False)
         dev = self.model.device
-        input_ids = enc_in["input_ids"].to(dev)
-        attention_mask = enc_in["attention_mask"].to(dev)
+        if inputs is None:
+            if prompts is None:
+                prompts = [fe.prompt(q, T, P, self.prompt_template) for q in questions]
+            # verbose=False: the length is checked against the model's context below, not the tokenizer's
+            enc_in = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True, verbose=False)
+            input_ids = enc_in["input_ids"].to(dev)
+            attention_mask = enc_in["attention_mask"].to(dev)
+        else:
+            input_ids, attention_mask = (x.to(dev) for x in inputs)
         err = context_error(int(input_ids.shape[1]), int(gen["max_new_tokens"]), self.max_positions, T, P)
         if err:
             raise ValueError(err)
@@ -986,6 +1119,29 @@ def _group_key(video: Any, sampling: Sampling) -> Any:
     return ("obj", id(video))
 
 
+@contextlib.contextmanager
+def _positions_given(model: Any, input_ids: Any, positions: Any, deltas: Any) -> Any:
+    """While ``generate`` runs on ``input_ids``: the model's `get_rope_index` returns ``positions`` (3, B, N) and
+    ``deltas`` (B, 1) (rows repeated when generate expanded the batch) instead of computing them from the prompt,
+    so the prefill uses them and the decode steps continue from the deltas. An instance attribute shadows the
+    method for the call and is removed after it."""
+    inner = model.model
+
+    def get_rope_index(ids: Any, *args: Any, **kwargs: Any) -> tuple:
+        B, N = input_ids.shape
+        if ids.ndim != 2 or ids.shape[1] != N or ids.shape[0] % B:
+            raise ValueError(f"videosparse: positions were prepared for input of shape {(B, N)}, the model was given "
+                             f"{tuple(ids.shape)}")
+        r = ids.shape[0] // B
+        return positions.repeat_interleave(r, dim=1), deltas.repeat_interleave(r, dim=0)
+
+    inner.get_rope_index = get_rope_index
+    try:
+        yield
+    finally:
+        del inner.get_rope_index
+
+
 def _clip_chunks(clip: Any, chunk_frames: int) -> Iterable:
     """Chunks of an in-memory Clip (for the long path on arrays / Clips)."""
     from videosparse.video import Clip
@@ -1033,20 +1189,18 @@ def _resolve_sparsity(sparsity: Any, config: Any, num_frames: int, default_frame
         sparsity = SparseConfig.preset(sparsity, num_layers=layers)
     if not isinstance(sparsity, SparseConfig):
         raise ValueError(f"sparsity must be a SparseConfig, a preset name or None, got {type(sparsity).__name__}")
-    if fe.dynamic_grid:  # the visual tokens are known per video: the depth now, the budget on each video
+    from videosparse.models.base import check_positions
+
+    check_positions(getattr(config, "model_type", ""), sparsity)  # mrope families: no renumbering, no gravity
+    if fe.dynamic_grid:  # the visual tokens are known per video: the depth now, the budget on each video (or pool)
         if sparsity.long.budget is not None:
-            raise ValueError(long_path_unsupported(fe.name))
-        sparsity.check_layers(layers)
+            sparsity.describe(sparsity.long.budget, layers)
+        else:
+            sparsity.check_layers(layers)
         return sparsity
     sparsity.describe(decoder_visual_tokens(config, num_frames, sparsity.long.budget, default_frames),
                       layers)  # as a run would
     return sparsity
-
-
-def long_path_unsupported(family: str) -> str:
-    """The message for a long-video pool asked of a family that has none yet."""
-    return (f"the long-video pool (pre_budget / long.budget) is not supported for {family} yet: its pooled tokens "
-            f"would need their 3-axis (mrope) positions; sample fewer frames (num_frames) instead")
 
 
 def decoder_visual_tokens(config: Any, num_frames: int, pre_budget: int | None = None,

@@ -220,14 +220,17 @@ def test_refusals_name_the_problem(ckpt):
     from videosparse import SparseConfig, VideoQA
 
     kind, path = ckpt
-    qa = VideoQA.from_pretrained(path, sparsity="video", num_frames=4, progress=False)
-    with pytest.raises(ValueError, match=f"long-video pool .* not supported for {kind} yet"):
-        qa.ask(_frames(4), "where is the red object", pre_budget=8, max_new_tokens=2)
+    qa = VideoQA.from_pretrained(path, sparsity=SparseConfig.preset("video", budget=20, num_layers=4), num_frames=4,
+                                 progress=False)
+    with pytest.raises(ValueError, match="pre_budget=8"):  # the in-decoder budget (20 tokens) exceeds the pool
+        qa.ask(_frames(8), "where is the red object", pre_budget=8, max_new_tokens=2)
     with pytest.raises(ValueError, match="mrope"):
         qa.set_sparsity(SparseConfig.preset("sparsevlm-v1.5", num_layers=4))
-    with pytest.raises(ValueError, match=f"not supported for {kind}"):
-        VideoQA.from_pretrained(path, sparsity=SparseConfig.preset("video", num_layers=4).replace(
-            long=SparseConfig().long.replace(budget=16)), progress=False)
+    # an absolute budget larger than a small video's tokens: that item's error, the others answered
+    out = qa.ask_many([(_frames(4), "where is the red object"), (_frames(4, h=16, w=16), "where is the red object")],
+                      on_error="record", max_new_tokens=2)
+    assert out[0].error is None and out[0].counts[-1] == 20
+    assert "20 tokens requested but the input has only 8 visual tokens" in out[1].error and "2 temporal groups x 4" in out[1].error
     with pytest.raises(ValueError, match="question is empty"):
         qa.ask(_frames(4), "  ")
     # a bad item in a long run is recorded and the rest answered
@@ -252,8 +255,9 @@ def test_cli_answers_with_this_checkpoint(ckpt, tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "frame 2 " in r.stdout and (tmp_path / "heat" / "retention.png").is_file()
-    r = subprocess.run(base + ["--pre-budget", "8"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--pre-budget" in r.stderr
+    r = subprocess.run(base + ["--pre-budget", "4", "--budget", "10"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--budget: 10 tokens requested but the input has only 4 visual tokens" in r.stderr  # the pool's 4
     assert "Traceback" not in r.stderr
 
 
@@ -272,3 +276,128 @@ def test_eval_runner_with_this_model(ckpt, tmp_path):
     for r in preds:
         assert r["visual_tokens"] > 0
         assert (r["counts"] == []) if r["config"] == "full" else (r["counts"][-1] == round(0.25 * r["visual_tokens"]))
+
+
+# ----------------------------------------------------------------------------- the long-video pool
+def _capture_positions(model):
+    """Forward pre-hook on the text decoder recording the position_ids of every call (prefill, then decode)."""
+    seen = []
+    lm = model.model.language_model
+    h = lm.register_forward_pre_hook(lambda m, a, k: seen.append(k["position_ids"].detach().clone()), with_kwargs=True)
+    return seen, h
+
+
+def test_pool_keeps_whole_video_positions_and_features(ckpt):
+    """A pool of K tokens over 20 frames: the prefill logits equal the stock model run on the whole-video prompt
+    (whole-clip features, the model's own positions) with every token outside the pool masked out, and the
+    decode steps get the stock whole-video positions."""
+    from videosparse import VideoQA
+
+    kind, path = ckpt
+    qa = VideoQA.from_pretrained(path, sparsity=None, num_frames=20, progress=False)
+    model, tok = qa.model, qa.tokenizer
+    v = _frames(20, seed=7)
+    q = "where is the red object"
+    K = 17 if kind == "qwen2_5_vl" else 7  # Qwen3-VL: 10 groups x 2 tokens here, so some groups lose every token
+    seen, h = _capture_positions(model)
+    try:
+        logits, ans = _prefill_logits(qa, lambda: qa.ask(v, q, num_frames=20, pre_budget=K, max_new_tokens=3))
+    finally:
+        h.remove()
+    pooled_next = seen[0].shape[-1] + model.model.rope_deltas  # where a later call on this cache would continue
+    ids = ans.trace.pool.kept[0]
+    assert ans.pool_tokens == ids.numel() == K and ans.visual_tokens > K
+    # the reference: whole clip encoded at once (the short path), whole-video prompt, tokens outside the pool masked
+    enc = qa.encode(v)
+    T, P = enc.features.shape[:2]
+    assert (T, P) == (ans.trace.num_frames, ans.trace.tokens_per_frame) == (10, ans.visual_tokens // 10)
+    full = tok([qa.frontend.prompt(q, T, P, qa.prompt_template, enc.extra)], return_tensors="pt")["input_ids"]
+    vid = model.config.video_token_id
+    types = (full == vid).long() * 2
+    grid = torch.tensor([enc.extra["grid"]])
+    kw = {"mm_token_type_ids": types, "video_grid_thw": grid}
+    if kind == "qwen2_5_vl":
+        kw["second_per_grid_ts"] = torch.tensor([enc.extra["second_per_grid_ts"]])
+    pos, _ = model.model.get_rope_index(full, attention_mask=torch.ones_like(full), **kw)
+    keep = torch.ones_like(full, dtype=torch.bool)
+    vpos = (full[0] == vid).nonzero()[:, 0]
+    drop = torch.ones(T * P, dtype=torch.bool)
+    drop[ids] = False
+    keep[0, vpos[drop]] = False
+    if kind == "qwen3_vl":  # a group without pooled tokens: its "<t seconds><|vision_start|> ... <|vision_end|>" too
+        vs = (full[0] == model.config.vision_start_token_id).nonzero()[:, 0]
+        ve = (full[0] == model.config.vision_end_token_id).nonzero()[:, 0]
+        assert len(set((ids // P).tolist())) < T
+        for g in range(T):
+            if not bool(((ids // P) == g).any()):
+                keep[0, (int(ve[g - 1]) + 1 if g else int(vs[0]) + 1): int(ve[g]) + 1] = False
+    out = model.model.get_video_features(
+        pixel_values_videos=__import__("videosparse.video.qwen", fromlist=["x"]).preprocess_video(v, qa.spec)[
+            "pixel_values_videos"], video_grid_thw=grid, return_dict=True)
+    with torch.no_grad():
+        ref = model(input_ids=full, attention_mask=keep.long(), position_ids=pos, mm_encoder_outputs={"video": out},
+                    **kw).logits[0, -1]
+    torch.testing.assert_close(logits[0], ref, atol=1e-4, rtol=1e-4)
+    # decode steps: the positions the stock model gives the whole-video prompt's continuation
+    seen_full, h = _capture_positions(model)
+    try:
+        qa.ask(enc, q, max_new_tokens=3)
+    finally:
+        h.remove()
+    assert len(seen) == len(seen_full) == 3
+    for a, b in zip(seen[1:], seen_full[1:]):
+        assert torch.equal(a[-3:], b[-3:])
+    # the rope delta left on the model continues the whole-video positions from the shorter pooled cache
+    assert seen[0].shape[-1] < seen_full[0].shape[-1]
+    assert torch.equal(pooled_next, seen_full[0].shape[-1] + model.model.rope_deltas)
+    assert ans.trace.time_spans[0] == (0.0, 1.0) and len(ans.timestamps) == T and ans.frames.shape[0] == T
+
+
+def test_pool_chunks_encode_as_the_whole_clip(ckpt):
+    """Chunked along time (the long path, each chunk resized to the clip's size) == the whole clip at once."""
+    from videosparse import VideoQA
+
+    kind, path = ckpt
+    qa = VideoQA.from_pretrained(path, sparsity=None, num_frames=12, progress=False)
+    v = _frames(12, seed=8)
+    enc = qa.encode(v)
+    fe = qa.frontend
+    size = fe.clip_size(qa.spec, 12, 40, 56)
+    encode = fe.pool_encoder(qa.model, qa.spec, size)
+    parts = [encode(v[s:s + 4]) for s in range(0, 12, 4)]
+    with torch.no_grad():
+        if kind == "qwen3_vl":
+            feats = torch.cat([p[0] for p in parts])
+            aux = torch.cat([p[1] for p in parts])
+            deep = torch.cat([d.reshape(enc.features.shape[0], enc.features.shape[1], -1) for d in enc.extra["deepstack"]], -1)
+            torch.testing.assert_close(aux, deep, atol=1e-5, rtol=1e-5)
+        else:
+            feats = torch.cat(parts)
+    torch.testing.assert_close(feats, enc.features, atol=1e-5, rtol=1e-5)
+
+
+def test_pruned_pool_batch_trace_and_cli(ckpt, tmp_path):
+    from videosparse import SparseConfig, VideoQA
+
+    kind, path = ckpt
+    qa = VideoQA.from_pretrained(path, sparsity=SparseConfig.preset("video", budget=0.5, num_layers=4),
+                                 num_frames=4, progress=False)
+    v = _frames(16, seed=9)
+    qs = ["where is the red object", "what is the man doing"]
+    many = qa.ask_many([(v, qs[0]), (v, qs[1])], num_frames=16, pre_budget=12, max_new_tokens=3)
+    alone = [qa.ask(v, q, num_frames=16, pre_budget=12, max_new_tokens=3) for q in qs]
+    for a, b in zip(many, alone):
+        assert a.text == b.text and a.counts == b.counts == [12, 6]
+        assert torch.equal(a.trace.pool.kept, b.trace.pool.kept)
+        kept = a.trace.stages[0].kept[0]
+        assert bool(torch.isin(kept, a.trace.pool.kept[0]).all())  # the decoder kept pooled tokens only
+    beam = qa.ask(v, qs[0], num_frames=16, pre_budget=12, max_new_tokens=3, num_beams=2)
+    assert beam.counts == [12, 6] and beam.text
+    video = _write_mp4(str(tmp_path / "v.mp4"), _frames(24, seed=10))
+    r = subprocess.run([sys.executable, "-m", "videosparse", "ask", "--model", path, video, "where is the red object",
+                        "--frames", "16", "--pre-budget", "12", "--budget", "0.5", "--max-new-tokens", "3", "--quiet", "--json",
+                        "--heatmap", str(tmp_path / "heat")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["pool_tokens"] == 12 and d["counts"] == [12, 6] and len(d["timestamps"]) == 8
+    assert (tmp_path / "heat" / "retention.png").is_file()

@@ -131,43 +131,152 @@ class _QwenVLFrontEnd(FrontEnd):
         return text.replace(self.video_placeholder, block, 1)
 
     # ------------------------------------------------------------------ inputs
-    def encode_frames(self, model: Any, frames: Any, spec: Any, clip: Any = None) -> tuple:
+    def encode_frames(self, model: Any, frames: Any, spec: Any, clip: Any = None, size: tuple | None = None) -> tuple:
         """Preprocess (smart_resize, normalise, patchify), run the vision tower + merger once: tokens
         (groups, h' x w', D) and extra = grid, times (per group: mean of its first and last frame's time;
         ``spans`` = (first, last)), Qwen2.5-VL's ``second_per_grid_ts``, Qwen3-VL's prompt times and deepstack
-        features (one (groups x h' x w', D) tensor per deepstack layer)."""
-        import numpy as np
-
+        features (one (groups x h' x w', D) tensor per deepstack layer). ``size``: (height, width) to resize to
+        (a chunk of a longer clip: the clip's size, see `clip_size`)."""
         from videosparse.video import Clip
-        from videosparse.video.qwen import preprocess_video, qwen3_timestamps, second_per_grid_ts
+        from videosparse.video.qwen import preprocess_video
 
         if clip is None:
             clip = Clip.from_array(frames)
         if self.family == "qwen3_vl" and len(frames) < 2:
             raise ValueError("Qwen3-VL needs at least 2 frames of a video (one temporal patch)")
-        inp = preprocess_video(frames, spec)
+        inp = preprocess_video(frames, spec, size)
         visual = model.model.visual
         pv = inp["pixel_values_videos"].to(model.device, visual.dtype)
         grid = inp["video_grid_thw"].to(model.device)
         out = model.model.get_video_features(pixel_values_videos=pv, video_grid_thw=grid, return_dict=True)
         gt, gh, gw = (int(x) for x in inp["video_grid_thw"][0])
         m = spec.merge_size
-        P = gh * gw // (m * m)
-        feats = out.pooler_output[0].reshape(gt, P, -1)
-        tp = spec.temporal_patch_size
-        ts = np.asarray(clip.timestamps, dtype=np.float64)
-        ts = np.concatenate([ts, np.repeat(ts[-1:], -len(ts) % tp)])
-        spans = [(float(ts[g * tp]), float(ts[g * tp + tp - 1])) for g in range(gt)]
-        extra: dict = {"grid": (gt, gh, gw), "merge": m, "times": [(a + b) / 2 for a, b in spans], "spans": spans}
-        if self.family == "qwen2_5_vl":
-            extra["second_per_grid_ts"] = second_per_grid_ts(len(frames), max(int(clip.num_source_frames), len(frames)),
-                                                              clip.fps, tp)
-        else:
-            extra["prompt_times"] = qwen3_timestamps(clip.indices, clip.fps, tp)
+        feats = out.pooler_output[0].reshape(gt, gh * gw // (m * m), -1)
+        extra = self.clip_extra(clip, spec, (gt, gh, gw))
         deep = getattr(out, "deepstack_features", None)
         if deep:
             extra["deepstack"] = [d[0] for d in deep]
         return feats, extra
+
+    def clip_extra(self, clip: Any, spec: Any, grid: tuple) -> dict:
+        """A clip's metadata for the prompt, ``generate`` and the trace: grid (t, h, w) patches, merge, per temporal
+        group its (first, last) frame time (``spans``) and mid-time (``times``); Qwen2.5-VL's
+        ``second_per_grid_ts`` (2 / the sampled frame rate), Qwen3-VL's prompt times (the processor's)."""
+        import numpy as np
+
+        from videosparse.video.qwen import qwen3_timestamps, second_per_grid_ts
+
+        gt = int(grid[0])
+        tp = spec.temporal_patch_size
+        n = len(clip.indices)
+        ts = np.asarray(clip.timestamps, dtype=np.float64)
+        ts = np.concatenate([ts, np.repeat(ts[-1:], -len(ts) % tp)])
+        spans = [(float(ts[g * tp]), float(ts[g * tp + tp - 1])) for g in range(gt)]
+        extra: dict = {"grid": tuple(int(x) for x in grid), "merge": spec.merge_size,
+                       "times": [(a + b) / 2 for a, b in spans], "spans": spans}
+        if self.family == "qwen2_5_vl":
+            extra["second_per_grid_ts"] = second_per_grid_ts(n, max(int(clip.num_source_frames), n), clip.fps, tp)
+        else:
+            extra["prompt_times"] = qwen3_timestamps(clip.indices, clip.fps, tp)
+        return extra
+
+    def clip_size(self, spec: Any, num_frames: int, height: int, width: int) -> tuple:
+        """(height, width) the processor resizes every frame of a ``num_frames``-frame clip to."""
+        from videosparse.video.qwen import video_resize_hw
+
+        return video_resize_hw(num_frames, height, width, spec)
+
+    def pool_encoder(self, model: Any, spec: Any, size: tuple) -> Any:
+        """The long path's chunk encoder: frames (an even number, or the clip's last chunk) -> (tokens (groups, P,
+        D), aux (groups, P, L x D) = the deepstack features, or None). Every chunk is resized to the clip's size;
+        the vision towers attend within each temporal group, so chunking along time gives the whole clip's
+        features (tested)."""
+        def encode(frames: Any) -> Any:
+            feats, extra = self.encode_frames(model, frames, spec, size=size)
+            deep = extra.get("deepstack")
+            if not deep:
+                return feats
+            import torch
+
+            aux = torch.cat([d.reshape(feats.shape[0], feats.shape[1], -1) for d in deep], dim=-1)
+            return feats, aux
+
+        return encode
+
+    def pooled_inputs(self, model: Any, tokenizer: Any, template: str, questions: list, pools: list) -> tuple:
+        """What ``generate`` needs for a batch of long-video pools (one per question, the same video geometry):
+        (input_ids, attention_mask, generate kwargs, vision positions (3, B, N), rope deltas (B, 1)).
+
+        The pooled prompt is the whole-video prompt with the video tokens outside the pool removed (Qwen3-VL: and
+        the timestamp text and vision markers of temporal groups left without any token), so every remaining token
+        keeps the 3-axis position the stock model gives it in the whole-video prompt (`get_rope_index` of the
+        model, on token ids only), and the rope delta is moved by the tokens removed, so the decode steps continue
+        exactly the whole-video positions."""
+        import torch
+
+        dev = model.device
+        vid = self.video_token_id(model.config)
+        mcfg = model.config
+        vs, ve = mcfg.vision_start_token_id, mcfg.vision_end_token_id
+        rows_ids, positions, deltas = [], [], []
+        for q, pv in zip(questions, pools):
+            T, P = pv.num_frames, pv.tokens_per_frame
+            e = pv.extra
+            full_text = self.prompt(q, T, P, template, e)
+            full = torch.tensor(tokenizer(full_text, add_special_tokens=True, verbose=False)["input_ids"])
+            types = (full == vid).long() * 2
+            vpos = (full == vid).nonzero()[:, 0]
+            if vpos.numel() != T * P:
+                raise ValueError(f"the whole-video prompt holds {vpos.numel()} video tokens, expected {T} x {P}")
+            grid = torch.tensor([e["grid"]], dtype=torch.long)
+            kw = {"mm_token_type_ids": types[None], "video_grid_thw": grid,
+                  "attention_mask": torch.ones(1, full.numel(), dtype=torch.long)}
+            if self.family == "qwen2_5_vl":
+                kw["second_per_grid_ts"] = torch.tensor([e["second_per_grid_ts"]])
+            with torch.no_grad():
+                pos, delta = model.model.get_rope_index(full[None], **kw)
+            keep = full != vid
+            keep[vpos[pv.ids]] = True
+            if self.family == "qwen3_vl":  # groups without a pooled token lose their timestamp text and markers
+                vsp, vep = (full == vs).nonzero()[:, 0], (full == ve).nonzero()[:, 0]
+                if vsp.numel() != T + 1 or vep.numel() != T + 1:
+                    raise ValueError("the whole-video prompt's vision markers do not match its temporal groups")
+                used = torch.zeros(T, dtype=torch.bool)
+                used[torch.unique(pv.ids // P)] = True
+                for g in range(T):
+                    if not used[g]:
+                        start = int(vep[g - 1]) + 1 if g else int(vsp[0]) + 1
+                        keep[start : int(vep[g]) + 1] = False
+            rows_ids.append(full[keep])
+            positions.append(pos[:, 0, keep.to(pos.device)])
+            deltas.append(delta.reshape(-1)[0] + int(full.numel()) - int(keep.sum()))
+        n = max(int(r.numel()) for r in rows_ids)
+        B = len(rows_ids)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.full((B, n), pad, dtype=torch.long)
+        mask = torch.zeros(B, n, dtype=torch.long)
+        pos = torch.ones(3, B, n, dtype=positions[0].dtype)
+        for b, (r, p) in enumerate(zip(rows_ids, positions)):
+            input_ids[b, n - r.numel():] = r
+            mask[b, n - r.numel():] = 1
+            pos[:, b, n - r.numel():] = p.cpu()
+        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        gen: dict = {"mm_token_type_ids": (input_ids == vid).long() * 2,
+                     "video_grid_thw": torch.tensor([pv.extra["grid"] for pv in pools], dtype=torch.long, device=dev)}
+        pooled = tuple(pv.features for pv in pools)
+        if pools[0].aux is not None:
+            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+            D = pools[0].features.shape[-1]
+            layers = pools[0].aux.shape[-1] // D
+            deep = [tuple(pv.aux[:, k * D:(k + 1) * D] for pv in pools) for k in range(layers)]
+            out = BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=deep)
+        else:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            out = BaseModelOutputWithPooling(pooler_output=pooled)
+        gen["mm_encoder_outputs"] = {"video": out}
+        return input_ids, mask, gen, pos.to(dev), torch.stack(deltas).reshape(B, 1).to(dev)
 
     def video_inputs(self, model: Any, features: list, extras: list, input_ids: Any, pixels: list | None = None) -> dict:
         """``generate`` keyword arguments for a batch: per sample its tokens (T x P, D) and ``encode_frames``

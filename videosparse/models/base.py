@@ -64,12 +64,9 @@ class ModelAdapter:
         config.check_layers(self.num_layers)
         if config.budget == "rank" and config.method != "sparsevlm":
             raise ValueError("SparseConfig.budget: 'rank' needs method='sparsevlm' (rater attention)")
-        if self.mrope and (config.positions == "renumber" or config.gravity is not None):
-            raise ValueError(
-                f"videosparse: {self.name} uses multi-axis rotary positions (mrope: time, height, width); "
-                "positions='renumber' and RoPE gravity are defined for 1-D positions only. Use "
-                "positions='original' and gravity=None (e.g. the 'video' preset)"
-            )
+        problem = positions_problem(self.name, self.mrope, config)
+        if problem:
+            raise ValueError(problem)
         self._read_geometry(self.inner.config)
 
     def _read_geometry(self, mcfg: Any) -> None:
@@ -121,7 +118,7 @@ class ModelAdapter:
         vm = run & (run.long().cumsum(dim=1) <= nv) if self.tail_tokens else run
         P = self.tokens_per_frame
         if handle._pool is not None:
-            ids, frames = handle._pool
+            ids, frames = handle._pool[:2]
             ids = torch.as_tensor(ids, dtype=torch.long)
             if ids.ndim != 2 or ids.shape[1] != nv or vm.shape[0] % ids.shape[0]:
                 raise ValueError(f"videosparse: the pooled layout {tuple(ids.shape)} does not match the input: "
@@ -201,6 +198,26 @@ def register_adapter(cls: type) -> type:
     return cls
 
 
+def positions_problem(name: str, mrope: bool, config: Any) -> str | None:
+    """Why ``config`` cannot run on a family with multi-axis rotary positions (None when it can)."""
+    if mrope and (config.positions == "renumber" or config.gravity is not None):
+        return (f"videosparse: {name} uses multi-axis rotary positions (mrope: time, height, width); "
+                "positions='renumber' and RoPE gravity are defined for 1-D positions only. Use "
+                "positions='original' and gravity=None (e.g. the 'video' preset, or "
+                "SparseConfig.preset(name).replace(positions='original', gravity=None))")
+    return None
+
+
+def check_positions(model_type: str, config: Any) -> None:
+    """`positions_problem` for the adapter registered under a config.json ``model_type`` (before any model is
+    patched: VideoQA checks a new config before it removes the current one)."""
+    for cls in _REGISTRY.values():
+        if model_type in getattr(cls, "model_types", ()):
+            problem = positions_problem(cls.name, cls.mrope, config)
+            if problem:
+                raise ValueError(problem)
+
+
 def registered_adapters() -> dict:
     return dict(_REGISTRY)
 
@@ -277,15 +294,16 @@ class SparseHandle:
             self._override = previous
 
     @contextlib.contextmanager
-    def pooled(self, ids: Any, num_frames: int) -> Iterator["SparseHandle"]:
+    def pooled(self, ids: Any, num_frames: int, grid: tuple | None = None) -> Iterator["SparseHandle"]:
         """A context in which the video tokens of a prefill are a pool of K tokens picked from
         ``num_frames`` sampled frames (the long-video path) rather than whole frames.
 
         ids: (B, K) long, each pooled token's coordinate ``frame * P + p`` among the sampled frames, in the
         order the tokens appear in the prompt (ascending). Selection, the per-frame floor and the trace then
-        work in the coordinates of the sampled frames."""
+        work in the coordinates of the sampled frames. grid: (rows, cols) of a frame's tokens for a family whose
+        grid is per video (Qwen-VL; ``P = rows x cols``); None: the family's fixed grid."""
         previous = self._pool
-        self._pool = (ids, int(num_frames))
+        self._pool = (ids, int(num_frames)) if grid is None else (ids, int(num_frames), tuple(grid))
         try:
             yield self
         finally:

@@ -66,9 +66,21 @@ class QwenVLAdapter(ModelAdapter):
                 f"videosparse: a sample has no video tokens (video_token_id={self.video_token_id}; tokens per sample "
                 f"{counts.tolist()}); videosparse prunes video tokens only - run text-only prompts inside "
                 "`with handle.disabled():`")
-        if handle._pool is not None:
-            raise ValueError(f"videosparse: the long-video pool is not supported for {self.name} yet")
         B = int(input_ids.shape[0])
+        if handle._pool is not None:  # the long-video path: K pooled tokens of T temporal groups of rows x cols
+            if len(handle._pool) < 3:
+                raise ValueError(f"videosparse: a {self.name} pool needs its frame grid: handle.pooled(ids, frames, "
+                                 "grid=(rows, cols))")
+            ids, frames, (rows, cols) = handle._pool
+            ids = torch.as_tensor(ids, dtype=torch.long)
+            P = int(rows) * int(cols)
+            if ids.ndim != 2 or B % ids.shape[0] or bool((counts != ids.shape[1]).any()):
+                raise ValueError(f"videosparse: the pooled layout {tuple(ids.shape)} does not match the input: "
+                                 f"{B} sample(s) with {counts.tolist()} video tokens")
+            if bool((ids[:, 1:] <= ids[:, :-1]).any()) or int(ids.min()) < 0 or int(ids.max()) >= frames * P:
+                raise ValueError(f"videosparse: pooled token ids must be ascending and inside {frames} frames x {P}")
+            ids = ids.repeat_interleave(B // ids.shape[0], dim=0)  # beams / returned sequences
+            return VisualLayout(vm, int(frames), P, ids.to(vm.device), grid=(int(rows), int(cols)))
         m = self.merge
         grid = kwargs.get("video_grid_thw")
         geo = []

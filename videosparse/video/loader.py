@@ -153,6 +153,14 @@ class ChunkedVideo:
                                                       progress=self._progress)
                 self.indices = idx = self._sample()
 
+    def metadata(self) -> Clip:
+        """The sampled frames' metadata as a Clip without pixels (``frames`` of shape (T, H, W, 3) with no data:
+        a broadcast view of one zero pixel): indices, timestamps, fps, source frame count, size after rotation
+        and ``max_side``; nothing is decoded."""
+        r = self._reader
+        empty = np.broadcast_to(np.zeros((1, 1, 1, 3), dtype=np.uint8), (self.indices.size, r.height, r.width, 3))
+        return _clip(r, self.indices, empty)
+
     def close(self) -> None:
         self._reader.close()
 

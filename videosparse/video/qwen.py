@@ -547,12 +547,14 @@ def _video_array(frames) -> np.ndarray:
 _CHUNK = 16  # frames per resize call: bounds memory only, results do not depend on it
 
 
-def preprocess_video(frames, spec: QwenVideoSpec | None = None) -> dict[str, Any]:
+def preprocess_video(frames, spec: QwenVideoSpec | None = None, size: tuple[int, int] | None = None) -> dict[str, Any]:
     """One video's frames -> the processor's ``pixel_values_videos`` and ``video_grid_thw``.
 
     Args:
         frames: ``uint8 (T, H, W, 3)`` RGB numpy array (or a :class:`Clip`), already sampled.
         spec: default :meth:`QwenVideoSpec.qwen2_5_vl`.
+        size: ``(height, width)`` to resize to instead of :func:`video_resize_hw` of these frames: a chunk of a
+            longer clip gets the whole clip's size (Qwen3-VL's pixel budget is per clip).
 
     Steps (``Qwen2VLVideoProcessor`` / ``Qwen3VLVideoProcessor._preprocess`` on CPU): resize every frame to
     :func:`video_resize_hw` with torchvision's uint8 antialiased resize (skipped when the size is unchanged);
@@ -575,7 +577,7 @@ def preprocess_video(frames, spec: QwenVideoSpec | None = None) -> dict[str, Any
     spec = spec or QwenVideoSpec.qwen2_5_vl()
     arr = _video_array(frames)
     t, h, w = (int(s) for s in arr.shape[:3])
-    oh, ow = video_resize_hw(t, h, w, spec)
+    oh, ow = video_resize_hw(t, h, w, spec) if size is None else (int(size[0]), int(size[1]))
     if oh % spec.factor or ow % spec.factor:
         raise ValueError(f"frames of {oh}x{ow} cannot be cut into {spec.patch_size}-pixel patches merged "
                          f"{spec.merge_size}x{spec.merge_size}: both sides must be multiples of {spec.factor} "
