@@ -17,7 +17,7 @@ from typing import Any
 DEFAULT_MODEL = "LanguageBind/Video-LLaVA-7B-hf"
 DEFAULT_CONFIGS = "full,video"
 DATASET_NAMES = ("msvd", "msrvtt", "activitynet", "tgif")
-MC_NAMES = ("videomme", "mvbench", "egoschema")  # multiple choice, scored without a judge
+MC_NAMES = ("videomme", "mvbench", "egoschema", "nextqa", "longvideobench", "mlvu")  # multiple choice, scored without a judge
 
 
 class CLIError(Exception):
@@ -61,7 +61,8 @@ def _add_dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="only the first N questions (the pruning literature's first-1000 protocol); default: all")
     p.add_argument("--subtitles", action="store_true",
-                   help="Video-MME's 'with subtitles' setting: the prompt starts with the video's subtitle/<id>.srt")
+                   help="the 'with subtitles' setting of Video-MME and LongVideoBench: the prompt starts with the "
+                        "video's subtitle text")
 
 
 def _add_judge(p: argparse.ArgumentParser) -> None:
@@ -86,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m video_eval``."""
     ap = _Parser(prog="video_eval", description="Video-QA evaluation of videosparse configs: MSVD, MSRVTT, "
                                                  "ActivityNet, TGIF in the Video-LLaVA / Video-ChatGPT format "
-                                                 "(judged), and the multiple-choice Video-MME, MVBench, EgoSchema "
-                                                 "in their release layouts (scored without a judge).")
+                                                 "(judged), and the multiple-choice Video-MME, MVBench, EgoSchema, "
+                                                 "NExT-QA, LongVideoBench, MLVU in their release layouts (scored "
+                                                 "without a judge).")
     sub = ap.add_subparsers(dest="cmd", metavar="{check,run,merge,judge,report}", parser_class=_Parser)
 
     c = sub.add_parser("check", help="validate a dataset directory before a long run")
@@ -183,7 +185,7 @@ def _load_dataset(args: argparse.Namespace) -> Any:
         _mc_args(args)
         return load_mc(args.dataset, args.root, questions=args.questions, limit=args.limit, subtitles=args.subtitles)
     if args.subtitles:
-        raise CLIError(f"--subtitles is Video-MME's setting; {args.dataset} has no subtitles")
+        raise CLIError(f"--subtitles is a setting of Video-MME and LongVideoBench; {args.dataset} has no subtitles")
     return load_dataset(args.dataset, args.root, questions=args.questions, answers=args.answers,
                         videos=args.videos, limit=args.limit)
 
@@ -198,7 +200,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         report = check_mc(args.dataset, args.root, questions=args.questions, limit=args.limit,
                           subtitles=args.subtitles, probe=args.probe)
     elif args.subtitles:
-        raise CLIError(f"--subtitles is Video-MME's setting; {args.dataset} has no subtitles")
+        raise CLIError(f"--subtitles is a setting of Video-MME and LongVideoBench; {args.dataset} has no subtitles")
     else:
         report = check(args.dataset, args.root, questions=args.questions, answers=args.answers, videos=args.videos,
                    limit=args.limit, probe=args.probe)

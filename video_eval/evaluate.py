@@ -144,7 +144,9 @@ def mc_summary_text(res: JudgeResult) -> str:
         eq = m.get("mean_equivalent_tokens")
         lines.append(f"  {label:<22} accuracy {acc:>6}  correct {m.get('correct')}/{m.get('answered')}  "
                      f"unparsed {m.get('unparsed')}  errored {m.get('errored')}  equivalent tokens "
-                     f"{'n/a' if eq is None else f'{eq:.1f}'}")
+                     f"{'n/a' if eq is None else f'{eq:.1f}'}"
+                     + (f"  M-Avg ({doc.get('macro')}) {100 * m['macro_accuracy']:.1f}%"
+                        if m.get("macro_accuracy") is not None else ""))
     if not res.complete:
         lines.append(f"WARNING: the run is incomplete ({res.missing} (question, config) pairs missing); "
                      f"these numbers cover the finished part only")
