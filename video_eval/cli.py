@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frames", type=_positive_int, default=None,
                    help="frames per video, uniformly sampled (default: the model family's, 8 for Video-LLaVA, "
                         "32 for LLaVA-OneVision)")
+    r.add_argument("--fps", type=_positive_float, default=None,
+                   help="sample this many frames per second instead of --frames uniform ones (--frames then caps "
+                        "the count)")
+    r.add_argument("--pre-budget", type=_positive_int, default=None,
+                   help="the long-video path: a question-guided pool of this many visual tokens, picked from all "
+                        "sampled frames, enters the decoder (for long benchmarks: many frames, bounded memory)")
     r.add_argument("--batch-size", type=_positive_int, default=4, help="questions per forward pass (default 4)")
     r.add_argument("--max-new-tokens", type=_positive_int, default=128, help="answer length limit (default 128)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the accelerate process's device)")
@@ -276,7 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                       attn_implementation=args.attn, prefetch=args.prefetch, workers=args.workers, seed=args.seed,
                       strict=args.strict, retry_errors=args.retry_errors, progress=not args.quiet,
-                      log_every=args.log_every, mc_scoring=mc_scoring)
+                      log_every=args.log_every, mc_scoring=mc_scoring, pre_budget=args.pre_budget, fps=args.fps)
     s = run(dataset, opts, out, allow_version_change=args.allow_version_change)
     who = f"rank {s.rank}/{s.world}: " if s.world > 1 else ""
     print(f"{who}{s.computed} answered now ({s.errors} with errors), {s.skipped} already done; "

@@ -44,7 +44,7 @@ FULL = "full"
 
 # run.json fields a resumed run must match (anything else may change between invocations)
 INVARIANT = ("dataset", "model", "num_frames", "frame_strategy", "max_new_tokens", "prompt_template", "dtype",
-             "batch_size", "seed", "mc_scoring")
+             "batch_size", "seed", "mc_scoring", "pre_budget", "fps")
 # run.json "versions" entries a resumed run must match (unless --allow-version-change)
 VERSION_INVARIANT = ("videosparse", "torch", "transformers")
 
@@ -62,8 +62,9 @@ class RunConfig:
     preset: str | None  # None: the full model
     budget: Any = None  # None: the preset's default
 
-    def sparsity(self, model_config: Any, num_frames: int) -> Any:
-        """The SparseConfig for this model (None for full), checked against its depth and input."""
+    def sparsity(self, model_config: Any, num_frames: int, pre_budget: int | None = None) -> Any:
+        """The SparseConfig for this model (None for full), checked against its depth and input (with
+        ``pre_budget``: against the long-video pool the decoder sees)."""
         from videosparse import SparseConfig
         from videosparse.pipeline import _resolve_sparsity
 
@@ -74,6 +75,8 @@ class RunConfig:
         layers = frontend_for(model_config).num_layers(model_config)
         try:
             cfg = SparseConfig.preset(self.preset, budget=self.budget, num_layers=layers)
+            if pre_budget is not None:
+                cfg = cfg.replace(long=cfg.long.replace(budget=int(pre_budget)))
             return _resolve_sparsity(cfg, model_config, num_frames)
         except ValueError as e:
             raise RunError(f"--configs {self.label}: {e}") from None
@@ -454,6 +457,10 @@ class RunOptions:
     log_every: float = 30.0
     # multiple-choice benchmarks (video_eval.benchmarks): "generate" or "text" (video_eval.mcq); None otherwise
     mc_scoring: str | None = None
+    # the long-video path: a question-guided pool of pre_budget tokens enters the decoder (None: whole frames);
+    # fps: sample that many frames per second (num_frames then caps the count) instead of num_frames uniform ones
+    pre_budget: int | None = None
+    fps: float | None = None
 
 
 @dataclass
@@ -515,6 +522,8 @@ def build_spec(dataset: Any, opts: RunOptions, world: int, model_config: Any = N
         "batch_size": opts.batch_size,
         "seed": opts.seed,
         **({"mc_scoring": opts.mc_scoring} if opts.mc_scoring else {}),
+        **({"pre_budget": opts.pre_budget} if opts.pre_budget is not None else {}),
+        **({"fps": opts.fps} if opts.fps is not None else {}),
         "world_size": world,
         "versions": versions(),
         "git_commit": _git_commit(),
@@ -583,7 +592,7 @@ def run(dataset: Any, opts: RunOptions, out_dir: str | os.PathLike, *, qa: Any =
         fe = frontend_for(model_config)
         spec = qa.spec if qa is not None else fe.preprocessor_spec(ckpt.source, ckpt.local_files_only)
         opts = dataclasses.replace(opts, num_frames=fe.default_frames(spec))
-    sparsities = {c.label: c.sparsity(model_config, opts.num_frames) for c in opts.configs}
+    sparsities = {c.label: c.sparsity(model_config, opts.num_frames, opts.pre_budget) for c in opts.configs}
     letter_ids = None
     if opts.mc_scoring == "likelihood":
         # the option letters must be tokens of the model: checked (the model loaded) before anything is written
@@ -711,9 +720,9 @@ def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities:
         if path is None:
             raise FileNotFoundError(f"video {name!r} not found in {dataset.video_dir}")
         t0 = time.perf_counter()
-        clip = load_video(path, num_frames=opts.num_frames, strategy=opts.frame_strategy, strict=opts.strict,
-                          progress=False)  # the runner shows its own progress
-        return clip, time.perf_counter() - t0
+        how = {"strategy": "fps", "sample_fps": opts.fps} if opts.fps else {"strategy": opts.frame_strategy}
+        clip = load_video(path, num_frames=opts.num_frames, strict=opts.strict, progress=False, **how)
+        return clip, time.perf_counter() - t0  # (the runner shows its own progress)
 
     for unit, decoded in Prefetcher(units, decode, opts.prefetch, opts.workers):
         summary.units += 1
@@ -724,6 +733,9 @@ def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities:
                 continue
             clip, secs = res
             summary.decode_seconds += secs
+            if opts.pre_budget is not None:  # the long path: the pool is per question, built inside ask_many
+                encoded[v] = clip
+                continue
             t0 = time.perf_counter()
             try:
                 encoded[v] = qa.encode(clip)
@@ -804,7 +816,10 @@ def _processors(proc: Any) -> Any:
 
 def _feature_key(enc: Any) -> Any:
     feats = getattr(enc, "features", None)
-    return None if feats is None else int(feats.shape[0])
+    if feats is None:  # the long path's Clip: pools are batched by their frame count
+        n = getattr(enc, "num_frames", None)
+        return None if n is None else ("clip", int(n))
+    return int(feats.shape[0])
 
 
 def _answer_batch_raw(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions, extra: dict | None = None,
@@ -825,8 +840,9 @@ def _answer_batch_raw(qa: Any, batch: list, encoded: dict, label: str, opts: Run
             slots.append(k)
     if pairs:
         try:
+            long = {} if opts.pre_budget is None else {"pre_budget": opts.pre_budget}
             answers = qa.ask_many(pairs, batch_size=len(pairs), on_error="record",
-                                  max_new_tokens=opts.max_new_tokens, do_sample=False, **(extra or {}))
+                                  max_new_tokens=opts.max_new_tokens, do_sample=False, **long, **(extra or {}))
         except Exception as e:  # e.g. out of memory: the batch is recorded as failed, the run goes on
             msg = _one_line(e)
             for k in slots:
@@ -856,6 +872,10 @@ def _record(it: Any, label: str, answer: Any = None, error: str | None = None, s
         "visual_tokens": int(answer.visual_tokens) if answer is not None else 0,
         "counts": [int(c) for c in answer.counts] if answer is not None else [],
         "equivalent_tokens": round(float(answer.equivalent_tokens), 4) if answer is not None else 0.0,
+        # frames of the answer's trace (Qwen-VL: temporal groups of 2 sampled frames) and the long-video pool
+        # (0: whole frames)
+        "frames": len(answer.frame_indices) if answer is not None else 0,
+        "pool_tokens": int(answer.pool_tokens) if answer is not None else 0,
         "new_tokens": int(answer.new_tokens) if answer is not None else 0,
         "prefill_seconds": round(answer.prefill_seconds / share, 6) if answer is not None else 0.0,
         "decode_seconds": round(answer.decode_seconds / share, 6) if answer is not None else 0.0,
