@@ -86,6 +86,11 @@ MVBENCH_ALT = {
     "nturgbd": ("nturgbd_convert",),
     "tvqa/frames_fps3_hq": ("tvqa/video_fps3_hq_segment",),
 }
+# MVBench folders that hold whole source videos whose questions cover a time window (the entry's start / end
+# seconds, as the benchmark's own evaluation crops them): the renamed "_segment" copies are cut already. TVQA's
+# are folders of frames at 3 frames per second.
+MVBENCH_BOUNDED = {"sta/sta_video": None, "tvqa/frames_fps3_hq": 3.0}
+_FRAGMENT = re.compile(r"#t=([0-9.]+),([0-9.]+)$")
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,12 @@ class MCDataset:
     tried: dict  # video_name -> [candidate paths] (messages)
     subtitles: bool = False
     problems: list = field(default_factory=list)
+    # video_name -> how to read it (``videosparse.video.load_video`` keywords: a time window ``start`` / ``end``
+    # in seconds, ``frame_rate`` for a folder of frames); absent: the whole file
+    options: dict = field(default_factory=dict)
+
+    def video_options(self, item: Any) -> dict:
+        return dict(self.options.get(str(getattr(item, "video_name", item)), {}))
 
     @property
     def spec(self) -> MCSpec:
@@ -192,8 +203,11 @@ class MCDataset:
 
 
 def _first_file(cands: list) -> Path | None:
+    """The first candidate that is a file, or a folder of image frames (MVBench's TVQA frames)."""
+    from videosparse.video.frames_dir import frame_files
+
     for c in cands:
-        if c.is_file():
+        if c.is_file() or (c.is_dir() and frame_files(str(c))):
             return c
     return None
 
@@ -370,17 +384,44 @@ def _mvbench(root: Path, questions: Any, subtitles: bool, problems: list | None)
                 bad.add(f"entry {i}: answer {r['answer']!r} is not one of its candidates")
                 continue
             ans = LETTERS[cands.index(str(r["answer"]))]
-            out.append(dict(qid=f"{task}_{i}", video=f"{folder}/{r['video']}", question=str(r["question"]),
+            video = f"{folder}/{r['video']}"
+            if folder in MVBENCH_BOUNDED and r.get("start") is not None and r.get("end") is not None:
+                try:
+                    a, b = float(r["start"]), float(r["end"])
+                except (TypeError, ValueError):
+                    bad.add(f"entry {i}: start/end {r['start']!r}/{r['end']!r} are not seconds")
+                    continue
+                if not 0 <= a < b:
+                    bad.add(f"entry {i}: the window start={a:g} .. end={b:g} is empty")
+                    continue
+                video += f"#t={a:g},{b:g}"  # one decode per (video, window)
+            out.append(dict(qid=f"{task}_{i}", video=video, question=str(r["question"]),
                             answer=ans, options=tuple(cands), prompt=build_prompt("mvbench", str(r["question"]), cands),
                             breakdown=(("task", task),), type=task))
         bad.finish(problems)
 
+    def base_folder(v: str) -> str:
+        return next((f for f in MVBENCH_TASKS.values() if v.startswith(f + "/")), v.rpartition("/")[0])
+
     def cands(v: str) -> list:
-        folder, _, rel = v.rpartition("/")
-        heads = [folder, *MVBENCH_ALT.get(folder, ())]
-        # the video name carries its extension; folders of frames are not supported (video files only)
-        return [base / h / rel for h in heads for base in (root / "video", root)]
-    return files[0] if len(files) == 1 else jdir, root / "video", out, cands
+        v = _FRAGMENT.sub("", v)
+        folder = base_folder(v)
+        rel = v[len(folder) + 1:]
+        out = []
+        for h in (folder, *MVBENCH_ALT.get(folder, ())):
+            names = [rel] if Path(rel).suffix or h == folder else [rel, rel + ".mp4"]  # segment copies are mp4
+            out += [base / h / n for n in names for base in (root / "video", root)]
+        return out
+
+    def options(v: str, path: Path | None) -> dict:
+        """A window applies to the whole source only (not to a copy cut to it); TVQA frames: 3 per second."""
+        m = _FRAGMENT.search(v)
+        folder = base_folder(_FRAGMENT.sub("", v))
+        if path is None or m is None or folder not in MVBENCH_BOUNDED or f"/{folder}/" not in path.as_posix():
+            return {}
+        rate = MVBENCH_BOUNDED[folder]
+        return {"start": float(m.group(1)), "end": float(m.group(2)), **({"frame_rate": rate} if rate else {})}
+    return files[0] if len(files) == 1 else jdir, root / "video", out, cands, None, options
 
 
 def _egoschema(root: Path, questions: Any, subtitles: bool, problems: list | None) -> tuple:
@@ -759,7 +800,8 @@ def load_mc(name: str, root: str | os.PathLike, *, questions: Any = None, limit:
     problems: list | None = None if strict else []
     loaded = _LOADERS[key](r, questions, subtitles, problems)
     qpath, vdir, rows, cands = loaded[:4]
-    split = loaded[4] if len(loaded) > 4 else BENCHMARKS[key].split
+    split = (loaded[4] if len(loaded) > 4 else None) or BENCHMARKS[key].split
+    read_options = loaded[5] if len(loaded) > 5 else None
     seen, dups, uniq = set(), [], []
     for row in rows:
         if row["qid"] in seen:
@@ -781,14 +823,16 @@ def load_mc(name: str, root: str | os.PathLike, *, questions: Any = None, limit:
     items = [Item(question_id=row["qid"], video_name=row["video"], question=row["question"], answer=row["answer"],
                   type=row["type"], index=i, options=row["options"], prompt=row["prompt"], breakdown=row["breakdown"])
              for i, row in enumerate(uniq)]
-    paths, tried = {}, {}
+    paths, tried, options = {}, {}, {}
     for v in dict.fromkeys(it.video_name for it in items):
         c = cands(v)
         tried[v] = c
         paths[v] = _first_file(c)
+        if read_options is not None and read_options(v, paths[v]):
+            options[v] = read_options(v, paths[v])
     return MCDataset(name=key, split=split, root=r.resolve(), video_dir=vdir, questions_path=qpath, limit=limit,
                      total=total, items=items, paths=paths, tried=tried, subtitles=subtitles,
-                     problems=list(problems or []))
+                     problems=list(problems or []), options=options)
 
 
 def check_mc(name: str, root: Any, *, questions: Any = None, limit: int | None = None, subtitles: bool = False,
@@ -828,7 +872,8 @@ def check_mc(name: str, root: Any, *, questions: Any = None, limit: int | None =
         elif probe_fn is not None:
             rep.probed += 1
             try:
-                probe_fn(path)
+                rate = ds.options.get(v, {}).get("frame_rate")
+                probe_fn(path, **({"frame_rate": rate} if rate else {}))
             except errs as e:
                 reason = str(getattr(e, "reason", None) or e).splitlines()
                 rep.unreadable_videos.append((v, reason[0] if reason else type(e).__name__))

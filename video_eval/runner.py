@@ -721,6 +721,8 @@ def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities:
             raise FileNotFoundError(f"video {name!r} not found in {dataset.video_dir}")
         t0 = time.perf_counter()
         how = {"strategy": "fps", "sample_fps": opts.fps} if opts.fps else {"strategy": opts.frame_strategy}
+        # a benchmark's per-video reading: a time window, a folder of frames (MVBench)
+        how.update(dataset.video_options(first[name]) if hasattr(dataset, "video_options") else {})
         clip = load_video(path, num_frames=opts.num_frames, strict=opts.strict, progress=False, **how)
         return clip, time.perf_counter() - t0  # (the runner shows its own progress)
 

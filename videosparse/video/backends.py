@@ -200,7 +200,7 @@ def check_path(path) -> str:
     if not os.path.exists(p):
         raise VideoNotFoundError(p, "no such file")
     if os.path.isdir(p):
-        raise NotAFileError(p, "is a directory, not a video file")
+        raise NotAFileError(p, "is a directory, not a video file (a folder of frames is read with frame_rate=)")
     if not os.path.isfile(p):
         raise NotAFileError(p, "is not a regular file")
     if os.path.getsize(p) == 0:
@@ -997,15 +997,20 @@ def _first_line(e) -> str:
 
 
 def open_reader(path, backend: str = "auto", *, max_side: int = DEFAULT_MAX_SIDE, strict: bool = True,
-                pyav_mode: str = "seek", progress: bool | None = None) -> _ReaderBase:
+                pyav_mode: str = "seek", progress: bool | None = None, frame_rate: float | None = None) -> _ReaderBase:
     """Open ``path`` with the requested backend (``"auto"``: decord when it agrees with PyAV's
     index, else PyAV).
 
     PyAV always opens and indexes the file first (it classifies bad input the same way for every
     backend and provides the reference index); for decord that reader is then closed, for a
     fallback it is returned as is (no second open). ``progress``: tqdm bar for long sequential
-    decoding passes (``None``: only on a terminal; ``False``: never).
+    decoding passes (``None``: only on a terminal; ``False``: never). ``frame_rate``: a folder of image frames
+    is read as a video at this rate (``videosparse.video.frames_dir``); without it a folder is refused.
     """
+    if frame_rate is not None and path is not None and os.path.isdir(os.fspath(path)):
+        from videosparse.video.frames_dir import FrameFolderReader
+
+        return FrameFolderReader(path, frame_rate, max_side=max_side, strict=strict)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pyav" or (backend == "auto" and not decord_available()):

@@ -45,8 +45,9 @@ def load_video(
     max_side: int = DEFAULT_MAX_SIDE,
     strict: bool = True,
     progress: bool | None = None,
+    frame_rate: float | None = None,
 ) -> Clip:
-    """Decode sampled frames of a video file.
+    """Decode sampled frames of a video file (or of a folder of image frames, with ``frame_rate``).
 
     Args:
         path: video file (anything FFmpeg demuxes: mp4, mkv/webm, avi, mov, ...).
@@ -65,6 +66,8 @@ def load_video(
         strict: raise on truncated or corrupt streams; ``False`` logs and uses what decodes.
         progress: tqdm bar on stderr for long sequential decoding passes (files without reliable
             seeking, decoder-order indexing): ``None`` (default) only on a terminal, ``False`` never.
+        frame_rate: ``path`` may be a folder of image frames shown at this many frames per second
+            (MVBench's TVQA frames: 3); ignored for files.
 
     Returns:
         :class:`Clip` with ``frames`` ``uint8 (T, H, W, 3)`` RGB.
@@ -72,7 +75,7 @@ def load_video(
     Raises:
         VideoError: a subclass naming the file and the reason (see ``videosparse.video.errors``).
     """
-    reader = open_reader(path, backend, max_side=max_side, strict=strict, progress=progress)
+    reader = open_reader(path, backend, max_side=max_side, strict=strict, progress=progress, frame_rate=frame_rate)
     try:
         idx = sample_indices(reader.timestamps, num_frames, strategy, indices=indices, start=start, end=end,
                              sample_fps=sample_fps, path=reader.path)
@@ -107,7 +110,7 @@ class ChunkedVideo:
                  indices: Sequence[int] | np.ndarray | None = None, start: float | None = None,
                  end: float | None = None, sample_fps: float = 1.0, backend: str = "auto",
                  max_side: int = DEFAULT_MAX_SIDE, strict: bool = True, distinct: bool = False,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, frame_rate: float | None = None) -> None:
         if int(chunk_size) != chunk_size or chunk_size < 1:
             raise SamplingError(None if path is None else str(path),
                                 f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -117,7 +120,8 @@ class ChunkedVideo:
                               sample_fps=sample_fps)
         self._distinct = distinct
         self._progress = progress
-        self._reader = open_reader(path, backend, max_side=max_side, strict=strict, progress=progress)
+        self._reader = open_reader(path, backend, max_side=max_side, strict=strict, progress=progress,
+                                   frame_rate=frame_rate)
         try:
             self.indices = self._sample()
         except BaseException:
@@ -218,12 +222,12 @@ class VideoInfo:
 
 
 def probe_video(path, backend: str = "auto", *, max_side: int = DEFAULT_MAX_SIDE, strict: bool = True,
-                progress: bool | None = None) -> VideoInfo:
+                progress: bool | None = None, frame_rate: float | None = None) -> VideoInfo:
     """Validate a file and return its metadata, decoding the first frame only -- except files whose
     container timestamps do not identify the frames, which are counted by decoding them once
     (``progress`` as in :func:`load_video`).
     """
-    with open_reader(path, backend, max_side=max_side, strict=strict, progress=progress) as r:
+    with open_reader(path, backend, max_side=max_side, strict=strict, progress=progress, frame_rate=frame_rate) as r:
         return VideoInfo(path=r.path, backend=r.backend, num_frames=int(r.num_frames), fps=float(r.fps),
                          duration=float(r.duration), width=int(r.width), height=int(r.height),
                          rotation=int(r.rotation))
