@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.eval.fixtures import FPS, write_clip
+from tests.eval.fixtures import write_clip
 from video_eval.benchmarks import check_mc, load_mc
 from video_eval.cli import main
 from videosparse.video import load_video, probe_video
