@@ -175,9 +175,22 @@ class MCDataset:
     # video_name -> how to read it (``videosparse.video.load_video`` keywords: a time window ``start`` / ``end``
     # in seconds, ``frame_rate`` for a folder of frames); absent: the whole file
     options: dict = field(default_factory=dict)
+    # video_name -> subtitle cues [(start s, end s, text)] (Video-MME's "with subtitles" setting)
+    cues: dict = field(default_factory=dict)
 
     def video_options(self, item: Any) -> dict:
         return dict(self.options.get(str(getattr(item, "video_name", item)), {}))
+
+    def frame_prompt(self, item: Any, timestamps: Any) -> str | None:
+        """Video-MME with subtitles: the prompt holding the subtitles shown at the sampled frames (the cues active
+        at any of ``timestamps``, seconds, in time order, each once), as the benchmark's protocol pairs subtitles
+        with frames; None for an item without cues (its ``prompt`` stands)."""
+        cues = self.cues.get(str(getattr(item, "video_name", item)))
+        if cues is None:
+            return None
+        ts = [float(t) for t in timestamps]
+        text = "\n".join(c for a, b, c in cues if any(a <= t < b for t in ts))
+        return build_prompt(self.name, item.question, list(item.options), subtitles=text)
 
     @property
     def spec(self) -> MCSpec:
@@ -327,13 +340,15 @@ def _videomme(root: Path, questions: Any, subtitles: bool, problems: list | None
             bad.add(f"row {i}: answer {r['answer']!r} is not one of {LETTERS[:len(texts)]}")
             continue
         vid = str(r["videoID"])
-        sub = None
+        sub = cues = None
         if subtitles:
-            sub = _srt_text(root / "subtitle" / f"{vid}.srt")
+            cues = _srt_cues(root / "subtitle" / f"{vid}.srt")
+            sub = "\n".join(c for _, _, c in cues)
         prompt = build_prompt("videomme", str(r["question"]), texts, subtitles=sub if subtitles else None)
         bd = tuple((k, str(r.get(k)) if r.get(k) is not None else "unknown") for k in BENCHMARKS["videomme"].breakdown)
         out.append(dict(qid=str(r["question_id"]), video=vid, question=str(r["question"]), answer=ans,
-                        options=tuple(texts), prompt=prompt, breakdown=bd, type=str(r.get("task_type") or "") or None))
+                        options=tuple(texts), prompt=prompt, breakdown=bd, type=str(r.get("task_type") or "") or None,
+                        **({"cues": cues} if cues is not None else {})))
     bad.finish(problems)
     vdir = root / "data"
 
@@ -342,18 +357,37 @@ def _videomme(root: Path, questions: Any, subtitles: bool, problems: list | None
     return qpath, vdir, out, cands
 
 
-def _srt_text(path: Path) -> str:
-    """The text lines of an .srt file (no indices, no times, no font tags), one per cue; "" when absent."""
+_SRT_TIME = re.compile(r"(\d+):(\d{2}):(\d{2})[,.](\d{1,3})")
+
+
+def _srt_seconds(s: str) -> float | None:
+    m = _SRT_TIME.search(s)
+    if m is None:
+        return None
+    h, mi, se, ms = m.groups()
+    return int(h) * 3600 + int(mi) * 60 + int(se) + int(ms.ljust(3, "0")) / 1000
+
+
+def _srt_cues(path: Path) -> list:
+    """The cues of an .srt file as (start s, end s, text without font tags), in file order; [] when absent."""
     if not path.is_file():
-        return ""
+        return []
     text = path.read_text(encoding="utf-8-sig", errors="replace")
-    lines = []
+    cues = []
     for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
         parts = [p for p in block.strip().split("\n") if p.strip()]
         if len(parts) >= 3 and "-->" in parts[1]:
-            cue = " ".join(parts[2:])
-            lines.append(re.sub(r"<[^>]+>", "", cue).strip())
-    return "\n".join(x for x in lines if x)
+            a, _, b = parts[1].partition("-->")
+            cue = re.sub(r"<[^>]+>", "", " ".join(parts[2:])).strip()
+            ta, tb = _srt_seconds(a), _srt_seconds(b)
+            if cue and ta is not None and tb is not None:
+                cues.append((ta, tb, cue))
+    return cues
+
+
+def _srt_text(path: Path) -> str:
+    """The text lines of an .srt file (no indices, no times, no font tags), one per cue; "" when absent."""
+    return "\n".join(c for _, _, c in _srt_cues(path))
 
 
 def _mvbench(root: Path, questions: Any, subtitles: bool, problems: list | None) -> tuple:
@@ -823,6 +857,7 @@ def load_mc(name: str, root: str | os.PathLike, *, questions: Any = None, limit:
     items = [Item(question_id=row["qid"], video_name=row["video"], question=row["question"], answer=row["answer"],
                   type=row["type"], index=i, options=row["options"], prompt=row["prompt"], breakdown=row["breakdown"])
              for i, row in enumerate(uniq)]
+    cues = {row["video"]: row["cues"] for row in uniq if "cues" in row}
     paths, tried, options = {}, {}, {}
     for v in dict.fromkeys(it.video_name for it in items):
         c = cands(v)
@@ -832,7 +867,7 @@ def load_mc(name: str, root: str | os.PathLike, *, questions: Any = None, limit:
             options[v] = read_options(v, paths[v])
     return MCDataset(name=key, split=split, root=r.resolve(), video_dir=vdir, questions_path=qpath, limit=limit,
                      total=total, items=items, paths=paths, tried=tried, subtitles=subtitles,
-                     problems=list(problems or []), options=options)
+                     problems=list(problems or []), options=options, cues=cues)
 
 
 def check_mc(name: str, root: Any, *, questions: Any = None, limit: int | None = None, subtitles: bool = False,

@@ -752,7 +752,7 @@ def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities:
             qa.set_sparsity(sparsities[c.label])
             for batch in batches:
                 t0 = time.perf_counter()
-                records = _answer_batch(qa, batch, encoded, c.label, opts, dataset.name)
+                records = _answer_batch(qa, batch, encoded, c.label, opts, dataset.name, dataset)
                 summary.generate_seconds += time.perf_counter() - t0
                 new = [r for r in records if (r["question_id"], c.label) not in done]
                 writer.write(new)
@@ -764,12 +764,13 @@ def _run_units(qa: Any, dataset: Any, units: list, opts: RunOptions, sparsities:
     qa.set_sparsity(None)
 
 
-def _answer_batch(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions, benchmark: str = "") -> list:
+def _answer_batch(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions, benchmark: str = "",
+                  dataset: Any = None) -> list:
     """Records of one fixed batch (errors recorded per question). Multiple-choice items are asked
     :func:`video_eval.mcq.model_question` and their records scored (``pred_letter``, ``correct``)."""
     if opts.mc_scoring == "likelihood":
-        return _answer_batch_likelihood(qa, batch, encoded, label, opts)
-    records = _answer_batch_raw(qa, batch, encoded, label, opts)
+        return _answer_batch_likelihood(qa, batch, encoded, label, opts, dataset)
+    records = _answer_batch_raw(qa, batch, encoded, label, opts, dataset=dataset)
     if opts.mc_scoring is not None:
         from video_eval.mcq import score
 
@@ -781,14 +782,16 @@ def _answer_batch(qa: Any, batch: list, encoded: dict, label: str, opts: RunOpti
     return records
 
 
-def _answer_batch_likelihood(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions) -> list:
+def _answer_batch_likelihood(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions,
+                             dataset: Any = None) -> list:
     """Likelihood scoring: one forward pass per question over the benchmark prompt; the option letter with
     the highest log-probability as the first answer token is the answer (no parsing)."""
     from video_eval.mcq import LETTERS
 
     proc = _LetterScores(qa._video_eval_letter_ids)
     records = _answer_batch_raw(qa, batch, encoded, label, dataclasses.replace(opts, max_new_tokens=1),
-                                extra={"logits_processor": _processors(proc)}, model_question_mode="generate")
+                                extra={"logits_processor": _processors(proc)}, model_question_mode="generate",
+                                dataset=dataset)
     ok = [k for k, r in enumerate(records) if not r["error"]]
     # ask_many generates group by group (videos of the same frame count), in order of first appearance
     keys = {k: _feature_key(encoded.get(batch[k].video_name)) for k in ok}
@@ -825,7 +828,7 @@ def _feature_key(enc: Any) -> Any:
 
 
 def _answer_batch_raw(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions, extra: dict | None = None,
-                      model_question_mode: str | None = None) -> list:
+                      model_question_mode: str | None = None, dataset: Any = None) -> list:
     pairs, slots = [], []
     records: list = [None] * len(batch)
     for k, it in enumerate(batch):
@@ -836,7 +839,12 @@ def _answer_batch_raw(qa: Any, batch: list, encoded: dict, label: str, opts: Run
             if opts.mc_scoring is not None:
                 from video_eval.mcq import model_question
 
-                pairs.append((enc, model_question(it, model_question_mode or opts.mc_scoring)))
+                mode = model_question_mode or opts.mc_scoring
+                q = model_question(it, mode)
+                if mode != "text" and hasattr(dataset, "frame_prompt"):  # subtitles of the sampled frames
+                    clip = getattr(enc, "clip", enc)
+                    q = dataset.frame_prompt(it, getattr(clip, "timestamps", ())) or q
+                pairs.append((enc, q))
             else:
                 pairs.append((enc, it.question))
             slots.append(k)
@@ -876,8 +884,8 @@ def _record(it: Any, label: str, answer: Any = None, error: str | None = None, s
         "equivalent_tokens": round(float(answer.equivalent_tokens), 4) if answer is not None else 0.0,
         # frames of the answer's trace (Qwen-VL: temporal groups of 2 sampled frames) and the long-video pool
         # (0: whole frames)
-        "frames": len(answer.frame_indices) if answer is not None else 0,
-        "pool_tokens": int(answer.pool_tokens) if answer is not None else 0,
+        "frames": len(getattr(answer, "frame_indices", None) or ()),
+        "pool_tokens": int(getattr(answer, "pool_tokens", 0) or 0),
         "new_tokens": int(answer.new_tokens) if answer is not None else 0,
         "prefill_seconds": round(answer.prefill_seconds / share, 6) if answer is not None else 0.0,
         "decode_seconds": round(answer.decode_seconds / share, 6) if answer is not None else 0.0,
