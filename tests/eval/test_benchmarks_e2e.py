@@ -304,3 +304,52 @@ def test_likelihood_scoring_on_a_model_with_option_letters(tmp_path, letter_chec
            str(tmp_path / "tb"), "--quiet", "--mc-scoring", "likelihood"]
     assert main(bad) == 2
     assert "option letter" in capsys.readouterr().err and not (tmp_path / "tb").exists()
+
+
+# ----------------------------------------------------------------------------- the other benchmarks, for real
+def _bench_cmd(name, root, out):
+    return ["run", "--dataset", name, "--root", str(root), "--model", "testbed", "--configs", "full,video@0.25",
+            "--out", str(out), "--batch-size", "2", "--max-new-tokens", "6", "--threads", "1", "--quiet"]
+
+
+def test_mvbench_accelerate_two_processes_equal_one(tmp_path):
+    fx = _make("mvbench", tmp_path / "data", n_videos=1, questions_per_video=2, seed=9)
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert main(_bench_cmd("mvbench", fx["root"], ref)) == 0
+    acc = Path(sys.executable).with_name("accelerate")
+    cmd = [str(acc), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "-m", "video_eval", *_bench_cmd("mvbench", fx["root"], out), "--device",
+           "cpu"]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r0, r1 = _records(out / "predictions.rank0.jsonl"), _records(out / "predictions.rank1.jsonl")
+    assert r0 and r1 and not ({x["video_name"] for x in r0} & {x["video_name"] for x in r1})
+    assert _canonical(out / "predictions.jsonl") == _canonical(ref / "predictions.jsonl")
+    a = json.loads((out / "results.json").read_text())["metrics"]
+    b = json.loads((ref / "results.json").read_text())["metrics"]
+    assert {c: m["per_breakdown"] for c, m in a.items()} == {c: m["per_breakdown"] for c, m in b.items()}
+
+
+def test_egoschema_kill9_then_resume_equals_uninterrupted(tmp_path):
+    fx = _make("egoschema", tmp_path / "data", n_videos=8, seed=10)
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert main(_bench_cmd("egoschema", fx["root"], ref)) == 0
+    total = 2 * len(fx["items"])
+    cmd = [sys.executable, "-m", "video_eval", *_bench_cmd("egoschema", fx["root"], out)]
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rank0 = out / "predictions.rank0.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if rank0.exists() and rank0.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.002)
+    assert p.poll() is None, "the run finished before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    p.stderr.close()
+    n_before = rank0.read_bytes().count(b"\n")
+    assert 2 <= n_before < total
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"{n_before} already done" in r.stderr
+    assert _canonical(out / "predictions.jsonl") == _canonical(ref / "predictions.jsonl")
