@@ -43,9 +43,6 @@ class _QwenVLFrontEnd(FrontEnd):
     frames_per_step = 2
     family = ""
 
-    def load_model(self, source: str, **kwargs: Any) -> Any:
-        return self.model_class().from_pretrained(source, **kwargs)
-
     # ------------------------------------------------------------------ preprocessing
     def default_spec(self) -> Any:
         from videosparse.video.qwen import QwenVideoSpec
@@ -263,19 +260,11 @@ class _QwenVLFrontEnd(FrontEnd):
         input_ids, mask = input_ids.to(dev), mask.to(dev)
         gen: dict = {"mm_token_type_ids": (input_ids == vid).long() * 2,
                      "video_grid_thw": torch.tensor([pv.extra["grid"] for pv in pools], dtype=torch.long, device=dev)}
-        pooled = tuple(pv.features for pv in pools)
+        deep = None
         if pools[0].aux is not None:
-            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
             D = pools[0].features.shape[-1]
-            layers = pools[0].aux.shape[-1] // D
-            deep = [tuple(pv.aux[:, k * D:(k + 1) * D] for pv in pools) for k in range(layers)]
-            out = BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=deep)
-        else:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            out = BaseModelOutputWithPooling(pooler_output=pooled)
-        gen["mm_encoder_outputs"] = {"video": out}
+            deep = [tuple(pv.aux[:, k * D:(k + 1) * D] for pv in pools) for k in range(pools[0].aux.shape[-1] // D)]
+        gen["mm_encoder_outputs"] = _encoder_outputs(tuple(pv.features for pv in pools), deep)
         return input_ids, mask, gen, pos.to(dev), torch.stack(deltas).reshape(B, 1).to(dev)
 
     def video_inputs(self, model: Any, features: list, extras: list, input_ids: Any, pixels: list | None = None) -> dict:
@@ -292,18 +281,10 @@ class _QwenVLFrontEnd(FrontEnd):
         if pixels is not None:
             kw["pixel_values_videos"] = torch.cat(pixels).to(dev, model.model.visual.dtype)
             return kw
-        pooled = tuple(f.reshape(-1, f.shape[-1]) for f in features)
+        deep = None
         if "deepstack" in extras[0]:
-            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
-            layers = len(extras[0]["deepstack"])
-            deep = [tuple(e["deepstack"][k] for e in extras) for k in range(layers)]
-            out = BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=deep)
-        else:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            out = BaseModelOutputWithPooling(pooler_output=pooled)
-        kw["mm_encoder_outputs"] = {"video": out}
+            deep = [tuple(e["deepstack"][k] for e in extras) for k in range(len(extras[0]["deepstack"]))]
+        kw["mm_encoder_outputs"] = _encoder_outputs(tuple(f.reshape(-1, f.shape[-1]) for f in features), deep)
         return kw
 
     def pixels(self, frames: Any, spec: Any) -> Any:
@@ -311,6 +292,18 @@ class _QwenVLFrontEnd(FrontEnd):
         from videosparse.video.qwen import preprocess_video
 
         return preprocess_video(frames, spec)["pixel_values_videos"]
+
+
+def _encoder_outputs(pooled: tuple, deepstack: list | None) -> dict:
+    """``mm_encoder_outputs`` for ``generate``: per video its tokens (n, D) and, for Qwen3-VL, per deepstack layer
+    a tuple of the videos' deepstack features, the shapes ``get_video_features`` returns."""
+    if deepstack is not None:
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        return {"video": BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=deepstack)}
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return {"video": BaseModelOutputWithPooling(pooler_output=pooled)}
 
 
 @register_frontend
