@@ -48,11 +48,28 @@ selected tokens' features enter the decoder; ``--pre-select uniform`` (default) 
 per-frame top-k feature norm) and the lower bound; and all of them at the paper's 194/2056 equivalent tokens
 scaled to 6272 (592). Peak memory of every configuration in a child process; ``check_targets`` per family.
 
+``--family qwen2_5_vl`` / ``--family qwen3_vl``: the same configurations and measurements on random-weight
+``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` models with the real checkpoints'
+decoder depth, GQA ratio, MLP ratio and vocab (Qwen2.5-VL-7B: 28 layers, 28:4 heads, q/k/v biases, vocab 152064;
+Qwen3-VL-8B: 36 layers, 32:8 heads, q/k RMS norms, deepstack after decoder layers 0-2, vocab 151936), width scaled
+down (head dim 32), and a 64-frame clip giving 32 temporal groups x 12 x 16 = 6144 visual tokens (Qwen2.5-VL: 336 x
+448 px, patch 14; Qwen3-VL: 384 x 512 px, patch 16; merge 2, temporal patch 2). Qwen3-VL's prompt holds each
+temporal group's timestamp text ("<12.2 seconds>") + vision_start/end around its run of video tokens. There is no
+front end for these families here: the prompt, ``video_grid_thw``, ``mm_token_type_ids`` and the patch tensor are
+built by this script, the features by ``model.model.get_video_features`` (timed apart) and handed to the timed
+forward as ``mm_encoder_outputs`` (Qwen3-VL: with its deepstack features). Multi-axis rotary positions (mrope): the
+seed presets run with ``positions="original", gravity=None`` (renumbering and 1-D RoPE gravity are refused for
+mrope); ``video``, ``fastv`` and the lower bound run as they are. The pre-LLM baseline keeps the kept tokens'
+original 3-axis positions.
+
 Usage:
     python scripts/bench_speed.py                 # full run (~10 min on 2 cores)
     python scripts/bench_speed.py --quick         # < 1.5 min: fewer repeats/configs, smaller hidden size
     python scripts/bench_speed.py --family llava_onevision [--threads 1]   # ~8 min: 24 configs x 3 repeats
     python scripts/bench_speed.py --family llava_onevision --quick         # < 1 min: 8 frames, 1 repeat
+    python scripts/bench_speed.py --family qwen2_5_vl --threads 1          # 24 configs x 3 repeats
+    python scripts/bench_speed.py --family qwen3_vl --threads 1            # 24 configs x 3 repeats
+    python scripts/bench_speed.py --family qwen3_vl --quick                # 16 frames, 1 repeat
 """
 
 from __future__ import annotations
@@ -84,7 +101,24 @@ FAMILIES = {
                     "dims_7b": dict(hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32064)},
     "llava_onevision": {"label": "LLaVA-OneVision", "model_type": "llava_onevision",
                         "dims_7b": dict(hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064)},
+    # Qwen2.5-VL-7B-Instruct's decoder (config.json): 28 layers, hidden 3584, 28 heads x 128 : 4 KV heads, MLP 18944,
+    # q/k/v biases, vocab 152064, rope theta 1e6, mrope_section [16, 24, 24]
+    "qwen2_5_vl": {"label": "Qwen2.5-VL", "size": "7B", "model_type": "qwen2_5_vl",
+                   "dims_7b": dict(hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064)},
+    # Qwen3-VL-8B-Instruct's decoder: 36 layers, hidden 4096, 32 heads x 128 : 8 KV heads, MLP 12288, no biases,
+    # per-head q/k RMS norms, vocab 151936, rope theta 5e6, interleaved mrope_section [24, 20, 20]; deepstack:
+    # vision layers 8, 16, 24's features added to the visual rows after decoder layers 0, 1, 2
+    "qwen3_vl": {"label": "Qwen3-VL", "size": "8B", "model_type": "qwen3_vl",
+                 "dims_7b": dict(hidden=4096, heads=32, kv_heads=8, intermediate=12288, vocab=151936)},
 }
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+# The real checkpoints' special tokens (both families): <|vision_start|>, <|vision_end|>, <|image_pad|>, <|video_pad|>
+QWEN_VISION_START, QWEN_VISION_END, QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN = 151652, 151653, 151655, 151656
+# mrope sections of the real head dim 128 (64 rotary frequencies: time, height, width), scaled to the bench's head dim
+QWEN_MROPE = {"qwen2_5_vl": (16, 24, 24), "qwen3_vl": (24, 20, 20)}
+QWEN_ROPE_THETA = {"qwen2_5_vl": 1000000.0, "qwen3_vl": 5000000.0}
+QWEN_GQA = {"qwen2_5_vl": 7, "qwen3_vl": 4}  # query heads per KV head (28:4, 32:8)
+QWEN_MLP_RATIO = {"qwen2_5_vl": 18944 / 3584, "qwen3_vl": 12288 / 4096}
 
 
 # ----------------------------------------------------------------------------------------- geometry
@@ -103,21 +137,47 @@ class Geometry:
     question_tokens: int = 25
     vision_hidden: int = 32
     vision_layers: int = 1
-    family: str = "video_llava"  # "video_llava" | "llava_onevision"
+    family: str = "video_llava"  # "video_llava" | "llava_onevision" | "qwen2_5_vl" | "qwen3_vl"
+    # Qwen families only: frame width (image_size is the height), temporal patch, spatial merge, sampling rate
+    image_width: int = 0  # 0: square frames
+    temporal_patch: int = 1
+    merge: int = 1
+    fps: float = 2.0
+
+    @property
+    def qwen(self) -> bool:
+        return self.family in QWEN_FAMILIES
+
+    @property
+    def groups(self) -> int:
+        """The engine's frames: video frames, or (Qwen) temporal groups of ``temporal_patch`` frames."""
+        return self.frames // self.temporal_patch
+
+    @property
+    def grid_thw(self) -> tuple:
+        """Qwen: the video's patch grid (temporal groups, height patches, width patches) = ``video_grid_thw``."""
+        return (self.groups, self.image_size // self.patch_size, (self.image_width or self.image_size) // self.patch_size)
 
     @property
     def tokens_per_frame(self) -> int:
-        """From the family's front end, asked about this geometry's transformers config (no formula here)."""
+        """From the family's front end, asked about this geometry's transformers config (no formula here); Qwen
+        (no front end here): the merged patch grid of one temporal group, (h / merge) x (w / merge)."""
+        if self.qwen:
+            _, h, w = self.grid_thw
+            return (h // self.merge) * (w // self.merge)
         return _frontend_geometry(self)[0]
 
     @property
     def tail_tokens(self) -> int:
-        """Placeholder tokens closing the video block (LLaVA-OneVision's image_newline: 1), not visual."""
+        """Placeholder tokens closing the video block (LLaVA-OneVision's image_newline: 1), not visual; Qwen: the text
+        tokens inside the video block (vision_start / vision_end; Qwen3-VL also each group's timestamp text)."""
+        if self.qwen:
+            return len(qwen_video_block(self)) - self.num_visual
         return _frontend_geometry(self)[1]
 
     @property
     def num_visual(self) -> int:
-        return self.frames * self.tokens_per_frame
+        return self.groups * self.tokens_per_frame
 
     @property
     def seq_len(self) -> int:
@@ -133,8 +193,19 @@ class Geometry:
 
     @property
     def qkv_bias(self) -> bool:
-        """Qwen2 (LLaVA-OneVision's decoder) has biases on q/k/v; Llama (Video-LLaVA's) has none."""
-        return self.family == "llava_onevision"
+        """Qwen2 (LLaVA-OneVision's and Qwen2.5-VL's decoder) has biases on q/k/v; Llama (Video-LLaVA's) and Qwen3
+        have none."""
+        return self.family in ("llava_onevision", "qwen2_5_vl")
+
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3's per-head RMS norms on q and k (before rotary)."""
+        return self.family == "qwen3_vl"
+
+    @property
+    def deepstack(self) -> int:
+        """Qwen3-VL: decoder layers (0 .. n-1) after which deepstack features are added to the visual rows."""
+        return min(3, self.vision_layers) if self.family == "qwen3_vl" else 0
 
 
 TOY = Geometry(frames=2, image_size=84, patch_size=14, layers=6, hidden=64, heads=2, kv_heads=2, intermediate=128,
@@ -153,10 +224,87 @@ OV_TOY = Geometry(frames=4, image_size=112, patch_size=14, layers=8, hidden=56, 
                   family="llava_onevision")
 
 
+# Qwen2.5-VL-7B / Qwen3-VL-8B decoders, width scaled down to head dim 32 keeping the GQA ratio (28:4 = 7:1 -> 7 heads
+# sharing 1 KV head; 32:8 = 4:1 -> 8 heads : 2 KV heads), the MLP ratio (18944 / 3584 -> 1184; 12288 / 4096 = 3 ->
+# 768), the depth (28; 36) and the vocab (152064; 151936). Clip: 64 frames sampled at 2 fps (32 s) -> 32 temporal
+# groups of 2 frames; Qwen2.5-VL 336 x 448 px / 14 px patches = 24 x 32 patches, merged 2 x 2 -> 12 x 16 = 192 tokens
+# per group; Qwen3-VL 384 x 512 px / 16 px patches -> the same 24 x 32 and 192: 6144 visual tokens for both (the sizes
+# are multiples of patch x merge, so the processors' smart_resize keeps them). Vision towers: tiny (hidden 32; Qwen2.5
+# 1 block, Qwen3 3 blocks so that its 3 deepstack features exist).
+QWEN25_GEOMETRY = Geometry(frames=64, image_size=336, image_width=448, patch_size=14, temporal_patch=2, merge=2,
+                           layers=28, hidden=224, heads=7, kv_heads=1, intermediate=1184, vocab=152064,
+                           prefix_tokens=35, question_tokens=25, vision_hidden=32, vision_layers=1, family="qwen2_5_vl")
+QWEN3_GEOMETRY = Geometry(frames=64, image_size=384, image_width=512, patch_size=16, temporal_patch=2, merge=2,
+                          layers=36, hidden=256, heads=8, kv_heads=2, intermediate=768, vocab=151936,
+                          prefix_tokens=35, question_tokens=25, vision_hidden=32, vision_layers=3, family="qwen3_vl")
+QWEN_QUICK_FRAMES = 16
+# toys: 8 frames of 32 x 48 px, 4 px patches -> 4 groups x (4 x 6) = 96 visual tokens; 8 layers
+QWEN25_TOY = Geometry(frames=8, image_size=32, image_width=48, patch_size=4, temporal_patch=2, merge=2, layers=8,
+                      hidden=56, heads=7, kv_heads=1, intermediate=296, vocab=160, prefix_tokens=4, question_tokens=5,
+                      vision_hidden=16, vision_layers=1, family="qwen2_5_vl")
+QWEN3_TOY = Geometry(frames=8, image_size=32, image_width=48, patch_size=4, temporal_patch=2, merge=2, layers=8,
+                     hidden=64, heads=4, kv_heads=1, intermediate=192, vocab=160, prefix_tokens=4, question_tokens=5,
+                     vision_hidden=16, vision_layers=3, family="qwen3_vl")
+QWEN_GEOMETRIES = {"qwen2_5_vl": (QWEN25_GEOMETRY, QWEN25_TOY), "qwen3_vl": (QWEN3_GEOMETRY, QWEN3_TOY)}
+
+
+def qwen_mrope_section(family: str, head_dim: int) -> list:
+    """The real mrope_section (for 64 rotary frequencies) scaled to ``head_dim / 2``: height and width rounded down,
+    time takes the rest (Qwen2.5 [16, 24, 24] -> [4, 6, 6] at head dim 32; Qwen3 [24, 20, 20] -> [6, 5, 5])."""
+    t, h, w = QWEN_MROPE[family]
+    half = head_dim // 2
+    hh, ww = h * half // 64, w * half // 64
+    return [half - hh - ww, hh, ww]
+
+
+def _qwen_ids(geo: Geometry) -> tuple:
+    """(video, image, vision_start, vision_end) ids: the real checkpoints' where the vocab holds them, else the
+    top ids of a toy vocab."""
+    if geo.vocab > QWEN_VIDEO_TOKEN:
+        return QWEN_VIDEO_TOKEN, QWEN_IMAGE_TOKEN, QWEN_VISION_START, QWEN_VISION_END
+    v = geo.vocab
+    return v - 1, v - 2, v - 3, v - 4
+
+
+def qwen_timestamp_tokens(seconds: float) -> int:
+    """Tokens of Qwen3-VL's ``f"<{seconds:.1f} seconds>"`` in the Qwen2 tokenizer: its pre-tokenizer splits every
+    digit apart, so '<', each digit, '.', ' seconds', '>' (e.g. '<12.2 seconds>' -> 7 tokens)."""
+    text = f"{seconds:.1f}"
+    return 1 + sum(ch.isdigit() for ch in text) + text.count(".") + 1 + 1
+
+
+@functools.lru_cache(maxsize=64)
+def qwen_timestamps(geo: Geometry) -> tuple:
+    """Qwen3-VL's time of each temporal group: ``frames`` sampled at ``fps`` from the clip's start (frame i at
+    i / fps s), through ``videosparse.video.qwen.qwen3_timestamps``."""
+    from videosparse.video.qwen import qwen3_timestamps
+
+    return tuple(qwen3_timestamps(list(range(geo.frames)), geo.fps, geo.temporal_patch))
+
+
+@functools.lru_cache(maxsize=64)
+def qwen_video_block(geo: Geometry) -> tuple:
+    """The video block of the prompt as token kinds: 'v' video token, 's' vision_start, 'e' vision_end, 't' text.
+
+    Qwen2.5-VL: the chat template's ``<|vision_start|><|video_pad|><|vision_end|>`` with the pad expanded to
+    t x h x w / 4 tokens (``qwen2_5_video_prompt``). Qwen3-VL (transformers 5.23's processor,
+    ``qwen3_video_prompt``): the template's wrapper stays around the expansion, which is per temporal group the
+    timestamp text + vision_start + its h x w / 4 tokens + vision_end."""
+    P = geo.tokens_per_frame
+    if geo.family == "qwen2_5_vl":
+        return ("s",) + ("v",) * (geo.groups * P) + ("e",)
+    out = ["s"]
+    for ts in qwen_timestamps(geo):
+        out += ["t"] * qwen_timestamp_tokens(ts) + ["s"] + ["v"] * P + ["e"]
+    return tuple(out + ["e"])
+
+
 def model_config(geo: Geometry):
     """The transformers config of the family's random-weight model with this geometry (a fresh object)."""
     if geo.family not in FAMILIES:
         raise ValueError(f"unknown family {geo.family!r}; known: {sorted(FAMILIES)}")
+    if geo.qwen:
+        return _qwen_config(geo)
     if geo.family == "llava_onevision":
         from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
@@ -185,6 +333,35 @@ def model_config(geo: Geometry):
                             image_token_id=image_token, vision_feature_layer=-1, vision_feature_select_strategy="full")
 
 
+def _qwen_config(geo: Geometry):
+    hd = geo.hidden // geo.heads
+    video, image, vs, ve = _qwen_ids(geo)
+    rope = {"rope_type": "default", "rope_theta": QWEN_ROPE_THETA[geo.family],
+            "mrope_section": qwen_mrope_section(geo.family, hd)}
+    text = dict(vocab_size=geo.vocab, hidden_size=geo.hidden, intermediate_size=geo.intermediate,
+                num_hidden_layers=geo.layers, num_attention_heads=geo.heads, num_key_value_heads=geo.kv_heads,
+                max_position_embeddings=32768, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    vision = dict(depth=geo.vision_layers, hidden_size=geo.vision_hidden, intermediate_size=2 * geo.vision_hidden,
+                  num_heads=2, out_hidden_size=geo.hidden, patch_size=geo.patch_size, spatial_merge_size=geo.merge,
+                  temporal_patch_size=geo.temporal_patch)
+    ids = dict(video_token_id=video, image_token_id=image, vision_start_token_id=vs, vision_end_token_id=ve)
+    if geo.family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig as Config
+
+        # window attention in every block but the last (the 7B: full attention in blocks 7, 15, 23, 31 of 32)
+        vision.update(window_size=112, fullatt_block_indexes=[geo.vision_layers - 1], tokens_per_second=2)
+    else:
+        from transformers import Qwen3VLConfig as Config
+
+        rope["mrope_interleaved"] = True
+        text.update(head_dim=hd, attention_bias=False)
+        vision.update(num_position_embeddings=2304, deepstack_visual_indexes=list(range(geo.deepstack)))
+    text["rope_parameters"] = rope
+    cfg = Config(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    cfg.text_config.bos_token_id, cfg.text_config.eos_token_id, cfg.text_config.pad_token_id = 1, 2, 0
+    return cfg
+
+
 def frontend(geo: Geometry):
     from videosparse.frontends import get_frontend
 
@@ -200,13 +377,15 @@ def _frontend_geometry(geo: Geometry) -> tuple:
 
 def build_model(geo: Geometry, seed: int = 0):
     import torch
-    from transformers import LlavaOnevisionForConditionalGeneration, VideoLlavaForConditionalGeneration
+    import transformers
 
     torch.manual_seed(seed)
     cfg = model_config(geo)
     cfg._attn_implementation = "sdpa"
-    cls = LlavaOnevisionForConditionalGeneration if geo.family == "llava_onevision" else \
-        VideoLlavaForConditionalGeneration
+    cls = getattr(transformers, {"video_llava": "VideoLlavaForConditionalGeneration",
+                                 "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+                                 "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                                 "qwen3_vl": "Qwen3VLForConditionalGeneration"}[geo.family])
     model = cls(cfg).eval()
     model.set_attn_implementation("sdpa")
     with torch.no_grad():  # larger init so attention is not uniform (random models otherwise score near-ties)
@@ -218,6 +397,14 @@ def build_model(geo: Geometry, seed: int = 0):
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
                     proj.bias.normal_(0.0, 0.5)
             model.model.image_newline.normal_(0.0, 1.0)
+        if geo.family == "qwen2_5_vl":  # the same q/k biases
+            for layer in model.model.language_model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                    proj.bias.normal_(0.0, 0.5)
+        if geo.qk_norm:  # Qwen3's q/k RMS norms would undo the larger q/k init: their weights away from 1 instead
+            for layer in model.model.language_model.layers:
+                layer.self_attn.q_norm.weight.uniform_(1.0, 2.0)
+                layer.self_attn.k_norm.weight.uniform_(1.0, 2.0)
     model.requires_grad_(False)
     return model
 
@@ -226,6 +413,8 @@ def make_inputs(model, geo: Geometry, seed: int = 1) -> dict:
     """prefix + the video block (frames x tokens per frame placeholders + the family's closing tokens) + question."""
     import torch
 
+    if geo.qwen:
+        return make_qwen_inputs(model, geo, seed)
     g = torch.Generator().manual_seed(seed)
     vt, it = model.config.video_token_id, model.config.image_token_id
     lo, hi = 3, min(it, geo.vocab) - 1
@@ -237,6 +426,76 @@ def make_inputs(model, geo: Geometry, seed: int = 1) -> dict:
                      torch.full((geo.num_visual + geo.tail_tokens,), vt), words(geo.question_tokens)])[None]
     pix = torch.randn(1, geo.frames, 3, geo.image_size, geo.image_size, generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pix}
+
+
+def make_qwen_inputs(model, geo: Geometry, seed: int = 1) -> dict:
+    """Qwen: [bos] + prefix words + the video block (``qwen_video_block``: vision_start / end, Qwen3-VL's timestamp
+    text as random words) + question words; ``mm_token_type_ids`` 2 at the video tokens (transformers computes the
+    3-axis positions from it), ``video_grid_thw``, Qwen2.5-VL's ``second_per_grid_ts`` (temporal patch / fps) and
+    ``pixel_values_videos`` (t*h*w patches x 3*temporal_patch*patch^2, random). ``_last_position`` (not a model
+    input): the 3-axis position of the prompt's last token, which the decode steps continue from."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    video, image, vs, ve = _qwen_ids(geo)
+    lo, hi = 3, min(image, ve, geo.vocab) - 1
+
+    def words(n):
+        return torch.randint(lo, hi, (n,), generator=g)
+
+    kinds = qwen_video_block(geo)
+    block = words(len(kinds))
+    for kind, tok in (("v", video), ("s", vs), ("e", ve)):
+        block[torch.tensor([k == kind for k in kinds])] = tok
+    ids = torch.cat([torch.tensor([1]), words(geo.prefix_tokens - 1), block, words(geo.question_tokens)])[None]
+    t, h, w = geo.grid_thw
+    dim = 3 * geo.temporal_patch * geo.patch_size ** 2
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": (ids == video).long() * 2,
+           "video_grid_thw": torch.tensor([[t, h, w]]),
+           "pixel_values_videos": torch.randn(t * h * w, dim, generator=g)}
+    if geo.family == "qwen2_5_vl":
+        out["second_per_grid_ts"] = torch.tensor([geo.temporal_patch / geo.fps])
+    out["_last_position"] = qwen_positions(model, out)[:, 0, -1].clone()
+    return out
+
+
+def qwen_positions(model, inputs: dict):
+    """The stock model's (3, 1, n) rotary positions of a Qwen prompt (``get_rope_index``)."""
+    kw = {k: inputs[k] for k in ("video_grid_thw", "second_per_grid_ts", "attention_mask") if k in inputs}
+    return model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], **kw)[0]
+
+
+def qwen_encode(model, inputs: dict) -> tuple:
+    """(features (T, P, D), deepstack features [(T*P, D)] or None, seconds): Qwen's vision tower + merger through
+    ``model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)``."""
+    import torch
+
+    geo_t, geo_h, geo_w = (int(x) for x in inputs["video_grid_thw"][0])
+    with torch.no_grad():
+        t = time.perf_counter()
+        out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True)
+        dt = time.perf_counter() - t
+    feats = torch.cat(out.pooler_output, dim=0)
+    merge = model.config.vision_config.spatial_merge_size
+    feats = feats.reshape(geo_t, (geo_h // merge) * (geo_w // merge), feats.shape[-1])
+    deep = getattr(out, "deepstack_features", None)
+    deep = [torch.cat(f, dim=0) for f in deep] if deep else None
+    return feats, deep, dt
+
+
+def encode(model, inputs: dict) -> tuple:
+    """The video features once (identical for every configuration), popping the pixels off ``inputs``:
+    (features (T, P, D), Qwen3-VL's deepstack features or None, seconds)."""
+    if _is_qwen(model):
+        out = qwen_encode(model, inputs)
+        inputs.pop("pixel_values_videos")
+        return out
+    feats, dt = video_features(model, inputs.pop("pixel_values_videos"))
+    return feats, None, dt
+
+
+def _is_qwen(model) -> bool:
+    return model.config.model_type in QWEN_FAMILIES
 
 
 def video_features(model, pix) -> tuple:
@@ -252,9 +511,21 @@ def video_features(model, pix) -> tuple:
     return feats, dt
 
 
-def feature_kwargs(model, feats) -> dict:
+def feature_kwargs(model, feats, deep=None) -> dict:
     """The mm_encoder_outputs of precomputed visual tokens ``feats`` (1, n, D), via the front end's
-    ``feature_inputs`` (which adds what closes the video block: LLaVA-OneVision's image_newline)."""
+    ``feature_inputs`` (which adds what closes the video block: LLaVA-OneVision's image_newline). Qwen: what
+    ``get_video_features`` returns, rebuilt (one video: a 1-tuple of (n, D)), with ``deep`` (Qwen3-VL's deepstack
+    features of the same n tokens) as its ``deepstack_features``."""
+    if _is_qwen(model):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        flat = feats.reshape(-1, feats.shape[-1])
+        if deep is None:
+            return {"video": BaseModelOutputWithPooling(pooler_output=(flat,))}
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        return {"video": BaseModelOutputWithDeepstackFeatures(pooler_output=(flat,),
+                                                              deepstack_features=[(d,) for d in deep])}
     from videosparse.frontends import frontend_for
 
     return frontend_for(model.config).feature_inputs(model, feats)["mm_encoder_outputs"]
@@ -336,19 +607,38 @@ def _g(x: float) -> str:
     return f"{x:g}"
 
 
+MROPE_NOTE = "positions='original', gravity=None (mrope)"
+
+
+def preset_for(geo: Geometry, name: str, **kw):
+    """``SparseConfig.preset(name, **kw)``; for the Qwen families (multi-axis rotary positions) the presets that
+    renumber positions or use 1-D RoPE gravity (the seed presets, ``sparsevlm-*``) with ``positions="original",
+    gravity=None``, which the Qwen adapter requires; ``video``, ``fastv``, ``random``, ``uniform`` as they are."""
+    from videosparse import SparseConfig
+
+    cfg = SparseConfig.preset(name, **kw)
+    if geo.qwen and (cfg.positions != "original" or cfg.gravity is not None):
+        cfg = cfg.replace(positions="original", gravity=None)
+    return cfg
+
+
+def _mrope_note(geo: Geometry, preset: str) -> str:
+    """' [positions='original', gravity=None (mrope)]' for a Qwen row of a seed preset (changed by preset_for)."""
+    return f" [{MROPE_NOTE}]" if geo.qwen and preset.startswith("sparsevlm") else ""
+
+
 def eq_bench(preset: str, target: float, geo: Geometry):
     """``preset`` at ``target`` equivalent tokens (``<= 1``: a fraction of the visual tokens).
 
     A setting outside the preset's reachable range runs at the nearest end of it (the lowest, in practice),
-    named ``<preset>@<lo>eq(min)``. Returns None only if even that cannot be built (never raises)."""
-    from videosparse import SparseConfig
-
+    named ``<preset>@<lo>eq(min)``. Returns None only if even that cannot be built (never raises). Qwen families:
+    the preset through ``preset_for`` (mrope)."""
     L, nv = geo.layers, geo.num_visual
     setting = f"{_g(target)}eq"
     target_abs = target * nv if target <= 1 else float(target)
     alias = f"{preset}@{setting}"
     try:
-        cfg = SparseConfig.preset(preset, budget=setting, num_layers=L)
+        cfg = preset_for(geo, preset, budget=setting, num_layers=L)
         lo, hi = cfg.equivalent_range(nv, L)
     except ValueError as e:  # e.g. no stage layer fits this decoder
         print(f"skipping {alias}: {e}", flush=True)
@@ -361,7 +651,7 @@ def eq_bench(preset: str, target: float, geo: Geometry):
         edge = lo if bound == "min" else hi
         b = f"{edge!r}eq" if edge > 1 else f"{edge / nv!r}eq"
         try:
-            cfg = SparseConfig.preset(preset, budget=b, num_layers=L)
+            cfg = preset_for(geo, preset, budget=b, num_layers=L)
             cfg.stage_plan(nv, L)
         except ValueError as e:
             print(f"skipping {alias}: {e}", flush=True)
@@ -376,7 +666,7 @@ def eq_bench(preset: str, target: float, geo: Geometry):
                 f"run at its {'lowest' if bound == 'min' else 'highest'}, {planned:.1f}")
     else:
         note = f"{preset} at {setting} ({planned:.1f} planned)"
-    return Bench(name, "sdpa", cfg, note, eq=info)
+    return Bench(name, "sdpa", cfg, note + _mrope_note(geo, preset), eq=info)
 
 
 def default_eq_budgets(geo: Geometry, budget5: int) -> tuple:
@@ -431,30 +721,30 @@ def seed_kept_schedule(preset: str, kept: int, geo: Geometry) -> tuple:
 
 
 def ov_configurations(geo: Geometry, budgets: tuple, eq_budgets: tuple = (), pre_select: str = "uniform") -> list:
-    """LLaVA-OneVision: full; per kept budget (10 %, 25 %) video, the seed presets, FastV, the pre-LLM baseline and
-    the lower bound; the equal-equivalent rows of EQ_PRESETS + the pre-LLM baseline at each of ``eq_budgets``."""
-    from videosparse import SparseConfig
-
+    """LLaVA-OneVision (and the Qwen families): full; per kept budget (10 %, 25 %) video, the seed presets, FastV,
+    the pre-LLM baseline and the lower bound; the equal-equivalent rows of EQ_PRESETS + the pre-LLM baseline at each
+    of ``eq_budgets``. Qwen: the seed presets with ``positions="original", gravity=None`` (``preset_for``)."""
     L, nv = geo.layers, geo.num_visual
     out = [Bench("full", "sdpa", None, "unpruned, sdpa")]
+    m = functools.partial(_mrope_note, geo)
     for b in budgets:
         pct = f"{b / nv:.0%} of {nv}"
         out += [
-            Bench(f"video@{b}", "sdpa", SparseConfig.preset("video", budget=b, num_layers=L),
+            Bench(f"video@{b}", "sdpa", preset_for(geo, "video", budget=b, num_layers=L),
                   f"videosparse default ({pct} after the last stage)"),
-            Bench(f"sparsevlm-video@{b}", "sdpa", SparseConfig.preset("sparsevlm-video", budget=b, num_layers=L),
-                  f"seed video branch selecting {b}; its recycled tokens come on top"),
-            Bench(f"sparsevlm-v1@{b}", "sdpa", SparseConfig.preset("sparsevlm-v1", budget=b, num_layers=L),
-                  f"v1 stages with fixed counts stepping down to {b}; recycled tokens on top"),
+            Bench(f"sparsevlm-video@{b}", "sdpa", preset_for(geo, "sparsevlm-video", budget=b, num_layers=L),
+                  f"seed video branch selecting {b}; its recycled tokens come on top" + m("sparsevlm-video")),
+            Bench(f"sparsevlm-v1@{b}", "sdpa", preset_for(geo, "sparsevlm-v1", budget=b, num_layers=L),
+                  f"v1 stages with fixed counts stepping down to {b}; recycled tokens on top" + m("sparsevlm-v1")),
             Bench(f"sparsevlm-v1.5@{b}", "sdpa",
-                  SparseConfig.preset("sparsevlm-v1.5", budget=seed_kept_schedule("sparsevlm-v1.5", b, geo),
-                                      num_layers=L),
-                  f"seed 192-entry stage shape scaled to keep {b}; recycled tokens on top"),
+                  preset_for(geo, "sparsevlm-v1.5", budget=seed_kept_schedule("sparsevlm-v1.5", b, geo),
+                             num_layers=L),
+                  f"seed 192-entry stage shape scaled to keep {b}; recycled tokens on top" + m("sparsevlm-v1.5")),
             Bench(f"sparsevlm-v2@{b}", "sdpa",
-                  SparseConfig.preset("sparsevlm-v2", budget=seed_kept_schedule("sparsevlm-v2", b, geo),
-                                      num_layers=L),
-                  f"seed 192-entry stage shape scaled to keep {b}"),
-            Bench(f"fastv@{b}", "sdpa", SparseConfig.preset("fastv", budget=b, num_layers=L),
+                  preset_for(geo, "sparsevlm-v2", budget=seed_kept_schedule("sparsevlm-v2", b, geo),
+                             num_layers=L),
+                  f"seed 192-entry stage shape scaled to keep {b}" + m("sparsevlm-v2")),
+            Bench(f"fastv@{b}", "sdpa", preset_for(geo, "fastv", budget=b, num_layers=L),
                   "FastV-style: attention received from every query row"),
             pre_llm_bench(b, pre_select),
             Bench(f"lower-bound@{b}", "sdpa", _lower_bound(b, L),
@@ -488,7 +778,7 @@ def configurations(geo: Geometry, budget: int, budget5: int, quick: bool = False
     ``eq_budgets``. LLaVA-OneVision: ``ov_configurations`` at the kept budgets (budget, budget_high)."""
     from videosparse import SparseConfig
 
-    if geo.family == "llava_onevision":
+    if geo.family != "video_llava":  # LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL
         return ov_configurations(geo, tuple(x for x in (budget, budget_high) if x), eq_budgets, pre_select)
     L = geo.layers
     nv = geo.num_visual
@@ -619,13 +909,36 @@ def _ctx(model, bench: Bench):
     return sparsify(model, bench.cfg)
 
 
-def bench_inputs(model, bench: Bench, inputs: dict, enc: dict, feats) -> tuple:
+def bench_inputs(model, bench: Bench, inputs: dict, enc: dict, feats, deep=None) -> tuple:
     """(inputs, enc, pre) a configuration's prefill_and_decode takes: the pre-LLM baseline gets the prompt with K
-    placeholders and selects its K tokens' features inside the timed prefill; the others the full prompt."""
+    placeholders and selects its K tokens' features inside the timed prefill; the others the full prompt.
+    Qwen: the pre-LLM baseline gets the full prompt and drops the unselected video tokens inside the timed prefill
+    (Qwen3-VL's runs keep their timestamp text), keeping the kept tokens' original 3-axis positions."""
     if bench.pre_llm is None:
         return inputs, enc, None
-    return (pre_llm_inputs(model, inputs, bench.pre_llm), None,
-            {"features": feats, "k": bench.pre_llm, "method": bench.pre_select})
+    pre = {"features": feats, "k": bench.pre_llm, "method": bench.pre_select}
+    if _is_qwen(model):
+        return inputs, None, {**pre, "deep": deep}
+    return pre_llm_inputs(model, inputs, bench.pre_llm), None, pre
+
+
+def qwen_pre_llm(model, inputs: dict, pre: dict) -> tuple:
+    """Qwen's pre-LLM baseline: (input_ids, position_ids (4, 1, n), mm_encoder_outputs) of the prompt without the
+    unselected video tokens: the K selected tokens' features (and deepstack features) at their original 3-axis
+    positions (the stock ``get_rope_index`` of the full prompt, gathered), text rows as they were."""
+    import torch
+
+    idx = pre_llm_indices(pre["features"], pre["k"], pre["method"])
+    ids = inputs["input_ids"]
+    video = ids[0] == model.config.video_token_id
+    keep = ~video
+    keep[video.nonzero().flatten()[idx]] = True
+    pos = qwen_positions(model, inputs)[:, :, keep]
+    ids = ids[:, keep]
+    flat = pre["features"].reshape(-1, pre["features"].shape[-1]).index_select(0, idx)
+    deep = None if pre.get("deep") is None else [d.index_select(0, idx) for d in pre["deep"]]
+    text = torch.arange(ids.shape[1])[None, None]
+    return ids, torch.cat([text, pos]), feature_kwargs(model, flat, deep)
 
 
 def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int, pre: dict | None = None) -> tuple:
@@ -635,29 +948,44 @@ def prefill_and_decode(model, inputs: dict, enc: dict, new_tokens: int, pre: dic
     kept tokens' features (front end's feature_inputs) are inside the timed prefill, their time is also written
     to ``pre["select_s"]``; ``inputs`` is then the prompt with K placeholders (``pre_llm_inputs``).
 
+    Qwen: the prompt's other model inputs (``mm_token_type_ids``, ``video_grid_thw``, ``second_per_grid_ts``) go
+    to the prefill; each decode step gets the 3-axis position generate would give it (text row: the sequence length;
+    the three rotary rows: the prompt's last position + 1 + step, ``inputs["_last_position"]``); the pre-LLM
+    baseline's prompt, positions and features are built inside the timed prefill (``qwen_pre_llm``).
+
     Returns (t_prefill, [t_step], cache, cache length per layer right after the prefill)."""
     import torch
 
     from videosparse.compat import cache_keyword, output_cache
 
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and not k.startswith("_")}
+    last = inputs.get("_last_position")
     ckw = cache_keyword(model)  # 'cache' (transformers 5.24+) or 'past_key_values'
     with torch.no_grad():
         t0 = time.perf_counter()
-        if pre is not None:
+        if pre is not None and last is not None:  # Qwen
+            ids, pos, enc = qwen_pre_llm(model, inputs, pre)
+            mask = torch.ones_like(ids)
+            extra = {"position_ids": pos}
+            pre["select_s"] = time.perf_counter() - t0
+        elif pre is not None:
             enc = feature_kwargs(model, pre_llm_select(pre["features"], pre["k"], pre["method"]))
             pre["select_s"] = time.perf_counter() - t0
         out = model(input_ids=ids, attention_mask=mask, mm_encoder_outputs=dict(enc), use_cache=True,
-                    logits_to_keep=1)
+                    logits_to_keep=1, **extra)
         t_prefill = time.perf_counter() - t0
         cache = output_cache(out)
         lens = cache_lengths(cache)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         steps = []
-        for _ in range(new_tokens):
+        for step in range(new_tokens):
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            kw = {}
+            if last is not None:
+                kw["position_ids"] = torch.cat([torch.tensor([mask.shape[1] - 1]), last + 1 + step]).view(4, 1, 1)
             t0 = time.perf_counter()
-            out = model(input_ids=nxt, attention_mask=mask, use_cache=True, **{ckw: cache})
+            out = model(input_ids=nxt, attention_mask=mask, use_cache=True, **{ckw: cache}, **kw)
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             steps.append(time.perf_counter() - t0)
     return t_prefill, steps, cache, lens
@@ -682,6 +1010,30 @@ def flops_doc(geo: Geometry | None = None) -> str:
         )
         doc = doc.replace("Video-LLaVA-7B's decoder dimensions (D 4096, Dff 11008)",
                           "LLaVA-OneVision-7B's decoder dimensions (D 3584, Dkv 512, Dff 18944, V 152064)")
+    elif geo is not None and geo.qwen:
+        hd = geo.hidden // geo.heads
+        qk = 4 * (geo.hidden + geo.kv_dim) / (2 * (2 * geo.hidden ** 2 + 2 * geo.hidden * geo.kv_dim))
+        doc += (
+            f" {FAMILIES[geo.family]['label']}: Dkv = KV heads x head dim (grouped-query attention "
+            f"{geo.heads // geo.kv_heads}:1; k and v projections D x Dkv, here {geo.hidden} x {geo.kv_dim})."
+            + (" The q/k/v biases are counted exactly: n(D + 2*Dkv) additions per layer (1 + 2*Dkv/D per token in "
+               "decode)." if geo.qkv_bias else " No q/k/v biases.")
+            + (f" Per-head q/k RMS norms (before rotary, {hd}-dim heads): about 4n(D + Dkv) FLOPs per layer, "
+               f"{qk:.2%} of the layer's projection FLOPs, NOT counted (like the other norms). Deepstack: the vision "
+               f"tower's {geo.deepstack} extra feature sets are added to the visual rows still alive after decoder "
+               f"layers 0-{geo.deepstack - 1}, at most {geo.deepstack} x Nv x D additions per prefill "
+               "(< 0.01 % of it), NOT counted." if geo.qk_norm else "")
+            + " n includes the video block's text tokens (vision_start / vision_end"
+            + (", each temporal group's timestamp text" if geo.family == "qwen3_vl" else "") + "; never visual, "
+            "never pruned). Multi-axis rotary positions (mrope) cost what 1-D RoPE does (ignored). The pre-LLM "
+            "baseline feeds K tokens to the decoder: every layer sees K visual tokens; its selection costs 0 FLOPs "
+            "('uniform') or 2*N*D (per-token feature norms, 'norm')."
+        )
+        dims = FAMILIES[geo.family]["dims_7b"]
+        doc = doc.replace("Video-LLaVA-7B's decoder dimensions (D 4096, Dff 11008)",
+                          f"{FAMILIES[geo.family]['label']}-{FAMILIES[geo.family]['size']}'s decoder dimensions "
+                          f"(D {dims['hidden']}, Dkv {dims['kv_heads'] * dims['hidden'] // dims['heads']}, "
+                          f"Dff {dims['intermediate']}, V {dims['vocab']})")
     return doc
 
 
@@ -753,8 +1105,8 @@ def stage_recycling(cfg, geo: Geometry, prev_vis: int, total: int, planned: tupl
     count = total
     c = recycle_count(prev_vis, count, cfg.recycle_ratio, cfg.recycle_cluster_ratio)
     c = min(c, int(cfg.recycle_share * count + 1e-9))
-    f = effective_floor(cfg.frame_floor, count, geo.frames, cfg.floor_share)
-    c = min(c, max(0, count - f * geo.frames))
+    f = effective_floor(cfg.frame_floor, count, geo.groups, cfg.floor_share)
+    c = min(c, max(0, count - f * geo.groups))
     if c <= 0:
         return out
     pruned = prev_vis - (count - c)
@@ -814,7 +1166,7 @@ def prefill_flops(geo: Geometry, bench: Bench, stage_layers: list, counts: list,
             rec = stage_recycling(cfg, geo, prev_vis, count, planned)
             scoring += 3 * rec["candidates"] ** 2 * D
             if cfg.temporal_tau is not None and prev_vis == geo.num_visual:
-                scoring += 3 * (geo.frames - 1) * geo.tokens_per_frame * D
+                scoring += 3 * (geo.groups - 1) * geo.tokens_per_frame * D
             stages.append({"layer": layer, "before": prev_vis, "after": count, **rec})
             prev_vis = count
     return {"decoder": decoder, "scoring": scoring, "total": decoder + scoring, "seen_per_layer": seen,
@@ -867,14 +1219,14 @@ def memory_child(spec: dict) -> dict:
     geo = Geometry(**spec["geometry"])
     model = build_model(geo, seed=spec["seed"])
     inputs = make_inputs(model, geo)
-    feats, _ = video_features(model, inputs.pop("pixel_values_videos"))
-    enc = feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]))
+    feats, deep, _ = encode(model, inputs)
+    enc = feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]), deep)
     budget, budget5 = spec["budget"], spec["budget5"]
     bench = {b.name: b for b in configurations(geo, budget, budget5, quick=False,
                                                eq_budgets=tuple(x for x in spec.get("eq_budgets", ()) if x),
                                                budget_high=spec.get("budget_high"),
                                                pre_select=spec.get("pre_select", "uniform"))}[spec["config"]]
-    inputs, enc, pre = bench_inputs(model, bench, inputs, enc, feats)
+    inputs, enc, pre = bench_inputs(model, bench, inputs, enc, feats, deep)
     ctx = _ctx(model, bench)
     gc.collect()
     if geo.family != "video_llava":  # (Video-LLaVA's figures stay measured as before)
@@ -948,6 +1300,37 @@ class LoadMeter:
         }
 
 
+def _git_commit(root: str) -> str:
+    """The short HEAD commit, read from the .git files (no git process: the harness never touches the repository's
+    state or locks); "" when it cannot be read."""
+    try:
+        git = os.path.join(root, ".git")
+        if os.path.isfile(git):  # a worktree: "gitdir: <path>"
+            with open(git) as fh:
+                git = os.path.join(root, fh.read().split(":", 1)[1].strip())
+        common = git
+        if os.path.isfile(os.path.join(git, "commondir")):
+            with open(os.path.join(git, "commondir")) as fh:
+                common = os.path.join(git, fh.read().strip())
+        with open(os.path.join(git, "HEAD")) as fh:
+            head = fh.read().strip()
+        if not head.startswith("ref:"):
+            return head[:7]
+        ref = head.split(":", 1)[1].strip()
+        for base in (git, common):
+            if os.path.isfile(os.path.join(base, ref)):
+                with open(os.path.join(base, ref)) as fh:
+                    return fh.read().strip()[:7]
+        with open(os.path.join(common, "packed-refs")) as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref:
+                    return parts[0][:7]
+    except (OSError, IndexError):
+        pass
+    return ""
+
+
 def machine_info(threads: int) -> dict:
     import torch
     import transformers
@@ -961,11 +1344,7 @@ def machine_info(threads: int) -> dict:
                     break
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = _git_commit(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import videosparse
 
     return {
@@ -1065,7 +1444,7 @@ def seed_line(res: dict) -> str | None:
     if "flops_ideal_speedup_7b_dims" in r["ratios"]:
         fam = FAMILIES[res.get("family", "video_llava")]
         dims = fam["dims_7b"]
-        line += (f"; with {fam['label']}-7B's decoder dimensions (hidden {dims['hidden']}, MLP {dims['intermediate']}) "
+        line += (f"; with {fam['label']}-{fam.get('size', '7B')}'s decoder dimensions (hidden {dims['hidden']}, MLP {dims['intermediate']}) "
                  f"the same token flow is {r['ratios']['flops_ideal_speedup_7b_dims']:.2f}x FLOPs-ideal")
     return line
 
@@ -1172,8 +1551,9 @@ def check_ov_targets(res: dict) -> list:
 
 
 def check_targets(res: dict) -> list:
-    """The issue's targets, evaluated on this run: [(target, value, met)]."""
-    if res.get("family", "video_llava") == "llava_onevision":
+    """The issue's targets, evaluated on this run: [(target, value, met)]. LLaVA-OneVision and the Qwen families:
+    ``check_ov_targets``."""
+    if res.get("family", "video_llava") != "video_llava":
         return check_ov_targets(res)
     rows, b = res["results"], res["budget"]
     v, out = rows.get(f"video@{b}"), []
@@ -1232,6 +1612,56 @@ def _ov_header(res: dict) -> list:
     return lines
 
 
+def _qwen_header(res: dict) -> list:
+    geo = res["geometry"]
+    fam = FAMILIES[res["family"]]
+    hd = geo["hidden"] // geo["heads"]
+    nv, T = res["num_visual"], res["groups"]
+    t, h, w = res["grid_thw"]
+    text = res["seq_len"] - nv
+    block = res["tail_tokens"]
+    q3 = res["family"] == "qwen3_vl"
+    real = ("Qwen2.5-VL-7B: 28 layers, 28 heads x 128 : 4 KV heads, MLP 18944, q/k/v biases, vocab 152064" if not q3
+            else "Qwen3-VL-8B: 36 layers, 32 heads x 128 : 8 KV heads, MLP 12288, q/k RMS norms, no biases, "
+            "deepstack after layers 0-2, vocab 151936")
+    cls = "Qwen3VLForConditionalGeneration" if q3 else "Qwen2_5_VLForConditionalGeneration"
+    lines = [
+        f"Random-weight {fam['label']} architecture ({cls}; decoder geometry of {real}): {geo['frames']} frames of "
+        f"{geo['image_size']} x {geo['image_width'] or geo['image_size']} px, {geo['patch_size']} px patches, "
+        f"temporal patch {geo['temporal_patch']}, merge {geo['merge']} x {geo['merge']} -> video_grid_thw "
+        f"({t}, {h}, {w}) = {T} temporal groups x {res['tokens_per_frame']} = {nv} visual tokens; {text} text tokens "
+        f"(sequence {res['seq_len']}), of them {block} in the video block (vision_start / vision_end"
+        + (f"; each group's timestamp text '<t seconds>', frames at {geo['fps']:g} fps" if q3 else "") + "). "
+        f"{geo['layers']} decoder layers, hidden {geo['hidden']} ({geo['heads']} heads x {hd}, {geo['kv_heads']} KV "
+        f"head{'s' if geo['kv_heads'] > 1 else ''}: grouped-query attention {geo['heads'] // geo['kv_heads']}:1, head "
+        f"dim {hd} instead of 128), MLP {geo['intermediate']} (the {fam['size']}'s ratio), vocab {geo['vocab']}, "
+        f"mrope_section {res['mrope_section']}" + (" interleaved" if q3 else "")
+        + (f", q/k RMS norms, deepstack features after decoder layers 0-{min(3, geo['vision_layers']) - 1}" if q3
+           else ", q/k/v biases")
+        + f"; vision tower {geo['vision_layers']} block{'s' if geo['vision_layers'] > 1 else ''} of hidden "
+        f"{geo['vision_hidden']}; fp32, batch 1. No front end: prompt, grid, mm_token_type_ids and patches built by "
+        "this script; features from model.model.get_video_features, handed over as mm_encoder_outputs.",
+        f"mrope: the seed presets (sparsevlm-*) run with {res['mrope_note']}: renumbered positions and 1-D RoPE "
+        "gravity are refused for multi-axis rotary positions; video, fastv and the lower bound run as they are. "
+        "Decode steps get the positions generate gives them (the prompt's last 3-axis position + 1 per step).",
+    ]
+    if nv != res.get("full_num_visual", nv):
+        why = "QUICK MODE" if res.get("quick") else "NOT THE BENCH's CLIP (--frames / --toy)"
+        lines.append(f"{why}: {geo['frames']} frames instead of {res['full_frames']} ({nv} instead of "
+                     f"{res['full_num_visual']} visual tokens).")
+    sel = ("uniform: every (N/K)-th token of the frame-major sequence, even over groups and raster positions"
+           if res.get("pre_select", "uniform") == "uniform" else "per group the top-k feature L2 norms")
+    lines.append(
+        f"Kept budgets: {res['budget']} ({res['budget'] / nv:.0%}) and {res['budget_high']} "
+        f"({res['budget_high'] / nv:.0%}) visual tokens after the last stage; sparsevlm-video / v1 / v1.5 select that "
+        f"many and add their recycled tokens on top (a+b); v1.5 / v2 use the seed's 192-entry stage shape scaled to "
+        f"end at the budget, v1 fixed counts stepping down to it. pre-llm@K: question-blind pre-LLM baseline, the "
+        f"unselected video tokens are dropped from the prompt (text and timestamps stay) and only the K selected "
+        f"tokens' features{' (and deepstack features)' if q3 else ''} enter the decoder at their original 3-axis "
+        f"positions ({sel}; selection, prompt and positions inside the timed prefill).")
+    return lines
+
+
 def render_ov_summary(res: dict) -> str:
     """Configurations side by side: per budget measured speedup / FLOPs-ideal (achieved %), selection share,
     peak memory vs full."""
@@ -1271,8 +1701,9 @@ def render_ov_summary(res: dict) -> str:
 def render_report(res: dict) -> str:
     geo = res["geometry"]
     m, ld = res["machine"], res["load"]
-    ov = res.get("family", "video_llava") == "llava_onevision"
-    head = _ov_header(res) if ov else [
+    family = res.get("family", "video_llava")
+    ov = family != "video_llava"
+    head = (_qwen_header(res) if family in QWEN_FAMILIES else _ov_header(res)) if ov else [
         f"Random-weight Video-LLaVA architecture: {geo['frames']} frames x {res['tokens_per_frame']} = "
         f"{res['num_visual']} visual tokens, {res['seq_len'] - res['num_visual']} text tokens "
         f"(sequence {res['seq_len']}), {geo['layers']} decoder layers, hidden {geo['hidden']} "
@@ -1298,8 +1729,11 @@ def render_report(res: dict) -> str:
     if ov:
         head += ["", render_ov_summary(res)]
         vids = [n for n in ov_video_rows(res) if "flops_ideal_speedup_7b_dims" in res["results"][n]["ratios"]]
+        fam = FAMILIES[family]
+        d7 = fam["dims_7b"]
         if vids:
-            head += ["", "With LLaVA-OneVision-7B's decoder dimensions (hidden 3584, 28 heads / 4 KV heads, MLP 18944) "
+            head += ["", f"With {fam['label']}-{fam.get('size', '7B')}'s decoder dimensions (hidden {d7['hidden']}, "
+                     f"{d7['heads']} heads / {d7['kv_heads']} KV heads, MLP {d7['intermediate']}) "
                      "the same token flows are " + ", ".join(
                          f"{n} {res['results'][n]['ratios']['flops_ideal_speedup_7b_dims']:.2f}x" for n in vids)
                      + " FLOPs-ideal (the scaled width makes attention, which shrinks quadratically, a larger share)."]
@@ -1345,19 +1779,25 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=sorted(FAMILIES), default="video_llava",
-                   help="model family: video_llava (default; 8 x 257 tokens, 32 layers) or llava_onevision "
-                        "(32 x 196 tokens + the newline, 28 Qwen2 layers, GQA 7:1)")
+                   help="model family: video_llava (default; 8 x 257 tokens, 32 layers), llava_onevision "
+                        "(32 x 196 tokens + the newline, 28 Qwen2 layers, GQA 7:1), qwen2_5_vl (64 frames of "
+                        "336 x 448 -> 32 groups x 192 tokens, 28 layers, GQA 7:1) or qwen3_vl (64 frames of 384 x 512 "
+                        "-> 32 groups x 192 tokens + timestamps, 36 layers, GQA 4:1, q/k norms, deepstack)")
     p.add_argument("--quick", action="store_true",
                    help="< 1.5 min: hidden 128, 1 repeat, 8 new tokens, fewer configs (all eq rows); "
-                        f"llava_onevision: {OV_QUICK_FRAMES} frames, 1 repeat, 8 new tokens, every configuration")
+                        f"llava_onevision: {OV_QUICK_FRAMES} frames, qwen families: {QWEN_QUICK_FRAMES} frames; 1 "
+                        "repeat, 8 new tokens, every configuration")
     p.add_argument("--toy", action="store_true", help="toy geometry (smoke test only)")
     p.add_argument("--hidden", type=int, default=None,
-                   help="decoder hidden size (default 256, quick 128; llava_onevision 224 = 7 heads x 32)")
+                   help="decoder hidden size (default 256, quick 128; llava_onevision and qwen2_5_vl 224 = 7 heads "
+                        "x 32, qwen3_vl 256 = 8 heads x 32)")
     p.add_argument("--heads", type=int, default=None,
-                   help="attention heads (default hidden / 64; llava_onevision hidden / 32, KV heads heads / 7)")
+                   help="attention heads (default hidden / 64; llava_onevision, qwen2_5_vl hidden / 32, KV heads "
+                        "heads / 7; qwen3_vl hidden / 32, KV heads heads / 4)")
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--frames", type=int, default=None,
-                   help="frames (default 8; llava_onevision 32, quick 8)")
+                   help="frames (default 8; llava_onevision 32, quick 8; qwen families: video frames, 2 per "
+                        f"temporal group, 64, quick {QWEN_QUICK_FRAMES})")
     p.add_argument("--budget", type=int, default=None,
                    help="~10%% budget in tokens (default 194; llava_onevision round(0.10 x Nv) = 627)")
     p.add_argument("--budget5", type=int, default=None, help="~5%% budget in tokens (default round(0.05 * Nv))")
@@ -1373,7 +1813,7 @@ def parse_args(argv=None):
                    help="second equal-equivalent setting (default: the video preset's equivalent tokens keeping "
                         "--budget5 after layer 1 = 225; llava_onevision: none unless given)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed repeats per config (default 5, quick 1; llava_onevision 3)")
+                   help="timed repeats per config (default 5, quick 1; llava_onevision, qwen families 3)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--new-tokens", type=int, default=None, help="decode steps (default 32, quick 8)")
     p.add_argument("--threads", type=_threads, default=2,
@@ -1386,9 +1826,13 @@ def parse_args(argv=None):
                    help="subset for memory (default: all but the --eq-budget2 rows; quick: full + video; "
                         "llava_onevision: all, quick: full + the video rows)")
     p.add_argument("--profile", default=None, help="write a torch.profiler table of this config's prefill")
-    p.add_argument("--out", default="out/bench_speed", help="output prefix (.json and .md are written)")
+    p.add_argument("--out", default=None, help="output prefix (.json and .md are written; default out/bench_speed, "
+                                                "qwen families out/bench_speed_<family>)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = f"out/bench_speed_{args.family}" if args.family in QWEN_FAMILIES else "out/bench_speed"
+    return args
 
 
 def _ov_heads(hidden: int, heads: int | None) -> dict:
@@ -1401,10 +1845,46 @@ def _ov_heads(hidden: int, heads: int | None) -> dict:
     return {"hidden": hidden, "heads": heads, "kv_heads": kv, "intermediate": int(round(hidden * 18944 / 3584 / 8)) * 8}
 
 
+def _qwen_heads(family: str, hidden: int, heads: int | None) -> dict:
+    """A Qwen family at a scaled width: head dim 32 unless --heads, KV heads in the real ratio (Qwen2.5-VL-7B 7:1,
+    Qwen3-VL-8B 4:1) as far as the head count allows (the largest divisor of heads <= heads / ratio, at least 1), MLP
+    in the real ratio, rounded to a multiple of 8."""
+    heads = heads or max(1, hidden // 32)
+    kv = max(1, heads // QWEN_GQA[family])
+    while heads % kv:
+        kv -= 1
+    return {"hidden": hidden, "heads": heads, "kv_heads": kv,
+            "intermediate": int(round(hidden * QWEN_MLP_RATIO[family] / 8)) * 8}
+
+
+def _resolve_qwen(args) -> Geometry:
+    """Qwen2.5-VL / Qwen3-VL: the real decoder's depth and ratios, 64 frames -> 6144 visual tokens (quick:
+    QWEN_QUICK_FRAMES frames); kept budgets 10 % and 25 %, one equal-equivalent setting (194 / 2056 scaled)."""
+    full, toy = QWEN_GEOMETRIES[args.family]
+    geo = toy if args.toy else full
+    changes = {}
+    if args.hidden or args.heads:
+        changes.update(_qwen_heads(args.family, args.hidden or geo.hidden, args.heads))
+    if args.layers:
+        changes["layers"] = args.layers
+    frames = args.frames or (QWEN_QUICK_FRAMES if args.quick and not args.toy else None)
+    if frames:
+        if frames % geo.temporal_patch:
+            raise SystemExit(f"--frames ({frames}) must be a multiple of the temporal patch ({geo.temporal_patch})")
+        changes["frames"] = frames
+    geo = dataclasses.replace(geo, **changes)
+    hd = geo.hidden // geo.heads
+    if geo.hidden % geo.heads or hd % 2 or min(qwen_mrope_section(geo.family, hd)) < 1:
+        raise SystemExit(f"hidden {geo.hidden} / {geo.heads} heads: need an even head dim >= 8 for mrope")
+    return _ov_budgets(args, geo)
+
+
 def resolve(args) -> Geometry:
     family = getattr(args, "family", "video_llava")
     if family == "llava_onevision":
         return _resolve_ov(args)
+    if family in QWEN_FAMILIES:
+        return _resolve_qwen(args)
     args.budget_high = None
     geo = TOY if args.toy else Geometry()
     changes = {}
@@ -1449,6 +1929,11 @@ def _resolve_ov(args) -> Geometry:
     if frames:
         changes["frames"] = frames
     geo = dataclasses.replace(geo, **changes)
+    return _ov_budgets(args, geo)
+
+
+def _ov_budgets(args, geo: Geometry) -> Geometry:
+    """Kept budgets 10 % and 25 %, the paper's 194 / 2056 equivalent tokens scaled, repeats / decode steps."""
     nv = geo.num_visual
     args.budget = args.budget or max(2, round(0.10 * nv))
     args.budget_high = args.budget_high or max(args.budget + 1, round(0.25 * nv))
@@ -1471,8 +1956,8 @@ def run(args) -> dict:
     geo = resolve(args)
     model = build_model(geo, seed=args.seed)
     inputs = make_inputs(model, geo)
-    feats, t_vis = video_features(model, inputs.pop("pixel_values_videos"))
-    enc = feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]))
+    feats, deep, t_vis = encode(model, inputs)
+    enc = feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]), deep)
     benches = configurations(geo, args.budget, args.budget5, quick=args.quick,
                              eq_budgets=tuple(x for x in (args.eq_budget, args.eq_budget2) if x),
                              budget_high=args.budget_high, pre_select=args.pre_select)
@@ -1480,12 +1965,11 @@ def run(args) -> dict:
         wanted = args.configs.split(",")
         benches = [b for b in benches if b.name in wanted or b.name == "full"
                    or (b.eq is not None and b.eq["alias"] in wanted)]
-    prep = {b.name: bench_inputs(model, b, inputs, enc, feats) for b in benches}
+    prep = {b.name: bench_inputs(model, b, inputs, enc, feats, deep) for b in benches}
     raw = {b.name: {"prefill": [], "decode": [], "selection": [], "selection_groups": []} for b in benches}
     info: dict = {}
     timer = SelectionTimer()
-    shown = repr(geo).replace(", family='video_llava'", "")  # Video-LLaVA's line as before the family field
-    print(f"geometry: {shown}", flush=True)
+    print(f"geometry: {geo_repr(geo)}", flush=True)
     with LoadMeter() as load, timer:
         for rep in range(args.warmup + args.repeats):
             for b in benches:
@@ -1596,7 +2080,7 @@ def run(args) -> dict:
         ov_video = [b.name for b in benches if b.name.startswith("video@")]
         mem_names = (args.memory_configs.split(",") if args.memory_configs else
                      (["full"] + ov_video if args.quick else [b.name for b in benches])
-                     if geo.family == "llava_onevision" else
+                     if geo.family != "video_llava" else
                      (["full", f"video@{args.budget}"] if args.quick else
                       [b.name for b in benches
                        if b.eq is None or any(x["setting"] == f"{_g(args.eq_budget)}eq" for x in b.eq["settings"])]))
@@ -1609,7 +2093,7 @@ def run(args) -> dict:
             if r.get("memory") and fm:
                 r["ratios"]["memory_ratio"] = r["memory"]["delta_mb"] / fm["delta_mb"]
 
-    ov = geo.family == "llava_onevision"
+    ov = geo.family != "video_llava"  # LLaVA-OneVision and the Qwen families
     res = {
         "geometry": dataclasses.asdict(geo), "tokens_per_frame": geo.tokens_per_frame, "num_visual": geo.num_visual,
         "seq_len": geo.seq_len, "budget": args.budget, "budget5": None if ov else args.budget5,
@@ -1622,13 +2106,30 @@ def run(args) -> dict:
         "results": results,
     }
     if ov:
+        full_geo = QWEN_GEOMETRIES[geo.family][0] if geo.qwen else OV_GEOMETRY
         res.update(family=geo.family, tail_tokens=geo.tail_tokens, budget_high=args.budget_high,
-                   pre_select=args.pre_select, full_frames=OV_GEOMETRY.frames)
+                   pre_select=args.pre_select, full_frames=full_geo.frames)
+        if geo.qwen:
+            res.update(groups=geo.groups, grid_thw=list(geo.grid_thw), mrope_note=MROPE_NOTE,
+                       mrope_section=qwen_mrope_section(geo.family, geo.head_dim),
+                       full_num_visual=full_geo.num_visual)
     res["targets"] = [{"target": t, "value": v, "met": ok} for t, v, ok in check_targets(res)]
     if args.profile:
         b = {b.name: b for b in benches}[args.profile]
         res["profile"] = profile_config(model, *prep[b.name], b, args)
     return res
+
+
+_GEO_NEW_FIELDS = {"image_width": 0, "temporal_patch": 1, "merge": 1, "fps": 2.0}
+
+
+def geo_repr(geo: Geometry) -> str:
+    """repr of the geometry; Video-LLaVA's and LLaVA-OneVision's line as before the Qwen fields (left out at their
+    defaults), Video-LLaVA's also without the family field."""
+    parts = [f"{f.name}={getattr(geo, f.name)!r}" for f in dataclasses.fields(geo)
+             if geo.qwen or f.name not in _GEO_NEW_FIELDS]
+    out = f"Geometry({', '.join(parts)})"
+    return out.replace(", family='video_llava'", "")
 
 
 def profile_config(model, inputs, enc, pre, bench: Bench, args) -> str:

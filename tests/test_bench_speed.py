@@ -370,3 +370,211 @@ def test_ov_toy_run_end_to_end(bench, tmp_path):
     assert "every configuration's peak prefill memory not above full" in targets
     assert "| target | this run | met |" in md and "LLaVA-OneVision" in md and "grouped-query attention 7:1" in md
     assert "NOT THE 7B's FRAME COUNT" in md and "Side by side" in md
+
+
+# ----------------------------------------------------------------------------------------- Qwen2.5-VL / Qwen3-VL
+QWEN = ["qwen2_5_vl", "qwen3_vl"]
+
+
+def _qwen_toy(bench, family):
+    return bench.QWEN_GEOMETRIES[family][1]
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_geometry_and_inputs(bench, family):
+    """The bench's clip is what the real processor makes of it (grid from videosparse.video.qwen); the prompt holds
+    the family's video block (Qwen3-VL: timestamp text + one run per temporal group) and the 3-axis positions."""
+    import torch
+
+    from videosparse.video.qwen import QwenVideoSpec, video_grid_thw
+
+    args = bench.parse_args(["--family", family])
+    geo = bench.resolve(args)
+    assert args.out == f"out/bench_speed_{family}"
+    spec = getattr(QwenVideoSpec, family)()
+    assert geo.grid_thw == video_grid_thw(geo.frames, geo.image_size, geo.image_width, spec) == (32, 24, 32)
+    assert (geo.frames, geo.groups, geo.tokens_per_frame, geo.num_visual) == (64, 32, 192, 6144)
+    want = {"qwen2_5_vl": (28, 7, 1, 224, 1184, 152064, 2), "qwen3_vl": (36, 8, 2, 256, 768, 151936, 280)}[family]
+    assert (geo.layers, geo.heads, geo.kv_heads, geo.hidden, geo.intermediate, geo.vocab, geo.tail_tokens) == want
+    assert geo.hidden // geo.heads == 32 and geo.heads // geo.kv_heads == bench.QWEN_GQA[family]
+    assert (args.budget, args.budget_high, args.eq_budget, args.repeats, args.new_tokens) == (614, 1536, 580, 3, 32)
+    cfg = bench.model_config(geo)  # the real checkpoints' special tokens and scaled mrope
+    assert (cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id) == (151656, 151652, 151653)
+    assert sum(cfg.text_config.rope_parameters["mrope_section"]) == 16
+    if family == "qwen3_vl":  # '<0.2 seconds>' .. '<9.2 seconds>' 6 tokens, '<10.2 seconds>' .. 7: 10 x 6 + 22 x 7
+        assert bench.qwen_timestamps(geo)[:2] == (0.25, 1.25)
+        assert geo.tail_tokens == 10 * 6 + 22 * 7 + 2 * 32 + 2
+        assert len(cfg.vision_config.deepstack_visual_indexes) == 3 and cfg.text_config.head_dim == 32
+    quick = bench.parse_args(["--family", family, "--quick"])
+    assert bench.resolve(quick).num_visual == 8 * 192 and quick.repeats == 1
+    # the toy model's inputs
+    toy = _qwen_toy(bench, family)
+    model = bench.build_model(toy)
+    inputs = bench.make_inputs(model, toy)
+    ids = inputs["input_ids"][0]
+    video = ids == model.config.video_token_id
+    assert int(video.sum()) == toy.num_visual and ids.numel() == toy.seq_len
+    assert torch.equal(inputs["mm_token_type_ids"][0], video.long() * 2)
+    assert inputs["video_grid_thw"].tolist() == [list(toy.grid_thw)]
+    assert inputs["pixel_values_videos"].shape == (4 * 8 * 12, 3 * 2 * 4 * 4)
+    starts = int((ids == model.config.vision_start_token_id).sum())
+    assert starts == (toy.groups + 1 if family == "qwen3_vl" else 1)
+    assert torch.equal(inputs["_last_position"], bench.qwen_positions(model, inputs)[:, 0, -1])
+    feats, deep, _ = bench.encode(model, inputs)
+    assert "pixel_values_videos" not in inputs
+    assert tuple(feats.shape) == (toy.groups, toy.tokens_per_frame, toy.hidden)
+    assert (deep is not None and len(deep) == 3 and deep[0].shape == (toy.num_visual, toy.hidden)) == \
+        (family == "qwen3_vl")
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_flops_count_gqa_biases_and_norms(bench, family):
+    """The layer formula against the parameters of a built layer: GQA k/v projections, Qwen2.5's q/k/v biases
+    (exactly), Qwen3's q/k RMS norms (1-D weights, not counted, like the other norms)."""
+    geo = _qwen_toy(bench, family)
+    model = bench.build_model(geo)
+    layer = model.model.language_model.layers[0]
+    weights = sum(p.numel() for n, p in layer.named_parameters() if p.ndim == 2)
+    biases = sum(p.numel() for n, p in layer.named_parameters() if p.ndim == 1 and "proj" in n)
+    norms = [n for n, p in layer.named_parameters() if p.ndim == 1 and n.startswith("self_attn.") and "norm" in n]
+    assert biases == (geo.hidden + 2 * geo.kv_dim if family == "qwen2_5_vl" else 0) and geo.kv_dim < geo.hidden
+    assert sorted(norms) == (["self_attn.k_norm.weight", "self_attn.q_norm.weight"] if family == "qwen3_vl" else [])
+    n = 13
+    attention = 2 * 2 * geo.hidden * n * (n + 1) / 2
+    assert bench.layer_flops(n, geo) == 2 * n * weights + n * biases + attention
+    doc = bench.flops_doc(geo)
+    assert "grouped-query" in doc and ("biases are counted exactly" in doc) == (family == "qwen2_5_vl")
+    assert ("q/k RMS norms" in doc and "Deepstack" in doc) == (family == "qwen3_vl")
+    big = bench.QWEN_GEOMETRIES[family][0]
+    assert big.kv_dim == {"qwen2_5_vl": 32, "qwen3_vl": 64}[family]
+    d7 = bench.dataclasses.replace(big, **bench.FAMILIES[family]["dims_7b"])
+    assert d7.kv_dim == {"qwen2_5_vl": 512, "qwen3_vl": 1024}[family]  # 4 x 128; 8 x 128
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_decode_steps_equal_generate(bench, family):
+    """The harness's prefill (mm_encoder_outputs) + decode steps (explicit 3-axis positions) give generate's logits,
+    unpruned and pruned (a seed preset through preset_for: positions='original', gravity=None)."""
+    import torch
+
+    from videosparse import sparsify
+
+    geo = _qwen_toy(bench, family)
+    model = bench.build_model(geo)
+    inputs = bench.make_inputs(model, geo)
+    gen_in = {k: v for k, v in inputs.items() if not k.startswith("_")}
+    feats, deep, _ = bench.encode(model, inputs)
+    enc = bench.feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]), deep)
+    cfg = bench.preset_for(geo, "sparsevlm-v1.5", budget=0.2, num_layers=geo.layers)
+    assert (cfg.positions, cfg.gravity) == ("original", None)
+    for c in (None, bench.preset_for(geo, "video", budget=10, num_layers=geo.layers), cfg):
+        logits = []
+        hook = model.lm_head.register_forward_hook(lambda m, a, out: logits.append(out[0, -1].clone()))
+        try:
+            with torch.no_grad():
+                if c is None:
+                    bench.prefill_and_decode(model, inputs, enc, 3)
+                else:
+                    with sparsify(model, c):
+                        bench.prefill_and_decode(model, inputs, enc, 3)
+                n = len(logits)
+                with (sparsify(model, c) if c is not None else torch.no_grad()):
+                    ref = model.generate(**gen_in, max_new_tokens=4, do_sample=False, output_logits=True,
+                                         return_dict_in_generate=True, pad_token_id=0)
+        finally:
+            hook.remove()
+        ref = [x[0] for x in ref.logits]
+        assert n == 4 and len(ref) >= 2
+        for a, b in zip(logits[:n], ref):
+            assert (a - b).abs().max().item() < 1e-4, (c and c.name)
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_pre_llm_keeps_original_positions(bench, family):
+    """Qwen's pre-LLM baseline: only the K selected video tokens (and their deepstack features) enter the decoder,
+    at the full prompt's 3-axis positions; Qwen3-VL's timestamp text stays."""
+    import torch
+
+    geo = _qwen_toy(bench, family)
+    model = bench.build_model(geo)
+    inputs = bench.make_inputs(model, geo)
+    full_pos = bench.qwen_positions(model, inputs)
+    feats, deep, _ = bench.encode(model, inputs)
+    enc = bench.feature_kwargs(model, feats.reshape(1, -1, feats.shape[-1]), deep)
+    text = geo.seq_len - geo.num_visual
+    k = 10
+    b = bench.pre_llm_bench(k, "uniform")
+    b_inputs, b_enc, pre = bench.bench_inputs(model, b, inputs, enc, feats, deep)
+    seen = {}
+    lm = model.model.language_model
+
+    def grab(mod, a, kw):
+        seen.setdefault("kw", {n: (v.clone() if torch.is_tensor(v) else v) for n, v in kw.items()})
+
+    hook = lm.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        _, steps, _, lens = bench.prefill_and_decode(model, b_inputs, b_enc, 2, pre=pre)
+    finally:
+        hook.remove()
+    assert lens == [text + k] * geo.layers and len(steps) == 2 and pre["select_s"] >= 0
+    idx = bench.pre_llm_indices(feats, k, "uniform")
+    video = (inputs["input_ids"][0] == model.config.video_token_id).nonzero().flatten()
+    keep = torch.ones(geo.seq_len, dtype=torch.bool)
+    keep[video] = False
+    keep[video[idx]] = True
+    kw = seen["kw"]
+    assert torch.equal(kw["position_ids"][1:], full_pos[:, :, keep])  # rows 1-3: the original 3-axis positions
+    emb = kw["inputs_embeds"][0]
+    assert emb.shape[0] == text + k
+    kept_ids = inputs["input_ids"][0, keep]
+    vis = kept_ids == model.config.video_token_id
+    assert torch.allclose(emb[vis], feats.reshape(-1, feats.shape[-1])[idx])
+    if family == "qwen3_vl":
+        assert int(kw["visual_pos_masks"].sum()) == k
+        assert all(torch.equal(d, full[idx]) for d, full in zip(kw["deepstack_visual_embeds"], deep))
+        assert int((kept_ids == model.config.vision_start_token_id).sum()) == geo.groups + 1
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_toy_run_end_to_end(bench, tmp_path, family):
+    out = str(tmp_path / family)
+    res = bench.main(["--family", family, "--toy", "--threads", "1", "--repeats", "1", "--new-tokens", "2",
+                      "--eq-budget", "30", "--memory-configs", "full,video@10,pre-llm@10", "--out", out])
+    data = json.load(open(out + ".json"))
+    md = open(out + ".md").read()
+    assert data["family"] == family and data["results"].keys() == res["results"].keys()
+    assert (data["num_visual"], data["tokens_per_frame"], data["groups"]) == (96, 24, 4)
+    assert (data["budget"], data["budget_high"], data["eq_budgets"]) == (10, 24, [30])
+    rows = data["results"]
+    text = data["seq_len"] - data["num_visual"]
+    for b in (10, 24):
+        for kind in ("video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv",
+                     "pre-llm", "lower-bound"):
+            assert f"{kind}@{b}" in rows, (kind, b, list(rows))
+            assert f"| {kind}@{b} |" in md
+        p = rows[f"pre-llm@{b}"]
+        assert p["counts"] == [b] and set(p["cache_lengths_after_prefill"]) == {text + b}
+        assert rows[f"sparsevlm-v2@{b}"]["counts"][-1] == b
+    for name, r in rows.items():  # mrope: every seed preset with original positions and no RoPE gravity
+        if r["config"] is not None:
+            assert r["config"]["positions"] == "original" and r["config"]["gravity"] is None, name
+        if name.startswith("sparsevlm"):
+            assert bench.MROPE_NOTE in r["note"], name
+        q = r["ratios"]
+        assert q["prefill_speedup"] == pytest.approx(rows["full"]["prefill"]["median"] / r["prefill"]["median"])
+        assert (q["flops_ideal_speedup"] == 1.0) == (name == "full")
+    eq = {r["eq"]["preset"]: (n, r) for n, r in rows.items() if r.get("eq")}
+    assert set(eq) == set(bench.EQ_PRESETS) | {"pre-llm"}
+    for preset, (name, r) in eq.items():
+        assert r["eq"]["plan_matches_trace"], name
+    for name in ("full", "video@10", "pre-llm@10"):
+        assert rows[name]["memory"]["delta_mb"] > 0
+    targets = [t["target"] for t in data["targets"]]
+    for name in ("video@10", "video@24"):
+        assert f"{name} prefill speedup >= 90% of the FLOPs-ideal speedup" in targets
+        assert f"{name} selection overhead < 3% of the pruned prefill" in targets
+    assert "every configuration's peak prefill memory not above full" in targets
+    label = bench.FAMILIES[family]["label"]
+    assert f"Random-weight {label} architecture" in md and "positions='original', gravity=None" in md
+    assert "NOT THE BENCH's CLIP" in md and "Side by side" in md and "| target | this run | met |" in md
+    assert f"{label}-{bench.FAMILIES[family]['size']}'s decoder dimensions" in md
