@@ -131,9 +131,9 @@ class Sampling:
 
 class VideoQA:
     """Question answering over videos with a (optionally sparsified) video LLM of a family that has a
-    front end (``videosparse.frontends``; Video-LLaVA today).
+    front end (``videosparse.frontends``: Video-LLaVA, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL).
 
-    num_frames / prompt_template: None = the front end's (8 frames; its chat template)."""
+    num_frames / prompt_template: None = the front end's (its default frames; its chat template)."""
 
     def __init__(
         self,
