@@ -789,20 +789,18 @@ def _answer_batch_likelihood(qa: Any, batch: list, encoded: dict, label: str, op
     from video_eval.mcq import LETTERS
 
     proc = _LetterScores(qa._video_eval_letter_ids)
+    order: list = []  # the batch indices of the generated rows, in the order generate saw them
     records = _answer_batch_raw(qa, batch, encoded, label, dataclasses.replace(opts, max_new_tokens=1),
-                                extra={"logits_processor": _processors(proc)}, model_question_mode="generate",
-                                dataset=dataset)
+                                extra={"logits_processor": _processors(proc), "on_batch": order.extend},
+                                model_question_mode="generate", dataset=dataset)
     ok = [k for k, r in enumerate(records) if not r["error"]]
-    # ask_many generates group by group (videos of the same frame count), in order of first appearance
-    keys = {k: _feature_key(encoded.get(batch[k].video_name)) for k in ok}
-    order = sorted(ok, key=lambda k: (list(dict.fromkeys(keys[j] for j in ok)).index(keys[k]), k))
-    mismatch = len(proc.rows) != len(order)
+    mismatch = len(proc.rows) != len(order) or not set(ok) <= set(order)
     for k, (it, rec) in enumerate(zip(batch, records)):
         letter, ok_, lps = None, False, None
         if not rec["error"]:
             if mismatch:
-                rec["error"] = (f"likelihood scoring: {len(proc.rows)} scored rows for {len(order)} answers "
-                                f"(re-run with --batch-size 1)")
+                rec["error"] = (f"likelihood scoring: {len(proc.rows)} scored rows for {len(order)} generated "
+                                f"questions (re-run with --batch-size 1)")
             else:
                 row = proc.rows[order.index(k)][: len(it.options)]
                 lps = {LETTERS[i]: round(float(v), 6) for i, v in enumerate(row)}
@@ -817,14 +815,6 @@ def _processors(proc: Any) -> Any:
     from transformers import LogitsProcessorList
 
     return LogitsProcessorList([proc])
-
-
-def _feature_key(enc: Any) -> Any:
-    feats = getattr(enc, "features", None)
-    if feats is None:  # the long path's Clip: pools are batched by their frame count
-        n = getattr(enc, "num_frames", None)
-        return None if n is None else ("clip", int(n))
-    return int(feats.shape[0])
 
 
 def _answer_batch_raw(qa: Any, batch: list, encoded: dict, label: str, opts: RunOptions, extra: dict | None = None,
@@ -849,6 +839,10 @@ def _answer_batch_raw(qa: Any, batch: list, encoded: dict, label: str, opts: Run
                 pairs.append((enc, it.question))
             slots.append(k)
     if pairs:
+        extra = dict(extra or {})
+        if "on_batch" in extra:  # ask_many names positions in `pairs`; the caller wants positions in `batch`
+            report = extra["on_batch"]
+            extra["on_batch"] = lambda idx: report([slots[p] for p in idx])
         try:
             long = {} if opts.pre_budget is None else {"pre_budget": opts.pre_budget}
             answers = qa.ask_many(pairs, batch_size=len(pairs), on_error="record",

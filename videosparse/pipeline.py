@@ -345,6 +345,7 @@ class VideoQA:
         end: float | None = None,
         pre_budget: int | None = None,
         keep_frames: bool = True,
+        on_batch: Callable | None = None,
         **generation: Any,
     ) -> list:
         """Answer (video, question) pairs in batches with left padding.
@@ -352,6 +353,9 @@ class VideoQA:
         on_error: "raise" (default) or "record": a failing video or question becomes an Answer with
         `error` set and the run goes on. progress: optional callable(done, total). Frame sampling and
         ``pre_budget`` as in `ask`; the questions of one long video share one chunked pass over it.
+        on_batch: optional callable(indices) called before each ``generate`` with the indices (into ``pairs``)
+        of the questions it answers, in batch-row order: batches are grouped by geometry, not by input order,
+        so this is how a caller maps per-row generation data (e.g. a logits processor's rows) to questions.
         """
         from videosparse.video import VideoError
 
@@ -417,6 +421,8 @@ class VideoQA:
             for s in range(0, len(items), batch_size):
                 chunk = items[s : s + batch_size]
                 try:
+                    if on_batch is not None:
+                        on_batch([i for i, _, _ in chunk])
                     answers = self._generate(chunk, generation, keep_frames, pooled=key[0] == "long")
                 except ValueError as e:
                     if on_error == "raise":

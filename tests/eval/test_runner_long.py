@@ -76,3 +76,36 @@ def test_bad_long_options_fail_before_work(tmp_path, capsys, bad):
         main(["run", "--dataset", "videomme", "--root", str(fx["root"]), "--model", "testbed", "--out",
               str(tmp_path / "run"), "--quiet", *bad])
     assert e.value.code == 2 and not (tmp_path / "run").exists()
+
+
+def test_likelihood_rows_follow_the_generated_batch_order_not_the_input_order():
+    """ask_many batches by geometry (the long path by pool, Qwen-VL by nothing), so the rows a logits processor sees
+    need not follow the input order: the runner maps them through ask_many's on_batch report."""
+    import types
+
+    import torch
+
+    from video_eval.runner import RunOptions, _answer_batch
+
+    items = [types.SimpleNamespace(question_id=f"q{i}", video_name=f"v{i}", question="what", answer=ans,
+                                   options=("a", "b", "c"), breakdown=(("task", "t"),), index=i, type=None,
+                                   prompt="what\nA. a\nB. b\nC. c")
+             for i, ans in enumerate("CA")]
+
+    class QA:
+        _video_eval_letter_ids = [[10], [11], [12]]
+
+        def ask_many(self, pairs, on_batch=None, logits_processor=None, **kw):
+            on_batch([1])  # the second question is generated first (another batch), then the first
+            for winner in (10, 12):  # q1's row prefers A, q0's row prefers C
+                scores = torch.zeros(1, 20)
+                scores[0, winner] = 5.0
+                logits_processor[0](None, scores)
+            on_batch([0])
+            return [types.SimpleNamespace(text="x", error=None, visual_tokens=4, counts=[], equivalent_tokens=4.0,
+                                          new_tokens=1, prefill_seconds=0.0, decode_seconds=0.0)
+                    for _ in pairs]
+
+    recs = _answer_batch(QA(), items, {"v0": object(), "v1": object()}, "full",
+                         RunOptions(model="m", configs=[], mc_scoring="likelihood"))
+    assert [r["pred_letter"] for r in recs] == ["C", "A"] and all(r["correct"] for r in recs)
