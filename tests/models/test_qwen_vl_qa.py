@@ -401,3 +401,19 @@ def test_pruned_pool_batch_trace_and_cli(ckpt, tmp_path):
     d = json.loads(r.stdout)
     assert d["pool_tokens"] == 12 and d["counts"] == [12, 6] and len(d["timestamps"]) == 8
     assert (tmp_path / "heat" / "retention.png").is_file()
+
+
+def test_eval_runner_long_path_with_this_model(ckpt, tmp_path):
+    from tests.eval.fixtures import make_fixture_dataset
+    from video_eval.cli import main
+
+    kind, path = ckpt
+    fx = make_fixture_dataset(tmp_path / "data", "msvd", n_videos=1, questions_per_video=2, seed=2, missing=0)
+    out = tmp_path / "run"
+    assert main(["run", "--dataset", "msvd", "--root", str(fx["root"]), "--model", path, "--frames", "8",
+                 "--pre-budget", "12", "--configs", "video@0.5", "--out", str(out), "--quiet",
+                 "--max-new-tokens", "3"]) == 0
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines() if x.strip()]
+    assert len(preds) == 2 and not any(r["error"] for r in preds)
+    for r in preds:  # 8 frames = 4 temporal groups; the pool of 12 enters the decoder, half of it kept
+        assert r["frames"] == 4 and r["pool_tokens"] == 12 and r["visual_tokens"] > 12 and r["counts"][-1] == 6
