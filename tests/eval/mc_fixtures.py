@@ -351,3 +351,39 @@ def make_mlvu(root, *, n_videos: int = 3, questions_per_video: int = 2, seed: in
          "question_type": "summary"}]))
     items = [it for stem, _, _ in MLVU_FX for it in items_by_task[stem]]
     return {"root": root, "items": items, "missing": missing_names, "video_files": files, "malformed": bad}
+
+
+def make_letter_checkpoint(d) -> str:
+    """A tiny random Video-LLaVA saved to ``d`` whose word-level vocabulary holds the option letters, the test-bed
+    words and the words of video_eval's prompts, so the benchmark prompt reads as real tokens and likelihood
+    scoring over the letters can run (the test bed has no letters)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import make_model
+    from video_eval.mcq import LETTER_INSTRUCTION, VIDEOMME_INSTRUCTION, VIDEOMME_POST
+    from videosparse.testbed.synthetic import vocabulary
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<video>", "<image>"]
+    prompt_words = set(" ".join([VIDEOMME_INSTRUCTION, VIDEOMME_POST, LETTER_INSTRUCTION]).split())
+    words = sorted(set(vocabulary()) | set("ABCDE") | {"A.", "B.", "C.", "D.", "E."} | prompt_words | {"USER:", "ASSISTANT:"})
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(specials + words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", additional_special_tokens=["<video>", "<image>"])
+    model = make_model("sdpa", image_size=32, patch=8, vocab=len(fast), seed=3)
+    model.config.video_token_id = fast.convert_tokens_to_ids("<video>")
+    model.config.image_token_id = fast.convert_tokens_to_ids("<image>")
+    model.config.text_config.eos_token_id = fast.eos_token_id
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.generation_config.pad_token_id = fast.pad_token_id
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(d)
+    fast.save_pretrained(d)
+    (d / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32},
+         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+         "resample": 3}))
+    return str(d)
