@@ -863,8 +863,9 @@ def load_mc(name: str, root: str | os.PathLike, *, questions: Any = None, limit:
         c = cands(v)
         tried[v] = c
         paths[v] = _first_file(c)
-        if read_options is not None and read_options(v, paths[v]):
-            options[v] = read_options(v, paths[v])
+        how = read_options(v, paths[v]) if read_options is not None else None
+        if how:
+            options[v] = how
     return MCDataset(name=key, split=split, root=r.resolve(), video_dir=vdir, questions_path=qpath, limit=limit,
                      total=total, items=items, paths=paths, tried=tried, subtitles=subtitles,
                      problems=list(problems or []), options=options, cues=cues)

@@ -846,7 +846,7 @@ def _answer_batch_raw(qa: Any, batch: list, encoded: dict, label: str, opts: Run
         try:
             long = {} if opts.pre_budget is None else {"pre_budget": opts.pre_budget}
             answers = qa.ask_many(pairs, batch_size=len(pairs), on_error="record",
-                                  max_new_tokens=opts.max_new_tokens, do_sample=False, **long, **(extra or {}))
+                                  max_new_tokens=opts.max_new_tokens, do_sample=False, **long, **extra)
         except Exception as e:  # e.g. out of memory: the batch is recorded as failed, the run goes on
             msg = _one_line(e)
             for k in slots:

@@ -720,31 +720,32 @@ class VideoQA:
                 clip = item.clip
                 video, frames_kept, stamps, indices, pool_tokens = (_video_name(clip), clip.frames, clip.timestamps,
                                                                     clip.indices, 0)
-            if t is not None:
-                t.timestamps = [float(x) for x in stamps]
-            seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
-            seconds = item.seconds
-            answers.append(Answer(
-                text=seqs[0],
-                question=q,
-                video=video,
-                timestamps=[float(x) for x in stamps],
-                frame_indices=[int(x) for x in indices],
-                visual_tokens=T * P,
-                counts=t.counts if t is not None else [],
-                equivalent_tokens=t.equivalent_tokens if t is not None else float(T * P),
-                prefill_seconds=prefill,
-                decode_seconds=decode,
-                new_tokens=self._content_tokens(new[j * nrs]),
-                trace=t,
-                frames=frames_kept,
-                sequences=seqs,
-                pool_tokens=pool_tokens,
-                video_decode_seconds=seconds.get("video_decode", 0.0),
-                vision_seconds=seconds.get("vision", 0.0),
-                preselect_seconds=seconds.get("preselect", 0.0),
-            ))
+            answers.append(self._answer(q, t, [texts[j * nrs + r].strip() for r in range(nrs)], new[j * nrs],
+                                        prefill, decode, video=video, timestamps=stamps, frame_indices=indices,
+                                        visual_tokens=T * P, frames=frames_kept, seconds=item.seconds,
+                                        pool_tokens=pool_tokens))
         return answers
+
+    def _answer(self, question: str, t: Any, seqs: list, new_row: Any, prefill: float, decode: float, *, video: str,
+                timestamps: Any, frame_indices: Any, visual_tokens: int, frames: Any, seconds: dict,
+                pool_tokens: int = 0, spans: Any = None) -> Answer:
+        """The Answer of one sample of a generated batch: ``t`` its trace (None when unpruned; it gets the
+        timestamps, and ``spans`` when a trace frame is a group of frames), ``seqs`` its returned sequences,
+        ``new_row`` its first sequence's new token ids (1-D), ``seconds`` the video's shared phase times."""
+        stamps = [float(x) for x in timestamps]
+        if t is not None:
+            t.timestamps = list(stamps)
+            if spans is not None:
+                t.time_spans = [tuple(x) for x in spans]
+        return Answer(
+            text=seqs[0], question=question, video=video, timestamps=stamps,
+            frame_indices=[int(x) for x in frame_indices], visual_tokens=int(visual_tokens),
+            counts=t.counts if t is not None else [],
+            equivalent_tokens=t.equivalent_tokens if t is not None else float(visual_tokens),
+            prefill_seconds=prefill, decode_seconds=decode, new_tokens=self._content_tokens(new_row), trace=t,
+            frames=frames, sequences=seqs, pool_tokens=pool_tokens,
+            video_decode_seconds=seconds.get("video_decode", 0.0), vision_seconds=seconds.get("vision", 0.0),
+            preselect_seconds=seconds.get("preselect", 0.0))
 
     def _generate_dynamic(self, chunk: list, gen: dict, expand: int, keep_frames: bool) -> list:
         """`_generate` for a family whose videos each have their own grid (Qwen2.5-VL / Qwen3-VL): one prompt per
@@ -761,8 +762,6 @@ class VideoQA:
         pixels = [fe.pixels(enc.clip.frames, self.spec) for enc in encs] if expand > 1 else None
 
         def vision(input_ids: Any) -> dict:
-            if pixels is None:
-                return fe.video_inputs(self.model, feats, extras, input_ids)
             return fe.video_inputs(self.model, feats, extras, input_ids, pixels=pixels)
 
         biggest = max(range(len(feats)), key=lambda j: feats[j].shape[0] * feats[j].shape[1])
@@ -772,23 +771,13 @@ class VideoQA:
         step = fe.frames_per_step
         answers = []
         for j, (_, enc, q) in enumerate(chunk):
-            Tj, Pj = int(feats[j].shape[0]), int(feats[j].shape[1])
             t = trace.select(j * expand) if trace is not None else None
-            times = [float(x) for x in enc.extra["times"]]
-            if t is not None:
-                t.timestamps = list(times)
-                t.time_spans = [tuple(x) for x in enc.extra["spans"]]
-            seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
             clip = enc.clip
-            answers.append(Answer(
-                text=seqs[0], question=q, video=_video_name(clip), timestamps=times,
-                frame_indices=[int(x) for x in clip.indices[::step]], visual_tokens=Tj * Pj,
-                counts=t.counts if t is not None else [],
-                equivalent_tokens=t.equivalent_tokens if t is not None else float(Tj * Pj),
-                prefill_seconds=prefill, decode_seconds=decode, new_tokens=self._content_tokens(new[j * nrs]),
-                trace=t, frames=clip.frames[::step] if keep_frames else None, sequences=seqs,
-                video_decode_seconds=enc.seconds.get("video_decode", 0.0), vision_seconds=enc.seconds.get("vision", 0.0),
-            ))
+            answers.append(self._answer(
+                q, t, [texts[j * nrs + r].strip() for r in range(nrs)], new[j * nrs], prefill, decode,
+                video=_video_name(clip), timestamps=enc.extra["times"], frame_indices=clip.indices[::step],
+                visual_tokens=feats[j].shape[0] * feats[j].shape[1],
+                frames=clip.frames[::step] if keep_frames else None, seconds=enc.seconds, spans=enc.extra["spans"]))
         return answers
 
     def _generate_pooled_dynamic(self, chunk: list, gen: dict, expand: int, keep_frames: bool) -> list:
@@ -818,21 +807,12 @@ class VideoQA:
                                                                     vision_fn=lambda _ids: vision)
         answers = []
         for j, (_, pv, q) in enumerate(chunk):
-            t = trace.select(j * expand) if trace is not None else None
-            t = self._pool_trace(pv, t)
-            t.timestamps = [float(x) for x in pv.timestamps]
-            t.time_spans = [tuple(x) for x in pv.extra["spans"]]
-            seqs = [texts[j * nrs + r].strip() for r in range(nrs)]
-            answers.append(Answer(
-                text=seqs[0], question=q, video=pv.video, timestamps=[float(x) for x in pv.timestamps],
-                frame_indices=[int(x) for x in pv.frame_indices], visual_tokens=T * P,
-                counts=t.counts if trace is not None else [],
-                equivalent_tokens=t.equivalent_tokens if trace is not None else float(pv.num_tokens),
-                prefill_seconds=prefill, decode_seconds=decode, new_tokens=self._content_tokens(new[j * nrs]),
-                trace=t, frames=pv.thumbnails if keep_frames else None, sequences=seqs, pool_tokens=pv.num_tokens,
-                video_decode_seconds=pv.seconds.get("video_decode", 0.0), vision_seconds=pv.seconds.get("vision", 0.0),
-                preselect_seconds=pv.seconds.get("preselect", 0.0),
-            ))
+            t = self._pool_trace(pv, trace.select(j * expand) if trace is not None else None)
+            answers.append(self._answer(
+                q, t, [texts[j * nrs + r].strip() for r in range(nrs)], new[j * nrs], prefill, decode,
+                video=pv.video, timestamps=pv.timestamps, frame_indices=pv.frame_indices, visual_tokens=T * P,
+                frames=pv.thumbnails if keep_frames else None, seconds=pv.seconds, pool_tokens=pv.num_tokens,
+                spans=pv.extra["spans"]))
         return answers
 
     def _pool_trace(self, pv: Any, t: Any) -> Any:

@@ -35,6 +35,8 @@ class FrameFolderReader(_ReaderBase):
     backend = "frames"
 
     def __init__(self, path, frame_rate: float, *, max_side: int, strict: bool = True) -> None:
+        """``strict`` is accepted for the readers' common signature: an unreadable or odd-sized frame always
+        raises (a folder has no partial stream to fall back on)."""
         from PIL import Image
 
         self.path = os.fspath(path)
@@ -44,7 +46,6 @@ class FrameFolderReader(_ReaderBase):
         self.files = frame_files(self.path)
         if not self.files:
             raise NoFramesError(self.path, f"the folder holds no image frames ({', '.join(IMAGE_EXTS)})")
-        self.strict = strict
         first = os.path.join(self.path, self.files[0])
         try:
             with Image.open(first) as im:
