@@ -253,6 +253,21 @@ def make_tokenizer():
     return fast
 
 
+def chat_tokenizer(specials, words):
+    """A word-level fast tokenizer for tiny chat checkpoints: ``specials`` (first: pad, second: eos, third: unk)
+    split out as special tokens, then whitespace-separated ``words``; left padding, no BOS."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(list(specials) + list(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[2]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=specials[0], eos_token=specials[1],
+                                   unk_token=specials[2], padding_side="left")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny random Video-LLaVA saved with save_pretrained (model + tokenizer + preprocessor config)."""

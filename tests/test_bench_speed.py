@@ -24,6 +24,20 @@ def bench():
         sys.modules.pop(spec.name, None)
 
 
+def _check_rows(data: dict, md: str, b: int) -> dict:
+    """Every configuration at kept budget ``b`` is in the JSON and the markdown table; the pre-LLM baseline keeps
+    exactly ``b`` visual tokens in its cache. Returns the pre-LLM row."""
+    rows = data["results"]
+    text = data["seq_len"] - data["num_visual"]
+    for kind in ("video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv", "pre-llm",
+                 "lower-bound"):
+        assert f"{kind}@{b}" in rows, (kind, b, list(rows))
+        assert f"| {kind}@{b} |" in md
+    p = rows[f"pre-llm@{b}"]
+    assert p["counts"] == [b] and set(p["cache_lengths_after_prefill"]) == {text + b}
+    return p
+
+
 def test_quick_mode_keeps_the_real_token_geometry(bench):
     args = bench.parse_args(["--quick"])
     geo = bench.resolve(args)
@@ -334,14 +348,8 @@ def test_ov_toy_run_end_to_end(bench, tmp_path):
     assert (data["num_visual"], data["tokens_per_frame"], data["tail_tokens"]) == (64, 16, 1)
     assert (data["budget"], data["budget_high"], data["eq_budgets"]) == (6, 16, [20])
     rows = data["results"]
-    text = data["seq_len"] - data["num_visual"]
     for b in (6, 16):
-        for kind in ("video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv",
-                     "pre-llm", "lower-bound"):
-            assert f"{kind}@{b}" in rows, (kind, b, list(rows))
-            assert f"| {kind}@{b} |" in md
-        p = rows[f"pre-llm@{b}"]
-        assert p["counts"] == [b] and set(p["cache_lengths_after_prefill"]) == {text + b}
+        p = _check_rows(data, md, b)
         assert p["visual_tokens_seen_per_layer"] == [b] * data["geometry"]["layers"]
         assert p["pre_llm"]["decoder_visual_tokens"] == b and p["flops"]["scoring"] == 0
         # v1.5 / v2 end at the kept budget (their recycled tokens come on top for v1.5)
@@ -546,14 +554,8 @@ def test_qwen_toy_run_end_to_end(bench, tmp_path, family):
     assert (data["num_visual"], data["tokens_per_frame"], data["groups"]) == (96, 24, 4)
     assert (data["budget"], data["budget_high"], data["eq_budgets"]) == (10, 24, [30])
     rows = data["results"]
-    text = data["seq_len"] - data["num_visual"]
     for b in (10, 24):
-        for kind in ("video", "sparsevlm-video", "sparsevlm-v1", "sparsevlm-v1.5", "sparsevlm-v2", "fastv",
-                     "pre-llm", "lower-bound"):
-            assert f"{kind}@{b}" in rows, (kind, b, list(rows))
-            assert f"| {kind}@{b} |" in md
-        p = rows[f"pre-llm@{b}"]
-        assert p["counts"] == [b] and set(p["cache_lengths_after_prefill"]) == {text + b}
+        _check_rows(data, md, b)
         assert rows[f"sparsevlm-v2@{b}"]["counts"][-1] == b
     for name, r in rows.items():  # mrope: every seed preset with original positions and no RoPE gravity
         if r["config"] is not None:

@@ -157,22 +157,34 @@ def vm_reference(big_videomme, tmp_path_factory):
     return out
 
 
-def test_videomme_kill9_then_resume_equals_uninterrupted(big_videomme, vm_reference, tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "video_eval", *_vm_cmd(big_videomme["root"], out), "--quiet"]
-    total = 3 * len(big_videomme["items"])
+def _kill9_after(cmd, rank0: Path, lines: int) -> int:
+    """Start ``cmd``, SIGKILL it once ``rank0`` holds ``lines`` records; the records written by then."""
     p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    rank0 = out / "predictions.rank0.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
-        if rank0.exists() and rank0.read_bytes().count(b"\n") >= 8:
+        if rank0.exists() and rank0.read_bytes().count(b"\n") >= lines:
             break
-        time.sleep(0.005)
+        time.sleep(0.002)
     assert p.poll() is None, "the run finished before it could be killed"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     p.stderr.close()
-    n_before = rank0.read_bytes().count(b"\n")
+    return rank0.read_bytes().count(b"\n")
+
+
+def _accelerate_cmd(argv):
+    """``accelerate launch`` of ``python -m video_eval argv`` on 2 CPU processes."""
+    acc = Path(sys.executable).with_name("accelerate")
+    return [str(acc), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+            "no", "--dynamo_backend", "no", "-m", "video_eval", *argv, "--device", "cpu"]
+
+
+def test_videomme_kill9_then_resume_equals_uninterrupted(big_videomme, vm_reference, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "video_eval", *_vm_cmd(big_videomme["root"], out), "--quiet"]
+    total = 3 * len(big_videomme["items"])
+    rank0 = out / "predictions.rank0.jsonl"
+    n_before = _kill9_after(cmd, rank0, 8)
     assert 8 <= n_before < total
     with open(rank0, "ab") as f:
         f.write(b'{"index": 3, "question_id": "001-1", "config": "fu')
@@ -190,10 +202,7 @@ def test_videomme_kill9_then_resume_equals_uninterrupted(big_videomme, vm_refere
 
 def test_videomme_accelerate_two_processes_equal_one(big_videomme, vm_reference, tmp_path):
     out = tmp_path / "run"
-    acc = Path(sys.executable).with_name("accelerate")
-    cmd = [str(acc), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "-m", "video_eval", *_vm_cmd(big_videomme["root"], out), "--device", "cpu",
-           "--quiet"]
+    cmd = _accelerate_cmd([*_vm_cmd(big_videomme["root"], out), "--quiet"])
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     r0, r1 = _records(out / "predictions.rank0.jsonl"), _records(out / "predictions.rank1.jsonl")
@@ -289,11 +298,7 @@ def test_mvbench_accelerate_two_processes_equal_one(tmp_path):
     fx = _make("mvbench", tmp_path / "data", n_videos=1, questions_per_video=2, seed=9)
     ref, out = tmp_path / "ref", tmp_path / "run"
     assert main(_bench_cmd("mvbench", fx["root"], ref)) == 0
-    acc = Path(sys.executable).with_name("accelerate")
-    cmd = [str(acc), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "-m", "video_eval", *_bench_cmd("mvbench", fx["root"], out), "--device",
-           "cpu"]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_accelerate_cmd(_bench_cmd("mvbench", fx["root"], out)), env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     r0, r1 = _records(out / "predictions.rank0.jsonl"), _records(out / "predictions.rank1.jsonl")
     assert r0 and r1 and not ({x["video_name"] for x in r0} & {x["video_name"] for x in r1})
@@ -309,18 +314,7 @@ def test_egoschema_kill9_then_resume_equals_uninterrupted(tmp_path):
     assert main(_bench_cmd("egoschema", fx["root"], ref)) == 0
     total = 2 * len(fx["items"])
     cmd = [sys.executable, "-m", "video_eval", *_bench_cmd("egoschema", fx["root"], out)]
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    rank0 = out / "predictions.rank0.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if rank0.exists() and rank0.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.002)
-    assert p.poll() is None, "the run finished before it could be killed"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    p.stderr.close()
-    n_before = rank0.read_bytes().count(b"\n")
+    n_before = _kill9_after(cmd, out / "predictions.rank0.jsonl", 2)
     assert 2 <= n_before < total
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

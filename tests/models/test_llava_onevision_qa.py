@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_ov_model
+from tests.conftest import chat_tokenizer, make_ov_model
 
 WORDS = ["what", "is", "the", "red", "blue", "object", "where", "when", "does", "appear", "user", "assistant",
          "a", "square", "circle", "early", "late", "of", "man", "doing", "top", "left"]
@@ -21,17 +21,7 @@ SIZE = 32  # frames of 32 px, 8 px patches: 4 x 4 patches pooled to 2 x 2 = 4 to
 
 
 def _tokenizer():
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<|im_end|>", "<unk>", "<video>", "<image>", "<|im_start|>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", unk_token="<unk>",
-                                   padding_side="left")
+    return chat_tokenizer(["<pad>", "<|im_end|>", "<unk>", "<video>", "<image>", "<|im_start|>"], WORDS)
 
 
 @pytest.fixture(scope="module")

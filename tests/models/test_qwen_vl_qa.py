@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_qwen_model
+from tests.conftest import chat_tokenizer, make_qwen_model
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 WORDS = ["what", "is", "the", "red", "blue", "object", "where", "when", "does", "appear", "user", "assistant",
@@ -25,16 +25,7 @@ SPECIALS = ["<pad>", "<|im_end|>", "<unk>", "<|video_pad|>", "<|image_pad|>", "<
 
 
 def _tokenizer():
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", unk_token="<unk>",
-                                   padding_side="left")
+    return chat_tokenizer(SPECIALS, WORDS)
 
 
 def _save_checkpoint(kind, d):
